@@ -1,0 +1,248 @@
+//! Configuring and starting the pipeline.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
+use tracing::Subscriber;
+use tracing_subscriber::filter::Filtered;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::copy::Sink;
+use crate::error::Error;
+use crate::handle::AuditHandle;
+use crate::layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
+use crate::pool::{connect_pool, PoolOptions};
+use crate::queue::RecordSender;
+use crate::redact::{Redactor, DEFAULT_SECRET_PATTERNS};
+use crate::sanitize::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::stats::Counters;
+use crate::writer::{Writer, WriterConfig};
+
+/// The layer as added to a subscriber: [`AuditLayer`] behind its per-layer [`AuditFilter`].
+pub type FilteredAuditLayer<S> = Filtered<AuditLayer, AuditFilter, S>;
+
+enum Database {
+    Url(String),
+    Pool(Pool),
+}
+
+/// Configures an [`AuditLayer`] and its writer. Every setting has a default chosen for high
+/// throughput and sub-second latency; only the database is required.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tracing_subscriber::prelude::*;
+///
+/// # async fn run() -> Result<(), audit_layer::Error> {
+/// let (audit, handle) = audit_layer::AuditLayer::builder()
+///     .database_url("postgres://app@localhost/app")
+///     .batch_size(4096)
+///     .batch_max_wait(Duration::from_millis(200))
+///     .build()?;
+/// tracing_subscriber::registry().with(audit).init();
+///
+/// tracing::info!(target: "audit", event_type = "system", username = "system", "Started");
+/// handle.shutdown(Duration::from_secs(10)).await?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct AuditLayerBuilder {
+    database: Option<Database>,
+    pool_options: PoolOptions,
+    queue_capacity: usize,
+    writer: WriterConfig,
+    db_timeout: Duration,
+    secret_patterns: Vec<String>,
+    max_message_bytes: usize,
+    target: String,
+    drop_flush_timeout: Duration,
+}
+
+impl Default for AuditLayerBuilder {
+    fn default() -> Self {
+        AuditLayerBuilder {
+            database: None,
+            pool_options: PoolOptions {
+                max_size: 2,
+                ..PoolOptions::default()
+            },
+            queue_capacity: 65_536,
+            writer: WriterConfig {
+                batch_size: 4096,
+                batch_max_wait: Duration::from_millis(200),
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_secs(5),
+                run_migrations: false,
+                migrate_timeout: Duration::from_secs(60),
+            },
+            db_timeout: Duration::from_secs(10),
+            secret_patterns: DEFAULT_SECRET_PATTERNS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            target: DEFAULT_TARGET.to_owned(),
+            drop_flush_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AuditLayer {
+    /// Starts configuring a layer.
+    pub fn builder() -> AuditLayerBuilder {
+        AuditLayerBuilder::default()
+    }
+}
+
+impl AuditLayerBuilder {
+    /// The database to write to, as a `postgres://` URL or `key=value` string. The writer
+    /// builds its own pool, with bounded timeouts (see [`pool_options`](Self::pool_options)).
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database = Some(Database::Url(url.into()));
+        self
+    }
+
+    /// Writes through a pool the application already has, instead of a URL. Set its
+    /// timeouts: deadpool's default is to wait forever.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.database = Some(Database::Pool(pool));
+        self
+    }
+
+    /// Pool settings used with [`database_url`](Self::database_url). Default: 2 connections,
+    /// 5 s wait, create and recycle timeouts.
+    pub fn pool_options(mut self, options: PoolOptions) -> Self {
+        self.pool_options = options;
+        self
+    }
+
+    /// Records held in memory between the application and the writer. Default 65,536.
+    /// When full, new records are counted as dropped rather than blocking the caller.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Most records per `COPY`. Default 4,096.
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.writer.batch_size = size.max(1);
+        self
+    }
+
+    /// Longest time a record waits for its batch to fill. Default 200 ms.
+    pub fn batch_max_wait(mut self, wait: Duration) -> Self {
+        self.writer.batch_max_wait = wait;
+        self
+    }
+
+    /// Longest time any one database call may take before it is abandoned and retried.
+    /// Default 10 s.
+    pub fn db_timeout(mut self, timeout: Duration) -> Self {
+        self.db_timeout = timeout;
+        self
+    }
+
+    /// Backoff between retries: starts at `initial`, doubles, never exceeds `max`.
+    /// Default 100 ms to 5 s.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.writer.retry_initial = initial;
+        self.writer.retry_max = max.max(initial);
+        self
+    }
+
+    /// Whether the writer applies the schema migrations (and partition upkeep) before its
+    /// first write. Default `false`: the schema belongs to `auditd migrate`, and an
+    /// application whose role may only insert must not need DDL rights. When it is on and
+    /// fails for lack of rights, the writer reports it and writes anyway.
+    pub fn run_migrations(mut self, run: bool) -> Self {
+        self.writer.run_migrations = run;
+        self
+    }
+
+    /// Field-name patterns whose values are stored as `"[REDACTED]"`; matching ignores
+    /// ASCII case, `_` and `-`. Replaces the default list
+    /// ([`DEFAULT_SECRET_PATTERNS`](crate::DEFAULT_SECRET_PATTERNS)).
+    pub fn secret_patterns<I, P>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.secret_patterns = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Cap on `message`, and on each metadata text value, in bytes. Default 64 KiB; longer
+    /// values are cut at a character boundary and the record is marked.
+    pub fn max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max.max(4);
+        self
+    }
+
+    /// The tracing target of audit events. Default `"audit"`; sub-targets such as
+    /// `"audit::auth"` are included.
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = target.into();
+        self
+    }
+
+    /// How long dropping the [`AuditHandle`] outside an async runtime may wait for the
+    /// flush. Default 5 s.
+    pub fn drop_flush_timeout(mut self, timeout: Duration) -> Self {
+        self.drop_flush_timeout = timeout;
+        self
+    }
+
+    /// Starts the writer thread and returns the layer to add to a subscriber, and the
+    /// handle to flush and shut down. Needs no async runtime: the writer brings its own.
+    pub fn build<S>(self) -> Result<(FilteredAuditLayer<S>, AuditHandle), Error>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let pool = match self.database {
+            Some(Database::Pool(pool)) => pool,
+            Some(Database::Url(url)) => connect_pool(&url, &self.pool_options)?,
+            None => {
+                return Err(Error::Config(
+                    "no database: call database_url() or pool() on the builder".to_owned(),
+                ))
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("audit-writer")
+            .build()
+            .map_err(Error::Spawn)?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let writer = Writer::new(
+            rx,
+            Sink::new(pool, self.db_timeout),
+            counters.clone(),
+            self.writer,
+        );
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || runtime.block_on(writer.run()))
+            .map_err(Error::Spawn)?;
+
+        let target: Arc<str> = self.target.into();
+        let layer = AuditLayer {
+            sender: RecordSender::new(tx.clone(), counters.clone()),
+            redactor: Redactor::new(&self.secret_patterns),
+            target: target.clone(),
+            max_message_bytes: self.max_message_bytes,
+            counters: counters.clone(),
+        };
+        let handle = AuditHandle {
+            tx,
+            counters,
+            drop_flush_timeout: self.drop_flush_timeout,
+            stopped: AtomicBool::new(false),
+        };
+        Ok((layer.with_filter(AuditFilter::new(target)), handle))
+    }
+}

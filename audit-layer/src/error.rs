@@ -1,0 +1,126 @@
+//! The errors of this crate.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong when building, migrating, flushing or shutting down.
+///
+/// Problems while *writing* records are not returned to the caller (it never waits on the
+/// database); they are retried or recorded, and show up in [`Stats`](crate::Stats).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot work, for example an unparsable database URL.
+    Config(String),
+    /// The writer thread or its runtime could not be started.
+    Spawn(std::io::Error),
+    /// PostgreSQL answered with an error, or the connection failed.
+    Db(tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    Pool(deadpool_postgres::PoolError),
+    /// An operation did not finish in time.
+    Timeout {
+        /// What was being done.
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The database carries a migration this binary does not know: it was migrated by a
+    /// newer version. Running an older binary against it could write what the new schema
+    /// forbids, so it is refused.
+    SchemaTooNew {
+        /// The highest migration version recorded in the database.
+        database: i32,
+        /// The highest migration version this binary knows.
+        known: i32,
+    },
+    /// A migration recorded as applied differs from the one embedded in this binary.
+    MigrationChanged {
+        /// The migration's version.
+        version: i32,
+        /// The migration's name.
+        name: String,
+    },
+    /// Shutdown did not finish in time; `unwritten` records were not yet committed.
+    ShutdownTimeout {
+        /// Records accepted by the layer but not committed when the time ran out.
+        unwritten: u64,
+    },
+    /// The writer has stopped (after shutdown), so the request cannot be served.
+    WriterStopped,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::Spawn(e) => write!(f, "cannot start the audit writer thread: {e}"),
+            Error::Db(e) => write!(f, "database error: {}", describe_db_error(e)),
+            Error::Pool(e) => write!(f, "no database connection: {e}"),
+            Error::Timeout { what, after } => write!(f, "{what} timed out after {after:?}"),
+            Error::SchemaTooNew { database, known } => write!(
+                f,
+                "the database schema is at migration {database}, but this binary only knows \
+                 migrations up to {known}: upgrade this binary before using this database"
+            ),
+            Error::MigrationChanged { version, name } => write!(
+                f,
+                "migration {version} ({name}) applied to the database differs from the one in \
+                 this binary; migrations must never be edited once released"
+            ),
+            Error::ShutdownTimeout { unwritten } => write!(
+                f,
+                "audit writer shutdown timed out with {unwritten} record(s) not yet committed"
+            ),
+            Error::WriterStopped => f.write_str("the audit writer has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Spawn(e) => Some(e),
+            Error::Db(e) => Some(e),
+            Error::Pool(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Error::Pool(e)
+    }
+}
+
+/// A tokio-postgres error with the server's message, SQLSTATE and detail when there are
+/// some (its own `Display` says only "db error").
+pub(crate) fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}

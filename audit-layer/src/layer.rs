@@ -1,0 +1,180 @@
+//! The tracing [`Layer`]: where an audit event becomes an [`AuditLog`](crate::AuditLog).
+//!
+//! Selection happens in a per-layer [`Filter`] that looks only at callsite metadata, so
+//! tracing caches the verdict per callsite: events that are not audit events cost this
+//! layer close to nothing, and the layer never hides any event from other layers.
+//!
+//! Spans are seen when they carry a column this layer passes on (`username`, `user_id`,
+//! `ip_address`, `resource_*`) or have the audit target; their values live in the span's
+//! extensions, updated by `Span::record`, and are merged into each event innermost first.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Filter, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::capture::{Capture, Draft, Scope, INHERITED_COLUMNS};
+use crate::queue::RecordSender;
+use crate::redact::Redactor;
+use crate::sanitize;
+use crate::stats::Counters;
+
+/// The tracing target that marks audit events, as in `info!(target: "audit", ...)`.
+pub const DEFAULT_TARGET: &str = "audit";
+
+/// The layer that turns audit events into records and queues them for the writer.
+///
+/// Built, together with its per-layer filter and the writer, by
+/// [`AuditLayer::builder`](crate::AuditLayer::builder).
+pub struct AuditLayer {
+    pub(crate) sender: RecordSender,
+    pub(crate) redactor: Redactor,
+    pub(crate) target: Arc<str>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("target", &self.target)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `target` is `audit` itself or a sub-target such as `audit::auth`.
+fn is_audit_target(audit: &str, target: &str) -> bool {
+    match target.strip_prefix(audit) {
+        Some("") => true,
+        Some(rest) => rest.starts_with("::"),
+        None => false,
+    }
+}
+
+impl AuditLayer {
+    fn span_scope(&self, metadata: &Metadata<'_>) -> Scope {
+        if is_audit_target(&self.target, metadata.target()) {
+            Scope::Everything
+        } else {
+            Scope::InheritedColumns
+        }
+    }
+
+    fn capture(&self, metadata: &Metadata<'_>, values: impl FnOnce(&mut Capture<'_>)) -> Draft {
+        let mut draft = Draft::default();
+        let mut capture = Capture::new(&mut draft, &self.redactor, self.span_scope(metadata));
+        values(&mut capture);
+        draft
+    }
+}
+
+impl<S> Layer<S> for AuditLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let draft = self.capture(attrs.metadata(), |c| attrs.record(c));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(draft);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        // Format the values before taking the extensions lock: user `Debug` impls may do
+        // anything, including touching this span.
+        let later = self.capture(span.metadata(), |c| values.record(c));
+        if later.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        match extensions.get_mut::<Draft>() {
+            Some(draft) => draft.update(later),
+            None => extensions.insert(later),
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let created_at = Utc::now();
+        let mut draft = Draft::default();
+        event.record(&mut Capture::new(
+            &mut draft,
+            &self.redactor,
+            Scope::Everything,
+        ));
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if let Some(span_draft) = span.extensions().get::<Draft>() {
+                    draft.inherit(span_draft);
+                }
+            }
+        }
+        let (record, fixups) = sanitize::finish(
+            draft,
+            *event.metadata().level(),
+            created_at,
+            self.max_message_bytes,
+        );
+        if fixups > 0 {
+            Counters::add(&self.counters.fixups, fixups);
+        }
+        self.sender.push(record);
+    }
+}
+
+/// The per-layer filter that selects audit events, and the spans that carry their context.
+///
+/// It decides from callsite metadata alone, so tracing caches each verdict per callsite.
+#[derive(Debug, Clone)]
+pub struct AuditFilter {
+    target: Arc<str>,
+}
+
+impl AuditFilter {
+    pub(crate) fn new(target: Arc<str>) -> Self {
+        AuditFilter { target }
+    }
+
+    fn wants(&self, metadata: &Metadata<'_>) -> bool {
+        if is_audit_target(&self.target, metadata.target()) {
+            return true;
+        }
+        metadata.is_span()
+            && INHERITED_COLUMNS
+                .iter()
+                .any(|column| metadata.fields().field(column).is_some())
+    }
+}
+
+impl<S> Filter<S> for AuditFilter {
+    fn enabled(&self, metadata: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        self.wants(metadata)
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.wants(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_audit_target;
+
+    #[test]
+    fn audit_target_matches_itself_and_sub_targets_only() {
+        assert!(is_audit_target("audit", "audit"));
+        assert!(is_audit_target("audit", "audit::auth"));
+        assert!(!is_audit_target("audit", "audit_layer::writer"));
+        assert!(!is_audit_target("audit", "auditd"));
+        assert!(!is_audit_target("audit", "myapp::audit"));
+    }
+}

@@ -1,0 +1,89 @@
+//! Audit logging for Rust services: a [`tracing`] layer that writes audit events to
+//! PostgreSQL, without ever making the application wait on the database.
+//!
+//! An application emits audit events with the ordinary tracing macros and the target
+//! `audit`; spans carry request context such as the user and the client IP:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tracing_subscriber::prelude::*;
+//!
+//! # async fn run() -> Result<(), audit_layer::Error> {
+//! let (audit, handle) = audit_layer::AuditLayer::builder()
+//!     .database_url("postgres://app@localhost/app")
+//!     .build()?;
+//! tracing_subscriber::registry().with(audit).init();
+//!
+//! let request = tracing::info_span!("request", username = "alice", ip_address = "10.1.2.3");
+//! let _guard = request.enter();
+//! tracing::info!(target: "audit", event_type = "authentication", "User login");
+//! tracing::warn!(
+//!     target: "audit",
+//!     event_type = "onboarding",
+//!     resource_type = "device",
+//!     resource_name = "edge-fra1-01",
+//!     attempts = 3,
+//!     "Device onboarding failed"
+//! );
+//!
+//! handle.shutdown(Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How a record travels
+//!
+//! | step | where | module |
+//! |---|---|---|
+//! | event fields and span fields are read, secrets replaced | emitting thread | [`capture`](crate::layer) |
+//! | values PostgreSQL would refuse are fixed and marked | emitting thread | `sanitize` |
+//! | the record is handed to a bounded queue, never waiting | emitting thread | `queue` |
+//! | records are batched by size and time | writer thread | `writer` |
+//! | each batch is written with binary `COPY`; refused records are isolated | writer thread | `copy` |
+//!
+//! Fields named like a column (`username`, `user_id`, `event_type`, `ip_address`,
+//! `resource_type`, `resource_id`, `resource_name`, `severity`) fill that column; the
+//! event's message is `message`; every other field goes into `metadata` as typed JSON.
+//! Severity follows the level (`ERROR` → error, `WARN` → warning, others → info) unless the
+//! event sets `severity` (that is how `critical` is written).
+//!
+//! # Guarantees
+//!
+//! * The emitting thread never blocks: when the queue is full the record is dropped and
+//!   counted ([`Stats::dropped_queue_full`]), and the writer logs the count.
+//! * A record is never refused for its content: NUL bytes, over-long values, unknown
+//!   severities, missing fields are fixed on the way in, counted, and noted in the record's
+//!   metadata under [`FIXUPS_KEY`].
+//! * One bad record never blocks the others: a refused batch is split until the record is
+//!   isolated; it is kept in `audit_logs_rejected` with the reason.
+//! * Transient failures are retried with capped backoff, and every database call has a
+//!   timeout. An application may start while the database is down.
+//! * [`AuditHandle::flush`] and [`AuditHandle::shutdown`] return once everything emitted
+//!   before them is committed.
+
+#![warn(missing_docs)]
+
+mod builder;
+mod capture;
+mod copy;
+mod error;
+mod handle;
+mod layer;
+pub mod migrate;
+pub mod partitions;
+pub mod pool;
+mod queue;
+mod record;
+mod redact;
+mod retry;
+mod sanitize;
+mod stats;
+mod writer;
+
+pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
+pub use error::Error;
+pub use handle::AuditHandle;
+pub use layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
+pub use record::{AuditLog, Severity, UnknownSeverity};
+pub use redact::{DEFAULT_SECRET_PATTERNS, REDACTED};
+pub use sanitize::{column_limits, DEFAULT_MAX_MESSAGE_BYTES, FIXUPS_KEY, UNKNOWN};
+pub use stats::Stats;

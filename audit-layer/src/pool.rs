@@ -1,0 +1,83 @@
+//! Connection pools with every wait bounded.
+//!
+//! deadpool's timeouts default to none, so `Pool::get` can wait forever; tokio-postgres has
+//! no connect timeout unless asked. Both the writer and auditd build their pools here.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use crate::error::Error;
+
+/// How a pool connects and how long it may wait.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// Longest wait for a free connection.
+    pub wait_timeout: Duration,
+    /// Longest time to open a new connection (TCP, TLS and authentication).
+    pub create_timeout: Duration,
+    /// Longest time to check a returned connection before reuse.
+    pub recycle_timeout: Duration,
+    /// `application_name` shown in `pg_stat_activity`, unless the URL sets one.
+    pub application_name: String,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_size: 4,
+            wait_timeout: Duration::from_secs(5),
+            create_timeout: Duration::from_secs(5),
+            recycle_timeout: Duration::from_secs(5),
+            application_name: "audit-layer".to_owned(),
+        }
+    }
+}
+
+/// Builds a pool for a `postgres://` URL or `key=value` connection string.
+///
+/// No connection is opened here: the pool connects on first use, so an application can
+/// start while the database is unreachable. Connections use TCP keepalives, so a peer that
+/// vanished is noticed.
+///
+/// ```
+/// use audit_layer::pool::{connect_pool, PoolOptions};
+///
+/// # fn main() -> Result<(), audit_layer::Error> {
+/// let pool = connect_pool("postgres://app@localhost/app", &PoolOptions::default())?;
+/// assert_eq!(pool.status().size, 0); // nothing opened yet
+/// # Ok(()) }
+/// ```
+pub fn connect_pool(url: &str, options: &PoolOptions) -> Result<Pool, Error> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Error::Config(format!("invalid database URL: {e}")))?;
+    if config.get_application_name().is_none() {
+        config.application_name(&options.application_name);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.create_timeout);
+    }
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(30));
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.max_size)
+        .timeouts(Timeouts {
+            wait: Some(options.wait_timeout),
+            create: Some(options.create_timeout),
+            recycle: Some(options.recycle_timeout),
+        })
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build the connection pool: {e}")))
+}

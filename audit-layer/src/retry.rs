@@ -1,0 +1,103 @@
+//! Which failures are worth retrying, and how long to wait between attempts.
+//!
+//! A failure about the data (SQLSTATE classes 22, 23, 54 and P0: bad value, constraint,
+//! limit, trigger) fails the same way every time, so the rows are never retried as they
+//! are: the batch is split to isolate the bad record. Everything else (connection lost,
+//! server restarting, pool timeout, missing table or permission that an operator can fix)
+//! is retried with capped exponential backoff.
+
+use std::time::Duration;
+
+/// How a failed database call should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// Try again later with the same rows.
+    Transient,
+    /// The rows themselves were refused.
+    Data,
+}
+
+pub(crate) fn classify(e: &tokio_postgres::Error) -> FailureKind {
+    match e.code() {
+        Some(state) => classify_sqlstate(state.code()),
+        None => FailureKind::Transient,
+    }
+}
+
+pub(crate) fn classify_sqlstate(code: &str) -> FailureKind {
+    match code.get(..2) {
+        Some("22" | "23" | "54" | "P0") => FailureKind::Data,
+        _ => FailureKind::Transient,
+    }
+}
+
+/// Capped exponential backoff with a little jitter, so restarted writers do not retry in
+/// lockstep.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            next: initial,
+            initial,
+            max,
+        }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // Up to +10%.
+        delay + delay.mul_f64(f64::from(nanos % 1000) / 10_000.0)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Whether the failure is about reaching the server (no SQLSTATE, or classes 08, 53, 57,
+/// 58) rather than about what was asked of it.
+pub(crate) fn is_connection_problem(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(state) => matches!(state.code().get(..2), Some("08" | "53" | "57" | "58")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_are_classes_22_23_54_and_p0() {
+        assert_eq!(classify_sqlstate("22021"), FailureKind::Data); // bad encoding
+        assert_eq!(classify_sqlstate("23514"), FailureKind::Data); // check violation
+        assert_eq!(classify_sqlstate("54000"), FailureKind::Data); // index row too big
+        assert_eq!(classify_sqlstate("P0001"), FailureKind::Data); // trigger RAISE
+        assert_eq!(classify_sqlstate("08006"), FailureKind::Transient);
+        assert_eq!(classify_sqlstate("57P01"), FailureKind::Transient);
+        assert_eq!(classify_sqlstate("42P01"), FailureKind::Transient);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert!((100..=110).contains(&delays[0]), "{delays:?}");
+        assert!((200..=220).contains(&delays[1]), "{delays:?}");
+        assert!((350..=385).contains(&delays[2]), "{delays:?}");
+        assert!((350..=385).contains(&delays[3]), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(111));
+    }
+}

@@ -1,0 +1,343 @@
+//! Turning a draft into a record PostgreSQL will accept, fixing what it would refuse.
+//!
+//! One bad record must never fail a batch, and a record must never be lost for its content.
+//! So every value PostgreSQL could reject is repaired here, on the emitting thread, and each
+//! repair is both counted and written into the record's metadata under [`FIXUPS_KEY`], where
+//! whoever reads the record sees it.
+//!
+//! | problem                               | fix-up                                             |
+//! |---------------------------------------|----------------------------------------------------|
+//! | NUL byte in any text (PostgreSQL rejects it) | replaced by U+FFFD `�`                      |
+//! | value longer than its column          | cut at a character boundary to the column's length |
+//! | message over the configured cap       | cut at a character boundary to the cap             |
+//! | metadata text over the same cap       | cut at a character boundary to the cap             |
+//! | severity not one of the four          | the level's severity                               |
+//! | no `event_type` / no `username`       | `"unknown"`                                        |
+//! | `user_id` not an integer              | NULL                                               |
+//! | `ip_address` not an IP address        | NULL (a port, as in `10.0.0.1:443`, is just dropped) |
+//!
+//! In every case the original value's problem is named in the fix-up note, so nothing is
+//! hidden; a missing message is not a problem and becomes the empty string.
+
+use std::net::{IpAddr, SocketAddr};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::capture::Draft;
+use crate::record::{AuditLog, Severity};
+
+/// The metadata key under which a record lists the fix-ups applied to it.
+pub const FIXUPS_KEY: &str = "_fixups";
+
+/// What a missing `username` or `event_type` is stored as.
+pub const UNKNOWN: &str = "unknown";
+
+/// The lengths, in characters, of the `varchar` columns of `audit_logs`.
+///
+/// A test compares these with the live schema, so they cannot drift apart.
+pub mod column_limits {
+    /// `username varchar(255)`
+    pub const USERNAME: usize = 255;
+    /// `event_type varchar(100)`
+    pub const EVENT_TYPE: usize = 100;
+    /// `resource_type varchar(100)`
+    pub const RESOURCE_TYPE: usize = 100;
+    /// `resource_id varchar(255)`
+    pub const RESOURCE_ID: usize = 255;
+    /// `resource_name varchar(255)`
+    pub const RESOURCE_NAME: usize = 255;
+}
+
+/// The default cap on `message` and on each metadata text value: 64 KiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How long a quoted bad value may be inside a fix-up note.
+const QUOTE_CHARS: usize = 64;
+
+/// Builds the final record from a draft, repairing what PostgreSQL would refuse.
+///
+/// Returns the record and the number of fix-ups applied.
+pub(crate) fn finish(
+    draft: Draft,
+    level: tracing::Level,
+    created_at: DateTime<Utc>,
+    max_message_bytes: usize,
+) -> (AuditLog, u64) {
+    let mut notes: Vec<String> = Vec::new();
+
+    let username = required(
+        draft.username,
+        "username",
+        column_limits::USERNAME,
+        &mut notes,
+    );
+    let event_type = required(
+        draft.event_type,
+        "event_type",
+        column_limits::EVENT_TYPE,
+        &mut notes,
+    );
+    let message = match draft.message {
+        Some(m) => clean_bytes(m, "message", max_message_bytes, &mut notes),
+        None => String::new(),
+    };
+    let resource_type = optional(
+        draft.resource_type,
+        "resource_type",
+        column_limits::RESOURCE_TYPE,
+        &mut notes,
+    );
+    let resource_id = optional(
+        draft.resource_id,
+        "resource_id",
+        column_limits::RESOURCE_ID,
+        &mut notes,
+    );
+    let resource_name = optional(
+        draft.resource_name,
+        "resource_name",
+        column_limits::RESOURCE_NAME,
+        &mut notes,
+    );
+    let severity = match draft.severity {
+        None => Severity::from_level(level),
+        Some(raw) => match raw.parse::<Severity>() {
+            Ok(s) => s,
+            Err(_) => {
+                let fallback = Severity::from_level(level);
+                notes.push(format!(
+                    "severity: unknown value {}, stored as {fallback}",
+                    quote(&raw)
+                ));
+                fallback
+            }
+        },
+    };
+    let user_id = draft.user_id.and_then(|raw| match user_id_of(&raw) {
+        Some(id) => Some(id),
+        None => {
+            notes.push(format!(
+                "user_id: not a 64-bit integer: {}, stored as NULL",
+                quote(&raw_text(&raw))
+            ));
+            None
+        }
+    });
+    let ip_address = draft.ip_address.and_then(|raw| match ip_of(&raw) {
+        Some(ip) => Some(ip),
+        None => {
+            notes.push(format!(
+                "ip_address: not an IP address: {}, stored as NULL",
+                quote(&raw)
+            ));
+            None
+        }
+    });
+
+    let mut metadata = Map::new();
+    for (key, value) in draft.metadata {
+        let key = clean_bytes(key, "metadata key", max_message_bytes, &mut notes);
+        let value = clean_json(value, &key, max_message_bytes, &mut notes);
+        metadata.insert(key, value);
+    }
+
+    let fixups = notes.len() as u64;
+    if fixups > 0 {
+        let notes = notes.into_iter().map(Value::String).collect();
+        metadata.insert(FIXUPS_KEY.to_owned(), Value::Array(notes));
+    }
+
+    let log = AuditLog {
+        username,
+        user_id,
+        event_type,
+        message,
+        ip_address,
+        resource_type,
+        resource_id,
+        resource_name,
+        severity,
+        metadata,
+        created_at,
+    };
+    (log, fixups)
+}
+
+fn required(
+    value: Option<String>,
+    column: &str,
+    max_chars: usize,
+    notes: &mut Vec<String>,
+) -> String {
+    match value {
+        Some(v) => clean_chars(v, column, max_chars, notes),
+        None => {
+            notes.push(format!("{column}: missing, stored as {UNKNOWN:?}"));
+            UNKNOWN.to_owned()
+        }
+    }
+}
+
+fn optional(
+    value: Option<String>,
+    column: &str,
+    max_chars: usize,
+    notes: &mut Vec<String>,
+) -> Option<String> {
+    value.map(|v| clean_chars(v, column, max_chars, notes))
+}
+
+/// Removes NUL bytes and cuts to `max_chars` characters (what `varchar(n)` counts).
+fn clean_chars(value: String, what: &str, max_chars: usize, notes: &mut Vec<String>) -> String {
+    let mut value = strip_nul(value, what, notes);
+    // A string of at most n bytes has at most n characters: the common case costs nothing.
+    if value.len() > max_chars {
+        if let Some((cut, _)) = value.char_indices().nth(max_chars) {
+            let chars = value.chars().count();
+            value.truncate(cut);
+            notes.push(format!(
+                "{what}: truncated from {chars} to {max_chars} characters"
+            ));
+        }
+    }
+    value
+}
+
+/// Removes NUL bytes and cuts to at most `max_bytes` bytes, at a character boundary.
+fn clean_bytes(value: String, what: &str, max_bytes: usize, notes: &mut Vec<String>) -> String {
+    let mut value = strip_nul(value, what, notes);
+    if value.len() > max_bytes {
+        let mut cut = max_bytes;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let bytes = value.len();
+        value.truncate(cut);
+        notes.push(format!("{what}: truncated from {bytes} to {cut} bytes"));
+    }
+    value
+}
+
+fn strip_nul(value: String, what: &str, notes: &mut Vec<String>) -> String {
+    if !value.contains('\0') {
+        return value;
+    }
+    let count = value.matches('\0').count();
+    notes.push(format!("{what}: {count} NUL byte(s) replaced by U+FFFD"));
+    value.replace('\0', "\u{FFFD}")
+}
+
+fn clean_json(value: Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) -> Value {
+    match value {
+        Value::String(s) => {
+            Value::String(clean_bytes(s, &format!("metadata.{key}"), max_bytes, notes))
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| clean_json(v, key, max_bytes, notes))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let k = clean_bytes(k, &format!("metadata.{key} key"), max_bytes, notes);
+                    let v = clean_json(v, key, max_bytes, notes);
+                    (k, v)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn user_id_of(raw: &Value) -> Option<i64> {
+    match raw {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn raw_text(raw: &Value) -> String {
+    match raw {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ip_of(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim();
+    raw.parse::<IpAddr>()
+        .ok()
+        .or_else(|| raw.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            // `[::1]` without a port.
+            raw.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+        })
+}
+
+/// A bad value as it appears in a fix-up note: short, NUL-free, quoted.
+fn quote(raw: &str) -> String {
+    let mut shown: String = raw.chars().take(QUOTE_CHARS).collect();
+    if shown.len() < raw.len() {
+        shown.push('…');
+    }
+    format!("{:?}", shown.replace('\0', "\u{FFFD}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finish_default(draft: Draft) -> (AuditLog, u64) {
+        finish(draft, tracing::Level::INFO, Utc::now(), 16)
+    }
+
+    fn complete() -> Draft {
+        Draft {
+            username: Some("alice".into()),
+            event_type: Some("authentication".into()),
+            message: Some("User login".into()),
+            ..Draft::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_draft_needs_no_fixup() {
+        let (log, fixups) = finish_default(complete());
+        assert_eq!(fixups, 0);
+        assert!(log.metadata.is_empty());
+    }
+
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        let mut draft = complete();
+        draft.message = Some("ééééééééééé".into()); // 22 bytes, 2 bytes per char
+        let (log, fixups) = finish_default(draft);
+        assert_eq!(fixups, 1);
+        assert_eq!(log.message, "éééééééé");
+        let notes = &log.metadata[FIXUPS_KEY];
+        assert_eq!(notes[0], "message: truncated from 22 to 16 bytes");
+    }
+
+    #[test]
+    fn column_lengths_count_characters_not_bytes() {
+        let mut draft = complete();
+        draft.resource_type = Some("ü".repeat(100)); // 200 bytes but exactly 100 chars
+        let (log, fixups) = finish_default(draft);
+        assert_eq!(fixups, 0);
+        assert_eq!(log.resource_type.unwrap().chars().count(), 100);
+    }
+
+    #[test]
+    fn ip_addresses_accept_ports_and_brackets() {
+        for raw in ["10.0.0.1", "10.0.0.1:443", "::1", "[::1]", "[::1]:8080"] {
+            assert!(ip_of(raw).is_some(), "{raw}");
+        }
+        assert!(ip_of("localhost").is_none());
+    }
+}

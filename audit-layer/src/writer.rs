@@ -1,0 +1,302 @@
+//! The background writer: batches records by size and time and writes them with `COPY`.
+//!
+//! It runs on its own thread with its own single-threaded runtime, so it never competes
+//! with the application's tasks, works the same under any runtime flavour (or none), and is
+//! not cancelled when the application's runtime shuts down before `shutdown` is awaited.
+//!
+//! While the database is unreachable the writer retries the batch in hand with capped
+//! backoff, and new records wait in the bounded queue; when that is full the layer counts
+//! them as dropped and the writer reports the drops. A batch refused for its data is split
+//! in halves until the bad record is alone; that record goes to `audit_logs_rejected` and
+//! every other one is written.
+//!
+//! Its own diagnostics are ordinary tracing events with target `audit_layer::writer`, which
+//! the audit filter never selects, so they reach the application's other layers and never
+//! become audit records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::copy::{Failure, Sink};
+use crate::error::Error;
+use crate::migrate;
+use crate::queue::{Ack, Message};
+use crate::record::AuditLog;
+use crate::retry::{is_connection_problem, Backoff, FailureKind};
+use crate::stats::Counters;
+
+/// The writer's tuning, set through the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterConfig {
+    pub(crate) batch_size: usize,
+    pub(crate) batch_max_wait: Duration,
+    pub(crate) retry_initial: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) run_migrations: bool,
+    pub(crate) migrate_timeout: Duration,
+}
+
+pub(crate) struct Writer {
+    rx: mpsc::Receiver<Message>,
+    sink: Sink,
+    counters: Arc<Counters>,
+    config: WriterConfig,
+    backoff: Backoff,
+    drops_reported: u64,
+    last_drop_report: Option<Instant>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        rx: mpsc::Receiver<Message>,
+        sink: Sink,
+        counters: Arc<Counters>,
+        config: WriterConfig,
+    ) -> Self {
+        Writer {
+            rx,
+            sink,
+            counters,
+            backoff: Backoff::new(config.retry_initial, config.retry_max),
+            config,
+            drops_reported: 0,
+            last_drop_report: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        if self.config.run_migrations {
+            self.migrate().await;
+        }
+        let size = self.config.batch_size;
+        let mut messages = Vec::with_capacity(size);
+        let mut batch: Vec<AuditLog> = Vec::with_capacity(size);
+        // When the oldest record of the current batch must be written at the latest.
+        let mut deadline = Instant::now();
+        let mut stop_acks: Vec<Ack> = Vec::new();
+        loop {
+            let received = if batch.is_empty() {
+                self.rx.recv_many(&mut messages, size).await
+            } else {
+                tokio::select! {
+                    biased;
+                    n = self.rx.recv_many(&mut messages, size) => n,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.write(take_batch(&mut batch, size)).await;
+                        continue;
+                    }
+                }
+            };
+            if received == 0 {
+                // Every sender is gone (layer and handle dropped): write what is left.
+                self.write(take_batch(&mut batch, size)).await;
+                return;
+            }
+            for message in messages.drain(..) {
+                match message {
+                    Message::Record(record) => {
+                        if batch.is_empty() {
+                            deadline = Instant::now() + self.config.batch_max_wait;
+                        }
+                        batch.push(record);
+                        if batch.len() >= size {
+                            self.write(take_batch(&mut batch, size)).await;
+                        }
+                    }
+                    Message::Flush(ack) => {
+                        self.write(take_batch(&mut batch, size)).await;
+                        ack.send();
+                    }
+                    Message::Shutdown(ack) => stop_acks.push(ack),
+                }
+            }
+            if !stop_acks.is_empty() {
+                self.drain_and_stop(batch, stop_acks).await;
+                return;
+            }
+        }
+    }
+
+    /// Refuses new records, writes everything already queued, then acknowledges.
+    async fn drain_and_stop(&mut self, mut batch: Vec<AuditLog>, mut acks: Vec<Ack>) {
+        let size = self.config.batch_size;
+        self.rx.close();
+        while let Some(message) = self.rx.recv().await {
+            match message {
+                Message::Record(record) => {
+                    batch.push(record);
+                    if batch.len() >= size {
+                        self.write(take_batch(&mut batch, size)).await;
+                    }
+                }
+                Message::Flush(ack) | Message::Shutdown(ack) => acks.push(ack),
+            }
+        }
+        self.write(batch).await;
+        self.report_drops(true);
+        for ack in acks {
+            ack.send();
+        }
+    }
+
+    /// Writes a batch, retrying transient failures and isolating refused records.
+    /// Returns only once every record is committed or kept as rejected.
+    async fn write(&mut self, batch: Vec<AuditLog>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Halves still to write, the next one last.
+        let mut pending = vec![batch];
+        while let Some(mut chunk) = pending.pop() {
+            loop {
+                match self.sink.copy(&chunk).await {
+                    Ok(()) => {
+                        Counters::add(&self.counters.written, chunk.len() as u64);
+                        Counters::add(&self.counters.batches, 1);
+                        self.backoff.reset();
+                        break;
+                    }
+                    Err(failure) if failure.kind == FailureKind::Data => {
+                        if let [record] = chunk.as_slice() {
+                            self.reject(record, failure).await;
+                        } else {
+                            let second = chunk.split_off(chunk.len() / 2);
+                            pending.push(second);
+                            pending.push(chunk);
+                        }
+                        break;
+                    }
+                    Err(failure) => self.wait_before_retry(&failure.message).await,
+                }
+            }
+        }
+        self.report_drops(false);
+    }
+
+    async fn reject(&mut self, record: &AuditLog, reason: Failure) {
+        loop {
+            match self.sink.keep_rejected(record, &reason).await {
+                Ok(()) => {
+                    Counters::add(&self.counters.rejected, 1);
+                    self.counters
+                        .set_last_error(format!("record rejected: {}", reason.message));
+                    tracing::error!(
+                        reason = %reason.message,
+                        event_type = %record.event_type,
+                        username = %record.username,
+                        "PostgreSQL refused an audit record; kept in audit_logs_rejected, \
+                         the rest of its batch was written"
+                    );
+                    return;
+                }
+                Err(failure) if failure.kind == FailureKind::Data => {
+                    // Not even the JSON form is accepted: the log is the last place left.
+                    Counters::add(&self.counters.rejected, 1);
+                    self.counters.set_last_error(format!(
+                        "record rejected and not storable: {}",
+                        failure.message
+                    ));
+                    tracing::error!(
+                        reason = %reason.message,
+                        rejected_table_error = %failure.message,
+                        record = %record.to_json(),
+                        "PostgreSQL refused an audit record and could not keep it in \
+                         audit_logs_rejected; the record is in this message"
+                    );
+                    return;
+                }
+                Err(failure) => self.wait_before_retry(&failure.message).await,
+            }
+        }
+    }
+
+    async fn wait_before_retry(&mut self, reason: &str) {
+        Counters::add(&self.counters.retries, 1);
+        self.counters.set_last_error(reason.to_owned());
+        let delay = self.backoff.next_delay();
+        tracing::warn!(
+            error = %reason,
+            retry_in = ?delay,
+            queued = self.rx.len(),
+            "audit writer cannot reach the database; retrying"
+        );
+        self.report_drops(false);
+        tokio::time::sleep(delay).await;
+    }
+
+    async fn migrate(&mut self) {
+        loop {
+            let attempt = async {
+                let client = self.sink.client().await.map_err(Some)?;
+                match tokio::time::timeout(self.config.migrate_timeout, migrate::migrate(&client))
+                    .await
+                {
+                    Ok(Ok(report)) => Ok(report),
+                    Ok(Err(e)) => Err(Some(Failure {
+                        kind: match &e {
+                            Error::Db(db) if is_connection_problem(db) => FailureKind::Transient,
+                            _ => FailureKind::Data,
+                        },
+                        sqlstate: None,
+                        message: e.to_string(),
+                    })),
+                    Err(_) => Err(None),
+                }
+            };
+            match attempt.await {
+                Ok(report) => {
+                    tracing::info!(
+                        applied = ?report.applied,
+                        version = report.version,
+                        "audit schema is up to date"
+                    );
+                    return;
+                }
+                Err(None) => {
+                    let timeout = self.config.migrate_timeout;
+                    self.wait_before_retry(&format!("migrations did not finish within {timeout:?}"))
+                        .await
+                }
+                Err(Some(f)) if f.kind == FailureKind::Transient => {
+                    self.wait_before_retry(&f.message).await
+                }
+                Err(Some(f)) => {
+                    // Not something waiting fixes (no DDL rights, schema too new): say so and
+                    // write anyway; if the schema is usable, records still get through.
+                    self.counters
+                        .set_last_error(format!("migrations failed: {}", f.message));
+                    tracing::error!(error = %f.message, "audit schema migrations failed; writing anyway");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Says how many records the layer dropped since the last report, at most once a second
+    /// (or now, when `final_report`).
+    fn report_drops(&mut self, final_report: bool) {
+        let dropped = self.counters.dropped();
+        if dropped == self.drops_reported {
+            return;
+        }
+        let due = self
+            .last_drop_report
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due || final_report {
+            tracing::warn!(
+                dropped = dropped - self.drops_reported,
+                dropped_total = dropped,
+                "audit records dropped: the queue was full or the writer had stopped"
+            );
+            self.drops_reported = dropped;
+            self.last_drop_report = Some(Instant::now());
+        }
+    }
+}
+
+fn take_batch(batch: &mut Vec<AuditLog>, capacity: usize) -> Vec<AuditLog> {
+    std::mem::replace(batch, Vec::with_capacity(capacity))
+}
