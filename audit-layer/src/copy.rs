@@ -19,9 +19,11 @@ use crate::error::describe_db_error;
 use crate::record::AuditLog;
 use crate::retry::{classify, FailureKind};
 
-const COPY_STATEMENT: &str = "COPY audit_logs (username, user_id, event_type, message, \
-    ip_address, resource_type, resource_id, resource_name, severity, metadata, created_at) \
-    FROM STDIN (FORMAT binary)";
+const COPY_STATEMENT: &str = concat!(
+    "COPY audit_logs (",
+    crate::record_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 const COPY_TYPES: [Type; 11] = [
     Type::VARCHAR,

@@ -9,6 +9,22 @@ use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
+use tokio_postgres::Row;
+
+/// The columns of `audit_logs` a record is made of, in the order the writer copies them
+/// and [`AuditLog::from_row`] reads them (a macro, so that SQL text can be built with
+/// `concat!`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! record_columns {
+    () => {
+        "username, user_id, event_type, message, ip_address, resource_type, resource_id, \
+         resource_name, severity, metadata, created_at"
+    };
+}
+
+/// The record's columns, comma-separated, for `SELECT` lists: `username, user_id, ...`.
+pub const RECORD_COLUMNS: &str = record_columns!();
 
 /// One audit record: who did what, from where, to which resource, with what outcome.
 ///
@@ -67,6 +83,30 @@ impl AuditLog {
             metadata: Map::new(),
             created_at: Utc::now(),
         }
+    }
+
+    /// Reads a record from a row selected with [`RECORD_COLUMNS`] (by column name, so
+    /// other columns such as `id` may be selected too).
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        let severity: String = row.try_get("severity")?;
+        let metadata: Option<Value> = row.try_get("metadata")?;
+        Ok(AuditLog {
+            username: row.try_get("username")?,
+            user_id: row.try_get("user_id")?,
+            event_type: row.try_get("event_type")?,
+            message: row.try_get("message")?,
+            ip_address: row.try_get("ip_address")?,
+            resource_type: row.try_get("resource_type")?,
+            resource_id: row.try_get("resource_id")?,
+            resource_name: row.try_get("resource_name")?,
+            // The column's CHECK constraint admits only the four names.
+            severity: severity.parse().unwrap_or(Severity::Info),
+            metadata: match metadata {
+                Some(Value::Object(map)) => map,
+                _ => Map::new(),
+            },
+            created_at: row.try_get("created_at")?,
+        })
     }
 
     /// The record as one JSON object with the column names as keys.

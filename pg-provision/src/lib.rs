@@ -1,1 +1,535 @@
-pub fn _x() {}
+//! A PostgreSQL to run against, for tests, benchmarks and the quickstart.
+//!
+//! `DATABASE_URL` when it is set; otherwise a throwaway cluster made from the installed
+//! PostgreSQL binaries, on a free loopback port, stopped and removed when dropped. Every
+//! test gets its own database from [`Postgres::create_database`], so tests run in parallel.
+//!
+//! The binaries are looked for on `PATH`, then through `pg_config --bindir`, then under
+//! `/usr/lib/postgresql/*/bin` (highest version first). `initdb` refuses to run as root, so
+//! as root the cluster is made and run as the `postgres` user through `runuser`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pg_provision::Error> {
+//! let postgres = pg_provision::shared()?;
+//! let url = postgres.create_database("my_test").await?;
+//! let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Why no PostgreSQL could be provided.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => Error(format!(
+                "PostgreSQL: {} ({})",
+                db.message(),
+                db.code().code()
+            )),
+            None => Error(format!("PostgreSQL: {e}")),
+        }
+    }
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error(msg.into())
+}
+
+/// How a throwaway cluster is configured.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Keep PostgreSQL's durability settings (fsync, full page writes). Off by default:
+    /// a throwaway cluster for tests does not need to survive a power cut, and is much
+    /// faster without. Benchmarks turn it on to measure what production would see.
+    pub durable: bool,
+}
+
+/// A PostgreSQL server: the one named by `DATABASE_URL`, or a throwaway cluster.
+#[derive(Debug)]
+pub struct Postgres {
+    url: String,
+    cluster: Option<Cluster>,
+}
+
+impl Postgres {
+    /// `DATABASE_URL` when set (and not empty), otherwise a new throwaway cluster.
+    pub fn from_env_or_throwaway(options: &ClusterOptions) -> Result<Postgres, Error> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Ok(Postgres { url, cluster: None }),
+            _ => {
+                let cluster = Cluster::start_new(options)?;
+                Ok(Postgres {
+                    url: cluster.url("postgres"),
+                    cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// The URL to connect to: `DATABASE_URL`, or the throwaway cluster's `postgres`
+    /// database as superuser.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The throwaway cluster, when there is one (tests that stop and restart the server
+    /// need it).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Creates a new, empty database named from `prefix`, the process id and a counter,
+    /// and returns its URL. With `DATABASE_URL`, its role needs `CREATEDB`.
+    pub async fn create_database(&self, prefix: &str) -> Result<String, Error> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{}_{}_{}",
+            sanitize_identifier(prefix),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| err(format!("cannot connect to {}: {e}", redact_url(&self.url))))?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        drop(client);
+        let _ = task.await;
+        Ok(with_database(&self.url, &name))
+    }
+}
+
+/// The process-wide server for tests: provisioned on first use, and (when throwaway)
+/// stopped and removed when the process exits.
+pub fn shared() -> Result<&'static Postgres, Error> {
+    static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+    let provisioned = SHARED.get_or_init(|| {
+        let postgres =
+            Postgres::from_env_or_throwaway(&ClusterOptions::default()).map_err(|e| e.0)?;
+        if let Some(cluster) = &postgres.cluster {
+            register_exit_cleanup(
+                cluster.base.clone(),
+                cluster.bin_dir.clone(),
+                cluster.as_postgres,
+            );
+        }
+        Ok(postgres)
+    });
+    provisioned.as_ref().map_err(|e| err(e.clone()))
+}
+
+/// A PostgreSQL cluster in a temporary directory, owned by this process.
+#[derive(Debug)]
+pub struct Cluster {
+    base: PathBuf,
+    bin_dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    options: ClusterOptions,
+}
+
+impl Cluster {
+    /// Creates and starts a new cluster on a free loopback port.
+    pub fn start_new(options: &ClusterOptions) -> Result<Cluster, Error> {
+        remove_abandoned_clusters();
+        let bin_dir = find_bin_dir()?;
+        let as_postgres = running_as_root();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "pg-provision-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base)
+            .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
+        fs::write(base.join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| err(format!("cannot write in {}: {e}", base.display())))?;
+        if as_postgres {
+            let (uid, gid) = postgres_user_ids()?;
+            std::os::unix::fs::chown(&base, Some(uid), Some(gid))
+                .map_err(|e| err(format!("cannot give {} to postgres: {e}", base.display())))?;
+        }
+        let mut cluster = Cluster {
+            base,
+            bin_dir,
+            port: 0,
+            as_postgres,
+            options: options.clone(),
+        };
+        let data = cluster.data_dir();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
+        // A port found free can be taken before the server binds it: try a few.
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            match cluster.start() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| err("cannot start PostgreSQL")))
+    }
+
+    /// The URL of database `database` on this cluster, as superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.base.join("data")
+    }
+
+    /// Starts the server (again), on the same port.
+    pub fn start(&self) -> Result<(), Error> {
+        let mut settings = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
+             -c shared_buffers=256MB",
+            self.port,
+            path_str(&self.base)?
+        );
+        if !self.options.durable {
+            settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        let data = self.data_dir();
+        let log = self.base.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-o",
+                &settings,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .map_err(|e| {
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            err(format!("{e}\nserver log:\n{}", tail.join("\n")))
+        })
+    }
+
+    /// Stops the server: `mode` is `fast` (clean) or `immediate` (like a crash).
+    pub fn stop(&self, mode: &str) -> Result<(), Error> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", mode, "-w", "-t", "60", "stop"],
+        )
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), Error> {
+        let output = run_as(&self.bin_dir, self.as_postgres, program, args)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "{program} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        destroy(&self.base, &self.bin_dir, self.as_postgres);
+    }
+}
+
+fn destroy(base: &Path, bin_dir: &Path, as_postgres: bool) {
+    let data = base.join("data");
+    if data.join("postmaster.pid").exists() {
+        if let Some(data) = data.to_str() {
+            let _ = run_as(
+                bin_dir,
+                as_postgres,
+                "pg_ctl",
+                &["-D", data, "-m", "immediate", "-w", "stop"],
+            );
+        }
+    }
+    let _ = fs::remove_dir_all(base);
+}
+
+fn run_as(
+    bin_dir: &Path,
+    as_postgres: bool,
+    program: &str,
+    args: &[&str],
+) -> Result<Output, Error> {
+    let program_path = bin_dir.join(program);
+    let mut command = if as_postgres {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(&program_path);
+        c
+    } else {
+        Command::new(&program_path)
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .current_dir(std::env::temp_dir());
+    command
+        .output()
+        .map_err(|e| err(format!("cannot run {}: {e}", program_path.display())))
+}
+
+/// Stops and removes clusters left by processes that died without cleaning up.
+fn remove_abandoned_clusters() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("pg-provision-") {
+            continue;
+        }
+        let base = entry.path();
+        let owner = fs::read_to_string(base.join("owner.pid")).unwrap_or_default();
+        let alive = owner
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            if let Ok(bin_dir) = find_bin_dir() {
+                destroy(&base, &bin_dir, running_as_root());
+            }
+        }
+    }
+}
+
+fn find_bin_dir() -> Result<PathBuf, Error> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
+            return Ok(dir);
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_tools(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let dir = e.path().join("bin");
+            has_tools(&dir).then_some((version, dir))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        err(
+            "no PostgreSQL server binaries (initdb, pg_ctl) found on PATH, through \
+             `pg_config --bindir`, or under /usr/lib/postgresql/*/bin. Install them \
+             (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install \
+             postgresql-server`; macOS: `brew install postgresql`), or set DATABASE_URL to \
+             a server you have.",
+        )
+    })
+}
+
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn postgres_user_ids() -> Result<(u32, u32), Error> {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&"postgres") && fields.len() > 3)
+                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                .flatten()
+        })
+        .ok_or_else(|| {
+            err(
+                "running as root, and initdb refuses root: a `postgres` user is needed to \
+                 run the throwaway cluster (the postgresql package creates it), or set \
+                 DATABASE_URL",
+            )
+        })
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| err(format!("cannot find a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| err(format!("cannot find a free port: {e}")))
+}
+
+fn path_str(path: &Path) -> Result<&str, Error> {
+    path.to_str()
+        .ok_or_else(|| err(format!("path is not UTF-8: {}", path.display())))
+}
+
+fn sanitize_identifier(prefix: &str) -> String {
+    let cleaned: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    if cleaned.is_empty() {
+        "db".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// `url` with its database replaced by `database`; both URL and `key=value` forms.
+pub fn with_database(url: &str, database: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .map(|r| ("postgres://", r))
+        .or_else(|| {
+            url.strip_prefix("postgresql://")
+                .map(|r| ("postgresql://", r))
+        })
+    {
+        let (scheme, rest) = rest;
+        let (before_query, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (rest, None),
+        };
+        let authority = before_query.split('/').next().unwrap_or(before_query);
+        let mut out = format!("{scheme}{authority}/{database}");
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    } else {
+        format!("{url} dbname={database}")
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:secret@host → postgres://user:***@host
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Throwaway clusters of the shared server, removed when the process exits normally
+/// (the test harness ends with `exit`, which runs `atexit` handlers but no destructors).
+static EXIT_CLEANUP: Mutex<Vec<(PathBuf, PathBuf, bool)>> = Mutex::new(Vec::new());
+
+fn register_exit_cleanup(base: PathBuf, bin_dir: PathBuf, as_postgres: bool) {
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    extern "C" fn cleanup() {
+        if let Ok(mut clusters) = EXIT_CLEANUP.lock() {
+            for (base, bin_dir, as_postgres) in clusters.drain(..) {
+                destroy(&base, &bin_dir, as_postgres);
+            }
+        }
+    }
+    if let Ok(mut clusters) = EXIT_CLEANUP.lock() {
+        let first = clusters.is_empty();
+        clusters.push((base, bin_dir, as_postgres));
+        if first {
+            // SAFETY: `cleanup` is a plain function that lives for the whole program.
+            unsafe {
+                atexit(cleanup);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_replaced_in_both_url_forms() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/old?sslmode=disable", "new"),
+            "postgres://u:p@h:5432/new?sslmode=disable"
+        );
+        assert_eq!(with_database("postgresql://h", "new"), "postgresql://h/new");
+        assert_eq!(
+            with_database("host=h user=u dbname=old", "new"),
+            "host=h user=u dbname=old dbname=new"
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_messages() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

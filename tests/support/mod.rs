@@ -1,0 +1,98 @@
+//! What every end-to-end test needs: a fresh migrated database on a real PostgreSQL, a
+//! layer writing to it, and the rows read back.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use audit_layer::{AuditHandle, AuditLayer, AuditLayerBuilder, AuditLog, Stats, RECORD_COLUMNS};
+use tokio_postgres::{Client, NoTls};
+use tracing::Dispatch;
+use tracing_subscriber::prelude::*;
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    pub client: Client,
+}
+
+impl TestDb {
+    /// A new, empty database (no schema).
+    pub async fn empty(name: &str) -> TestDb {
+        let postgres = pg_provision::shared().expect("a PostgreSQL to test against");
+        let url = postgres
+            .create_database(name)
+            .await
+            .expect("create test database");
+        let client = connect(&url).await;
+        TestDb { url, client }
+    }
+
+    /// A new database with the schema applied.
+    pub async fn migrated(name: &str) -> TestDb {
+        let db = TestDb::empty(name).await;
+        audit_layer::migrate::migrate(&db.client)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// Every record in `audit_logs`, in id order.
+    pub async fn records(&self) -> Vec<AuditLog> {
+        self.records_where("true").await
+    }
+
+    pub async fn records_where(&self, condition: &str) -> Vec<AuditLog> {
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM audit_logs WHERE {condition} ORDER BY id");
+        self.client
+            .query(&sql, &[])
+            .await
+            .expect("select records")
+            .iter()
+            .map(|row| AuditLog::from_row(row).expect("decode record"))
+            .collect()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .expect("count query")
+            .get(0)
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// A builder for tests: short batch window so tests do not idle.
+pub fn builder(url: &str) -> AuditLayerBuilder {
+    AuditLayer::builder()
+        .database_url(url)
+        .batch_max_wait(Duration::from_millis(20))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// A subscriber with only the audit layer, as a `Dispatch` to install per thread.
+pub fn dispatch(builder: AuditLayerBuilder) -> (Dispatch, AuditHandle) {
+    let (layer, handle) = builder.build().expect("build audit layer");
+    (
+        Dispatch::new(tracing_subscriber::registry().with(layer)),
+        handle,
+    )
+}
+
+/// Emits with `emit` under a subscriber holding only the audit layer, shuts the writer
+/// down (which commits everything), and returns the final counters.
+pub async fn emit_and_flush(db: &TestDb, emit: impl FnOnce()) -> Stats {
+    let (dispatch, handle) = dispatch(builder(&db.url));
+    tracing::dispatcher::with_default(&dispatch, emit);
+    handle
+        .shutdown(Duration::from_secs(30))
+        .await
+        .expect("shutdown commits everything in time")
+}
