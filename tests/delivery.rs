@@ -1,0 +1,316 @@
+//! Delivery: flush and shutdown, poison records, an unreachable database, many threads,
+//! and a role that may only insert. Every assertion is on the rows PostgreSQL holds.
+
+mod support;
+
+use std::time::Duration;
+
+use audit_layer::Error;
+use pg_provision::{Cluster, ClusterOptions};
+use support::{builder, connect, dispatch, TestDb};
+use tracing::info;
+
+#[tokio::test]
+async fn flush_returns_once_everything_emitted_before_it_is_committed() {
+    let db = TestDb::migrated("flush").await;
+    // A batch window far longer than the test: only flush can make the rows appear.
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_max_wait(Duration::from_secs(3600)));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..1000 {
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "m");
+        }
+    });
+    handle.flush().await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 1000);
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", seq = 1000, "m");
+    });
+    handle.flush().await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 1001);
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.enqueued, stats.written, stats.dropped),
+        (1001, 1001, 0)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_commits_everything_and_later_records_are_counted_as_dropped() {
+    let db = TestDb::migrated("shutdown").await;
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_max_wait(Duration::from_secs(3600)));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..5000 {
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "m");
+        }
+    });
+    let stats = handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats.written, 5000);
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 5000);
+
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "after shutdown");
+    });
+    let stats = handle.stats();
+    assert_eq!(stats.dropped_writer_stopped, 1);
+    assert!(matches!(handle.flush().await, Err(Error::WriterStopped)));
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 5000);
+}
+
+#[test]
+fn flush_and_shutdown_work_on_a_current_thread_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = TestDb::migrated("current_thread").await;
+        let (dispatch, handle) = dispatch(builder(&db.url));
+        tracing::dispatcher::with_default(&dispatch, || {
+            info!(target: "audit", username = "u", event_type = "e", "one");
+        });
+        handle.flush().await.unwrap();
+        assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 1);
+        tracing::dispatcher::with_default(&dispatch, || {
+            info!(target: "audit", username = "u", event_type = "e", "two");
+        });
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 2);
+    });
+}
+
+#[test]
+fn dropping_the_handle_outside_a_runtime_flushes_within_its_timeout() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::migrated("drop_handle"));
+    let (dispatch, handle) = dispatch(
+        builder(&db.url)
+            .batch_max_wait(Duration::from_secs(3600))
+            .drop_flush_timeout(Duration::from_secs(30)),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "before drop");
+    });
+    drop(handle);
+    let count = runtime.block_on(db.count("SELECT count(*) FROM audit_logs"));
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_poison_record_is_isolated_and_every_other_record_is_written() {
+    let db = TestDb::migrated("poison").await;
+    // A rule a DBA might add later: the layer cannot know it, PostgreSQL refuses the row.
+    db.client
+        .batch_execute(
+            "ALTER TABLE audit_logs ADD CONSTRAINT no_poison CHECK (message <> 'poison') NOT VALID",
+        )
+        .await
+        .unwrap();
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_size(10_000));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..10_000 {
+            let message = if i == 6_789 { "poison" } else { "fine" };
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "{message}");
+        }
+    });
+    let stats = handle.shutdown(Duration::from_secs(60)).await.unwrap();
+    assert_eq!((stats.written, stats.rejected), (9_999, 1));
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 9_999);
+    assert_eq!(
+        db.count(
+            "SELECT count(DISTINCT (metadata->>'seq')::int) FROM audit_logs WHERE message = 'fine'"
+        )
+        .await,
+        9_999
+    );
+    let kept = db
+        .client
+        .query_one(
+            "SELECT sqlstate, reason, record FROM audit_logs_rejected",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (sqlstate, reason, record): (String, String, serde_json::Value) =
+        (kept.get(0), kept.get(1), kept.get(2));
+    assert_eq!(sqlstate, "23514");
+    assert!(reason.contains("no_poison"), "{reason}");
+    assert_eq!(record["message"], "poison");
+    assert_eq!(record["metadata"]["seq"], 6_789);
+    assert!(stats.last_error.unwrap().contains("no_poison"));
+}
+
+#[tokio::test]
+async fn records_emitted_while_the_database_is_down_are_written_once_it_is_up() {
+    let cluster = Cluster::start_new(&ClusterOptions::default()).expect("own cluster");
+    let url = cluster.url("postgres");
+    {
+        let client = connect(&url).await;
+        audit_layer::migrate::migrate(&client).await.unwrap();
+    }
+    cluster.stop("fast").unwrap();
+
+    let (dispatch, handle) = dispatch(builder(&url));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..500 {
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "while down");
+        }
+    });
+    // The writer keeps failing and retrying; nothing is lost meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while handle.stats().retries < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writer never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = handle.stats();
+    assert_eq!((stats.written, stats.dropped, stats.pending()), (0, 0, 500));
+    assert!(stats.last_error.is_some());
+
+    cluster.start().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), handle.flush())
+        .await
+        .expect("flush once the database is back")
+        .unwrap();
+    let client = connect(&url).await;
+    let count: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT (metadata->>'seq')::int) FROM audit_logs",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM audit_logs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((count, total), (500, 500));
+}
+
+#[tokio::test]
+async fn the_application_may_start_before_the_schema_exists_and_migrate_itself() {
+    let db = TestDb::empty("self_migrate").await;
+    let (dispatch, handle) = dispatch(builder(&db.url).run_migrations(true));
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "first ever");
+    });
+    handle.shutdown(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 1);
+    assert!(
+        db.count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_logs'::regclass")
+            .await
+            >= 3
+    );
+}
+
+#[tokio::test]
+async fn a_role_that_may_only_insert_still_writes() {
+    let db = TestDb::migrated("insert_only").await;
+    let role = format!("audit_app_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN;
+             GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
+             -- rows for a month without a partition land in the DEFAULT partition
+             DROP TABLE audit_logs_default;
+             CREATE TABLE audit_logs_default PARTITION OF audit_logs DEFAULT;"
+        ))
+        .await
+        .unwrap();
+    let app_url = with_user(&db.url, &role);
+    let (dispatch, handle) = dispatch(builder(&app_url).run_migrations(false));
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "written by an insert-only role");
+    });
+    let stats = handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats.written, 1);
+    // A date far beyond the prepared partitions also lands, in the DEFAULT partition.
+    let app = connect(&app_url).await;
+    app.batch_execute(
+        "INSERT INTO audit_logs (username, event_type, message, created_at) \
+         VALUES ('u', 'e', 'far future', '2100-01-01Z')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs_default").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 2);
+}
+
+#[tokio::test]
+async fn migrations_refused_by_a_role_without_ddl_rights_are_reported_and_writing_goes_on() {
+    let db = TestDb::migrated("no_ddl").await;
+    let role = format!("audit_noddl_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN;
+             GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+        ))
+        .await
+        .unwrap();
+    let (dispatch, handle) = dispatch(builder(&with_user(&db.url, &role)).run_migrations(true));
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "still written");
+    });
+    let stats = handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stats.written, 1);
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("migrations failed"),
+        "{:?}",
+        stats.last_error
+    );
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 1);
+}
+
+#[test]
+fn a_hundred_thousand_events_from_eight_threads_arrive_exactly_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::migrated("eight_threads"));
+    let (dispatch, handle) = dispatch(builder(&db.url).queue_capacity(200_000));
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let dispatch = dispatch.clone();
+            scope.spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for seq in 0..12_500 {
+                        info!(target: "audit", username = "load", event_type = "load",
+                              thread, seq, "event {seq} of thread {thread}");
+                    }
+                })
+            });
+        }
+    });
+    let stats = runtime
+        .block_on(handle.shutdown(Duration::from_secs(120)))
+        .unwrap();
+    assert_eq!(
+        (stats.enqueued, stats.written, stats.dropped),
+        (100_000, 100_000, 0)
+    );
+    runtime.block_on(async {
+        assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 100_000);
+        let distinct = db
+            .count(
+                "SELECT count(*) FROM (SELECT DISTINCT metadata->'thread', metadata->'seq' \
+                 FROM audit_logs) d",
+            )
+            .await;
+        assert_eq!(distinct, 100_000);
+    });
+}
+
+fn with_user(url: &str, user: &str) -> String {
+    // postgres://postgres@host:port/db → postgres://<user>@host:port/db
+    let (scheme, rest) = url.split_once("://").expect("URL form");
+    let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
+    format!("{scheme}://{user}@{host_and_db}")
+}
