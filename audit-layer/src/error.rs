@@ -77,16 +77,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Spawn(e) => Some(e),
-            Error::Db(e) => Some(e),
-            Error::Pool(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Every message is complete on its own (the server's message, SQLSTATE and detail
+/// included), so no variant also reports a `source`: error reporters that walk the chain
+/// would print it twice.
+impl std::error::Error for Error {}
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {

@@ -30,7 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6175_6469_74;
+const MIGRATION_LOCK: i64 = 0x0061_7564_6974;
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,9 +35,11 @@ pub(crate) struct Redactor {
 
 static NEXT_REDACTOR_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// (redactor id, name address, name length) → is a secret.
+type VerdictCache = HashMap<(usize, usize, usize), bool, BuildHasherDefault<AddressHasher>>;
+
 thread_local! {
-    static CACHE: RefCell<HashMap<(usize, usize, usize), bool, BuildHasherDefault<AddressHasher>>> =
-        RefCell::new(HashMap::default());
+    static CACHE: RefCell<VerdictCache> = RefCell::new(HashMap::default());
 }
 
 impl Redactor {

@@ -1,0 +1,236 @@
+//! The quickstart: the sample flows of the original design, written through audit-layer
+//! exactly as an application would, then read back.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use audit_layer::{AuditLayer, AuditLog, RECORD_COLUMNS};
+use pg_provision::{Cluster, ClusterOptions};
+use tracing::{error, info, info_span, warn};
+
+use crate::cli::DemoArgs;
+use crate::{logging, schema};
+
+const DB_TIMEOUT: Duration = Duration::from_secs(30);
+
+const USERS: &[(&str, i64, &str)] = &[
+    ("admin", 1, "192.0.2.10"),
+    ("alice", 2, "198.51.100.23"),
+    ("bob", 3, "203.0.113.5"),
+    ("carol", 4, "2001:db8::42"),
+];
+
+const DEVICES: &[(&str, &str)] = &[
+    ("edge-fra1-01", "5f0c1a2e"),
+    ("core-ams2-03", "9b7d4c11"),
+    ("access-lon1-12", "27e8f3a9"),
+];
+
+pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
+    // Diagnostics start once the audit layer can be installed with them, so progress up to
+    // then goes straight to stderr.
+    let (url, cluster) = match args.database_url {
+        Some(url) => (url, None),
+        None => {
+            eprintln!("auditd demo: no DATABASE_URL, starting a throwaway PostgreSQL...");
+            let cluster =
+                tokio::task::spawn_blocking(|| Cluster::start_new(&ClusterOptions::default()))
+                    .await
+                    .context("cluster start-up panicked")?
+                    .context("cannot start a throwaway PostgreSQL")?;
+            eprintln!(
+                "auditd demo: PostgreSQL is up on 127.0.0.1:{}",
+                cluster.port()
+            );
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let client = schema::connect(&url, DB_TIMEOUT).await?;
+    let (audit, handle) = AuditLayer::builder()
+        .database_url(&url)
+        .build()
+        .context("cannot start the audit layer")?;
+    logging::init(log_filter, Some(audit))?;
+    schema::migrate(&client, DB_TIMEOUT).await?;
+
+    tracing::info!(
+        rounds = args.rounds,
+        "writing the sample flows through audit-layer"
+    );
+    for round in 0..args.rounds {
+        sample_flows(round);
+    }
+    tokio::time::timeout(DB_TIMEOUT, handle.flush())
+        .await
+        .context("the audit records were not committed in time")??;
+    let stats = handle.stats();
+    tracing::info!(
+        written = stats.written,
+        fixups = stats.fixups,
+        dropped = stats.dropped,
+        "sample flows committed"
+    );
+
+    show(&client).await?;
+    println!();
+    println!("The records are in PostgreSQL. Look at them with:");
+    println!(
+        "  psql '{url}' -c 'SELECT * FROM audit_logs ORDER BY created_at DESC, id DESC LIMIT 20'"
+    );
+    println!("Try the queries of the original design:");
+    println!("  ... WHERE username = 'admin'            (a user's activity)");
+    println!("  ... WHERE event_type = 'authentication' (logins and failures)");
+    println!("  ... WHERE severity = 'critical'         (critical events)");
+
+    if !args.exit {
+        println!();
+        if cluster.is_some() {
+            println!("Press Ctrl-C to stop; the throwaway database is removed then.");
+        } else {
+            println!("Press Ctrl-C to stop.");
+        }
+        wait_for_signal().await?;
+    }
+    handle
+        .shutdown(DB_TIMEOUT)
+        .await
+        .context("audit writer did not shut down cleanly")?;
+    drop(cluster);
+    Ok(())
+}
+
+/// One round of what a network-automation backend records: 9 audit events.
+fn sample_flows(round: u32) {
+    let (user, user_id, ip) = USERS[round as usize % USERS.len()];
+    let (device, device_id) = DEVICES[round as usize % DEVICES.len()];
+
+    // A request span carries who and from where; every audit event inside inherits it.
+    let request = info_span!("request", username = user, user_id, ip_address = ip);
+    request.in_scope(|| {
+        info!(target: "audit", event_type = "authentication", "User login");
+        info!(
+            target: "audit",
+            event_type = "onboarding",
+            resource_type = "device",
+            resource_id = device_id,
+            resource_name = device,
+            "Device '{device}' onboarded to Nautobot"
+        );
+        error!(
+            target: "audit",
+            event_type = "onboarding",
+            resource_type = "device",
+            resource_name = "edge-par1-07",
+            error = "SSH timeout after 30s",
+            "Device 'edge-par1-07' onboarded to Nautobot - Error: SSH timeout after 30s"
+        );
+        info!(
+            target: "audit",
+            event_type = "credential_management",
+            resource_type = "credential",
+            resource_name = "netops-readonly",
+            password = "never-stored",
+            "Credential 'netops-readonly' updated"
+        );
+        info!(target: "audit", event_type = "authentication", "User logout");
+    });
+
+    warn!(
+        target: "audit",
+        event_type = "authentication",
+        username = "mallory",
+        ip_address = "203.0.113.66",
+        "User login_failed"
+    );
+    let failed = u64::from(round.is_multiple_of(3));
+    info!(
+        target: "audit",
+        event_type = "backup",
+        username = "system",
+        success_count = 48 - failed,
+        failed_count = failed,
+        total_devices = 48u64,
+        "Backup completed: {} devices backed up", 48 - failed
+    );
+    info!(
+        target: "audit",
+        event_type = "sync",
+        username = "system",
+        source = "nautobot",
+        target_system = "checkmk",
+        changed = round % 5,
+        "Sync completed"
+    );
+    if round % 10 == 9 {
+        error!(
+            target: "audit",
+            event_type = "backup",
+            username = "system",
+            severity = "critical",
+            "Backup failed: storage unreachable"
+        );
+    } else {
+        info!(
+            target: "audit",
+            event_type = "job_execution",
+            username = user,
+            resource_type = "job",
+            resource_name = "nightly-compliance",
+            "Job template 'nightly-compliance' started"
+        );
+    }
+}
+
+async fn show(client: &tokio_postgres::Client) -> Result<()> {
+    let sql = format!(
+        "SELECT id, {RECORD_COLUMNS} FROM audit_logs ORDER BY created_at DESC, id DESC LIMIT 12"
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .context("cannot read the records back")?;
+    println!();
+    println!("Newest audit records:");
+    println!(
+        "{:>5}  {:<15}  {:<8}  {:<21}  {:<10}  {:<15}  message",
+        "id", "time (UTC)", "severity", "event_type", "username", "ip_address"
+    );
+    for row in &rows {
+        let id: i64 = row.get("id");
+        let log = AuditLog::from_row(row).context("cannot decode a record")?;
+        println!(
+            "{:>5}  {:<15}  {:<8}  {:<21}  {:<10}  {:<15}  {}",
+            id,
+            log.created_at.format("%H:%M:%S%.6f"),
+            log.severity,
+            log.event_type,
+            log.username,
+            log.ip_address.map(|ip| ip.to_string()).unwrap_or_default(),
+            log.message
+        );
+    }
+    let counts = client
+        .query(
+            "SELECT event_type, count(*) FROM audit_logs GROUP BY 1 ORDER BY 2 DESC, 1",
+            &[],
+        )
+        .await
+        .context("cannot count the records")?;
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|r| format!("{} {}", r.get::<_, i64>(1), r.get::<_, String>(0)))
+        .collect();
+    println!();
+    println!("By event type: {}", counts.join(", "));
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The `migrate` and `partitions` commands: the schema work that needs the owner's role.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+/// Connects with one plain connection (no pool: these commands make a few calls and exit).
+pub async fn connect(url: &str, timeout: Duration) -> Result<Client> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = tokio::time::timeout(timeout, connecting)
+        .await
+        .with_context(|| format!("no answer from the database within {timeout:?}"))?
+        .context("cannot connect to the database")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies pending migrations and creates partitions ahead of time.
+pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {
+    let report = tokio::time::timeout(timeout, audit_layer::migrate::migrate(client))
+        .await
+        .with_context(|| format!("migrations did not finish within {timeout:?}"))?
+        .context("migrations failed")?;
+    if report.applied.is_empty() {
+        tracing::info!(version = report.version, "schema already up to date");
+    } else {
+        tracing::info!(applied = ?report.applied, version = report.version, "migrations applied");
+    }
+    if report.partitions_created > 0 {
+        tracing::info!(created = report.partitions_created, "partitions created");
+    }
+    Ok(())
+}
+
+/// Runs the partition upkeep once.
+pub async fn ensure_partitions(
+    client: &Client,
+    months_ahead: i32,
+    timeout: Duration,
+) -> Result<i32> {
+    let created = tokio::time::timeout(
+        timeout,
+        audit_layer::partitions::ensure_partitions(client, months_ahead),
+    )
+    .await
+    .with_context(|| format!("partition upkeep did not finish within {timeout:?}"))?
+    .context("partition upkeep failed")?;
+    tracing::info!(created, months_ahead, "partitions ensured");
+    Ok(created)
+}
