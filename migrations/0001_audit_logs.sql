@@ -21,7 +21,7 @@
 --   instead of a huge DELETE; the primary key therefore includes created_at.
 
 CREATE TABLE audit_logs (
-    id            bigint GENERATED ALWAYS AS IDENTITY,
+    id            bigint GENERATED ALWAYS AS IDENTITY (CACHE 128),
     username      varchar(255) NOT NULL,
     user_id       bigint,
     event_type    varchar(100) NOT NULL,

@@ -67,17 +67,19 @@ impl Default for AuditLayerBuilder {
         AuditLayerBuilder {
             database: None,
             pool_options: PoolOptions {
-                max_size: 2,
+                // One per batch in flight, and one for keeping a rejected record.
+                max_size: 3,
                 ..PoolOptions::default()
             },
             queue_capacity: 65_536,
             writer: WriterConfig {
-                batch_size: 4096,
+                batch_size: 8192,
                 batch_max_wait: Duration::from_millis(200),
                 retry_initial: Duration::from_millis(100),
                 retry_max: Duration::from_secs(5),
                 run_migrations: false,
                 migrate_timeout: Duration::from_secs(60),
+                max_in_flight: 2,
             },
             db_timeout: Duration::from_secs(10),
             secret_patterns: DEFAULT_SECRET_PATTERNS
@@ -113,7 +115,7 @@ impl AuditLayerBuilder {
         self
     }
 
-    /// Pool settings used with [`database_url`](Self::database_url). Default: 2 connections,
+    /// Pool settings used with [`database_url`](Self::database_url). Default: 3 connections,
     /// 5 s wait, create and recycle timeouts.
     pub fn pool_options(mut self, options: PoolOptions) -> Self {
         self.pool_options = options;
@@ -127,9 +129,17 @@ impl AuditLayerBuilder {
         self
     }
 
-    /// Most records per `COPY`. Default 4,096.
+    /// Most records per `COPY`. Default 8,192.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.writer.batch_size = size.max(1);
+        self
+    }
+
+    /// Most batches written at once, each over its own connection. Default 2: while
+    /// PostgreSQL ingests one `COPY`, the next streams in, so the server uses more than one
+    /// core. The pool needs at least this many connections.
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.writer.max_in_flight = batches.max(1);
         self
     }
 

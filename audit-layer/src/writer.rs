@@ -14,10 +14,10 @@
 //! the audit filter never selects, so they reach the application's other layers and never
 //! become audit records.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::copy::{Failure, Sink};
@@ -37,16 +37,30 @@ pub(crate) struct WriterConfig {
     pub(crate) retry_max: Duration,
     pub(crate) run_migrations: bool,
     pub(crate) migrate_timeout: Duration,
+    pub(crate) max_in_flight: usize,
 }
 
 pub(crate) struct Writer {
     rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    config: WriterConfig,
+    /// One permit per batch being written; all of them means nothing is in flight.
+    in_flight: Arc<Semaphore>,
+}
+
+/// What the concurrent batch writes share.
+struct Shared {
     sink: Sink,
     counters: Arc<Counters>,
-    config: WriterConfig,
-    backoff: Backoff,
-    drops_reported: u64,
-    last_drop_report: Option<Instant>,
+    retry_initial: Duration,
+    retry_max: Duration,
+    drop_report: Mutex<DropReport>,
+}
+
+#[derive(Default)]
+struct DropReport {
+    reported: u64,
+    at: Option<Instant>,
 }
 
 impl Writer {
@@ -58,18 +72,46 @@ impl Writer {
     ) -> Self {
         Writer {
             rx,
-            sink,
-            counters,
-            backoff: Backoff::new(config.retry_initial, config.retry_max),
+            shared: Arc::new(Shared {
+                sink,
+                counters,
+                retry_initial: config.retry_initial,
+                retry_max: config.retry_max,
+                drop_report: Mutex::new(DropReport::default()),
+            }),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
-            drops_reported: 0,
-            last_drop_report: None,
         }
+    }
+
+    /// Starts writing a batch as soon as fewer than `max_in_flight` batches are being
+    /// written. While PostgreSQL works on one `COPY`, the next is already streaming, so the
+    /// server's ingest runs on more than one core.
+    async fn dispatch(&self, batch: Vec<AuditLog>) {
+        if batch.is_empty() {
+            return;
+        }
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            shared.write(batch).await;
+            drop(permit);
+        });
+    }
+
+    /// Returns once every dispatched batch is committed or kept as rejected.
+    async fn settle(&self) {
+        let all = u32::try_from(self.config.max_in_flight).unwrap_or(u32::MAX);
+        // Acquired and released at once: only the waiting matters.
+        let _ = self.in_flight.acquire_many(all).await;
     }
 
     pub(crate) async fn run(mut self) {
         if self.config.run_migrations {
-            self.migrate().await;
+            self.shared.migrate(self.config.migrate_timeout).await;
         }
         let size = self.config.batch_size;
         let mut messages = Vec::with_capacity(size);
@@ -85,14 +127,15 @@ impl Writer {
                     biased;
                     n = self.rx.recv_many(&mut messages, size) => n,
                     () = tokio::time::sleep_until(deadline) => {
-                        self.write(take_batch(&mut batch, size)).await;
+                        self.dispatch(take_batch(&mut batch, size)).await;
                         continue;
                     }
                 }
             };
             if received == 0 {
                 // Every sender is gone (layer and handle dropped): write what is left.
-                self.write(take_batch(&mut batch, size)).await;
+                self.dispatch(take_batch(&mut batch, size)).await;
+                self.settle().await;
                 return;
             }
             for message in messages.drain(..) {
@@ -103,11 +146,12 @@ impl Writer {
                         }
                         batch.push(record);
                         if batch.len() >= size {
-                            self.write(take_batch(&mut batch, size)).await;
+                            self.dispatch(take_batch(&mut batch, size)).await;
                         }
                     }
                     Message::Flush(ack) => {
-                        self.write(take_batch(&mut batch, size)).await;
+                        self.dispatch(take_batch(&mut batch, size)).await;
+                        self.settle().await;
                         ack.send();
                     }
                     Message::Shutdown(ack) => stop_acks.push(ack),
@@ -129,25 +173,26 @@ impl Writer {
                 Message::Record(record) => {
                     batch.push(record);
                     if batch.len() >= size {
-                        self.write(take_batch(&mut batch, size)).await;
+                        self.dispatch(take_batch(&mut batch, size)).await;
                     }
                 }
                 Message::Flush(ack) | Message::Shutdown(ack) => acks.push(ack),
             }
         }
-        self.write(batch).await;
-        self.report_drops(true);
+        self.dispatch(batch).await;
+        self.settle().await;
+        self.shared.report_drops(true);
         for ack in acks {
             ack.send();
         }
     }
+}
 
+impl Shared {
     /// Writes a batch, retrying transient failures and isolating refused records.
     /// Returns only once every record is committed or kept as rejected.
-    async fn write(&mut self, batch: Vec<AuditLog>) {
-        if batch.is_empty() {
-            return;
-        }
+    async fn write(&self, batch: Vec<AuditLog>) {
+        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Halves still to write, the next one last.
         let mut pending = vec![batch];
         while let Some(mut chunk) = pending.pop() {
@@ -156,12 +201,12 @@ impl Writer {
                     Ok(()) => {
                         Counters::add(&self.counters.written, chunk.len() as u64);
                         Counters::add(&self.counters.batches, 1);
-                        self.backoff.reset();
+                        backoff.reset();
                         break;
                     }
                     Err(failure) if failure.kind == FailureKind::Data => {
                         if let [record] = chunk.as_slice() {
-                            self.reject(record, failure).await;
+                            self.reject(record, failure, &mut backoff).await;
                         } else {
                             let second = chunk.split_off(chunk.len() / 2);
                             pending.push(second);
@@ -169,14 +214,14 @@ impl Writer {
                         }
                         break;
                     }
-                    Err(failure) => self.wait_before_retry(&failure.message).await,
+                    Err(failure) => self.wait_before_retry(&failure.message, &mut backoff).await,
                 }
             }
         }
         self.report_drops(false);
     }
 
-    async fn reject(&mut self, record: &AuditLog, reason: Failure) {
+    async fn reject(&self, record: &AuditLog, reason: Failure, backoff: &mut Backoff) {
         loop {
             match self.sink.keep_rejected(record, &reason).await {
                 Ok(()) => {
@@ -208,32 +253,30 @@ impl Writer {
                     );
                     return;
                 }
-                Err(failure) => self.wait_before_retry(&failure.message).await,
+                Err(failure) => self.wait_before_retry(&failure.message, backoff).await,
             }
         }
     }
 
-    async fn wait_before_retry(&mut self, reason: &str) {
+    async fn wait_before_retry(&self, reason: &str, backoff: &mut Backoff) {
         Counters::add(&self.counters.retries, 1);
         self.counters.set_last_error(reason.to_owned());
-        let delay = self.backoff.next_delay();
+        let delay = backoff.next_delay();
         tracing::warn!(
             error = %reason,
             retry_in = ?delay,
-            queued = self.rx.len(),
-            "audit writer cannot reach the database; retrying"
+            "audit writer cannot write to the database; retrying"
         );
         self.report_drops(false);
         tokio::time::sleep(delay).await;
     }
 
-    async fn migrate(&mut self) {
+    async fn migrate(&self, timeout: Duration) {
+        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         loop {
             let attempt = async {
                 let client = self.sink.client().await.map_err(Some)?;
-                match tokio::time::timeout(self.config.migrate_timeout, migrate::migrate(&client))
-                    .await
-                {
+                match tokio::time::timeout(timeout, migrate::migrate(&client)).await {
                     Ok(Ok(report)) => Ok(report),
                     Ok(Err(e)) => Err(Some(Failure {
                         kind: match &e {
@@ -256,12 +299,11 @@ impl Writer {
                     return;
                 }
                 Err(None) => {
-                    let timeout = self.config.migrate_timeout;
-                    self.wait_before_retry(&format!("migrations did not finish within {timeout:?}"))
-                        .await
+                    let reason = format!("migrations did not finish within {timeout:?}");
+                    self.wait_before_retry(&reason, &mut backoff).await
                 }
                 Err(Some(f)) if f.kind == FailureKind::Transient => {
-                    self.wait_before_retry(&f.message).await
+                    self.wait_before_retry(&f.message, &mut backoff).await
                 }
                 Err(Some(f)) => {
                     // Not something waiting fixes (no DDL rights, schema too new): say so and
@@ -277,22 +319,25 @@ impl Writer {
 
     /// Says how many records the layer dropped since the last report, at most once a second
     /// (or now, when `final_report`).
-    fn report_drops(&mut self, final_report: bool) {
+    fn report_drops(&self, final_report: bool) {
         let dropped = self.counters.dropped();
-        if dropped == self.drops_reported {
+        let Ok(mut report) = self.drop_report.lock() else {
+            return;
+        };
+        if dropped == report.reported {
             return;
         }
-        let due = self
-            .last_drop_report
+        let due = report
+            .at
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
         if due || final_report {
             tracing::warn!(
-                dropped = dropped - self.drops_reported,
+                dropped = dropped - report.reported,
                 dropped_total = dropped,
                 "audit records dropped: the queue was full or the writer had stopped"
             );
-            self.drops_reported = dropped;
-            self.last_drop_report = Some(Instant::now());
+            report.reported = dropped;
+            report.at = Some(Instant::now());
         }
     }
 }
