@@ -213,7 +213,7 @@ async fn a_role_that_may_only_insert_still_writes() {
     db.client
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {role};
-             CREATE ROLE {role} LOGIN;
+             CREATE ROLE {role} LOGIN PASSWORD '{role}';
              GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
              -- rows for a month without a partition land in the DEFAULT partition
              DROP TABLE audit_logs_default;
@@ -247,7 +247,7 @@ async fn migrations_refused_by_a_role_without_ddl_rights_are_reported_and_writin
     db.client
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {role};
-             CREATE ROLE {role} LOGIN;
+             CREATE ROLE {role} LOGIN PASSWORD '{role}';
              GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
         ))
@@ -309,8 +309,8 @@ fn a_hundred_thousand_events_from_eight_threads_arrive_exactly_once() {
 }
 
 fn with_user(url: &str, user: &str) -> String {
-    // postgres://postgres@host:port/db → postgres://<user>@host:port/db
+    // postgres://postgres@host:port/db → postgres://<user>:<user>@host:port/db
     let (scheme, rest) = url.split_once("://").expect("URL form");
     let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
-    format!("{scheme}://{user}@{host_and_db}")
+    format!("{scheme}://{user}:{user}@{host_and_db}")
 }
