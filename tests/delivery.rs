@@ -314,3 +314,47 @@ fn with_user(url: &str, user: &str) -> String {
     let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
     format!("{scheme}://{user}:{user}@{host_and_db}")
 }
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_instead_of_blocking_the_caller() {
+    // Nothing listens there: the writer retries its first batch, the queue fills up.
+    let unreachable = "postgres://postgres@127.0.0.1:9/none?connect_timeout=1";
+    let (dispatch, handle) = dispatch(builder(unreachable).queue_capacity(10).batch_size(5));
+    let started = std::time::Instant::now();
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..1000 {
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "m");
+        }
+    });
+    // Not a timing assertion on speed: only that the caller did not wait on the database
+    // (its connect timeout alone is a second).
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let stats = handle.stats();
+    assert_eq!(stats.enqueued + stats.dropped_queue_full, 1000);
+    // In memory at most: the queue, the batch being filled, and the batches in flight.
+    assert!(stats.enqueued <= 10 + 5 * (1 + 2), "{stats:?}");
+    assert_eq!(stats.written, 0);
+}
+
+#[tokio::test]
+async fn a_partial_batch_is_written_when_its_time_is_up() {
+    let db = TestDb::migrated("timer").await;
+    let (dispatch, handle) = dispatch(
+        builder(&db.url)
+            .batch_size(1000)
+            .batch_max_wait(Duration::from_millis(50)),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!(target: "audit", username = "u", event_type = "e", "alone in its batch");
+    });
+    // No flush: only the batch timer can write it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db.count("SELECT count(*) FROM audit_logs").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.stats().batches, 1);
+}

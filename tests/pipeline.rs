@@ -410,3 +410,35 @@ async fn the_column_limits_match_the_schema() {
         assert_eq!(len as usize, expected, "{name}");
     }
 }
+
+#[tokio::test]
+async fn other_layers_still_see_every_event() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tracing_subscriber::prelude::*;
+
+    struct Counting(Arc<AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Counting {
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    let db = TestDb::migrated("other_layers").await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (audit, handle) = support::builder(&db.url).build().unwrap();
+    let subscriber = tracing_subscriber::registry()
+        .with(audit)
+        .with(Counting(seen.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        info!(target: "audit", username = "u", event_type = "e", "audit event");
+        info!("ordinary event");
+        tracing::debug!(target: "audit", username = "u", event_type = "e", "debug audit event");
+    });
+    handle
+        .shutdown(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(seen.load(Ordering::Relaxed), 3);
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 2);
+}
