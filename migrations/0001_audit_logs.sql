@@ -10,8 +10,8 @@
 -- * severity is constrained to info, warning, error, critical; the layer maps anything else
 --   to one of these (and marks the record), so a typo never fails a batch.
 -- * ip_address is inet, not VARCHAR(45): validated, compact, and searchable by network
---   (ip_address << '10.0.0.0/8'). The layer strips ports and keeps unparsable values in
---   metadata instead.
+--   (ip_address << '10.0.0.0/8'). The layer strips ports; an unparsable value is stored as
+--   NULL and quoted in the record's fix-up notes.
 -- * created_at is when the event happened (UTC, stamped by the layer on the emitting
 --   thread), not when the row was inserted; the DEFAULT only serves hand-written inserts.
 -- * user_id has no foreign key: an audit record must outlive the user it names, and the
@@ -68,16 +68,22 @@ COMMENT ON TABLE audit_logs_rejected IS
     'Audit records PostgreSQL refused to store in audit_logs, with the reason. Inspect and replay by hand.';
 
 -- The one partition upkeep routine: makes sure monthly partitions exist from the month of
--- `from_ts` through `months_ahead` months later, moving any rows that already landed in
--- the DEFAULT partition for those months. Idempotent; safe to run concurrently (it takes a
--- transaction-level advisory lock). Called by the migration step, periodically by auditd,
--- and by `auditd partitions`; callable from psql or pg_cron too.
+-- `from_ts` through `months_ahead` months later, and for every month that has rows in the
+-- DEFAULT partition, moving those rows into their month's new partition. Idempotent; safe
+-- to run concurrently with itself (a transaction-level advisory lock) and with writers
+-- (it locks the table against writes only while it moves rows and attaches). Called by the
+-- migration step, periodically by auditd, and by `auditd partitions`; callable from psql
+-- or pg_cron too. Pinned to UTC and ISO dates, so that month boundaries do not depend on
+-- the caller's session settings.
 CREATE FUNCTION audit_logs_ensure_partitions(from_ts timestamptz DEFAULT now(),
                                              months_ahead integer DEFAULT 2)
 RETURNS integer
 LANGUAGE plpgsql
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
 AS $$
 DECLARE
+    month       timestamp;
     month_start timestamptz;
     month_end   timestamptz;
     part_name   text;
@@ -85,20 +91,27 @@ DECLARE
     moved       bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('audit_logs_ensure_partitions'));
-    FOR i IN 0..months_ahead LOOP
-        -- Month arithmetic on timestamptz follows the session's TimeZone; do it in UTC.
-        month_start := (date_trunc('month', from_ts AT TIME ZONE 'UTC')
-                        + make_interval(months => i)) AT TIME ZONE 'UTC';
-        month_end   := (date_trunc('month', from_ts AT TIME ZONE 'UTC')
-                        + make_interval(months => i + 1)) AT TIME ZONE 'UTC';
-        part_name   := 'audit_logs_' || to_char(month_start AT TIME ZONE 'UTC', 'YYYY"m"MM');
+    FOR month IN
+        SELECT date_trunc('month', from_ts AT TIME ZONE 'UTC') + make_interval(months => i)
+        FROM generate_series(0, months_ahead) AS i
+        UNION
+        SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')
+        FROM audit_logs_default
+        ORDER BY 1
+    LOOP
+        month_start := month AT TIME ZONE 'UTC';
+        month_end   := (month + interval '1 month') AT TIME ZONE 'UTC';
+        part_name   := 'audit_logs_' || to_char(month, 'YYYY"m"MM');
         IF to_regclass(format('%I', part_name)) IS NOT NULL THEN
             CONTINUE;
         END IF;
+        -- From here until commit no writer may add rows to DEFAULT for this month, or the
+        -- CREATE/ATTACH below would find them and fail.
+        LOCK TABLE audit_logs IN SHARE ROW EXCLUSIVE MODE;
         IF EXISTS (SELECT 1 FROM audit_logs_default
                    WHERE created_at >= month_start AND created_at < month_end) THEN
-            -- Rows for this month are in DEFAULT: move them into a standalone table, then
-            -- attach it (attaching checks DEFAULT no longer holds rows of the range).
+            -- Move the month's rows into a standalone table, then attach it (attaching
+            -- checks that DEFAULT no longer holds rows of the range).
             EXECUTE format('CREATE TABLE %I (LIKE audit_logs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                            part_name);
             EXECUTE format('WITH moved AS (DELETE FROM audit_logs_default

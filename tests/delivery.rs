@@ -358,3 +358,37 @@ async fn a_partial_batch_is_written_when_its_time_is_up() {
     }
     assert_eq!(handle.stats().batches, 1);
 }
+
+#[tokio::test]
+async fn a_batch_too_slow_for_the_timeout_is_written_in_smaller_parts() {
+    let db = TestDb::migrated("too_slow").await;
+    // Every row costs 2 ms on the server: a 1,000-row batch takes 2 s, far over 500 ms.
+    db.client
+        .batch_execute(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON audit_logs
+                 FOR EACH ROW EXECUTE FUNCTION slow_row();",
+        )
+        .await
+        .unwrap();
+    let (dispatch, handle) = dispatch(
+        builder(&db.url)
+            .batch_size(1000)
+            .batch_max_wait(Duration::from_secs(3600))
+            .db_timeout(Duration::from_millis(500)),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..1000 {
+            info!(target: "audit", username = "u", event_type = "e", seq = i, "m");
+        }
+    });
+    let stats = handle.shutdown(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(stats.written, 1000);
+    assert!(stats.retries >= 1, "{stats:?}");
+    assert!(stats.batches >= 4, "{stats:?}");
+    assert_eq!(
+        db.count("SELECT count(DISTINCT (metadata->>'seq')::int) FROM audit_logs").await,
+        1000
+    );
+}

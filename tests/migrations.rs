@@ -117,3 +117,29 @@ async fn upkeep_moves_rows_out_of_the_default_partition() {
     assert_eq!(db.count("SELECT count(*) FROM audit_logs_2031m04").await, 1);
     assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 2);
 }
+
+#[tokio::test]
+async fn partition_bounds_are_utc_months_whatever_the_session_settings() {
+    let db = TestDb::migrated("partition_session").await;
+    db.client
+        .batch_execute(
+            "SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'Postgres';
+             SELECT audit_logs_ensure_partitions('2032-06-15Z', 0);
+             RESET TimeZone; RESET DateStyle;",
+        )
+        .await
+        .unwrap();
+    let bound: String = db
+        .client
+        .query_one(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'audit_logs_2032m06'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bound,
+        "FOR VALUES FROM ('2032-06-01 00:00:00+00') TO ('2032-07-01 00:00:00+00')"
+    );
+}

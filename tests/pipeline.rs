@@ -442,3 +442,57 @@ async fn other_layers_still_see_every_event() {
     assert_eq!(seen.load(Ordering::Relaxed), 3);
     assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 2);
 }
+
+#[tokio::test]
+async fn secrets_nested_in_a_json_metadata_field_are_redacted() {
+    let db = TestDb::migrated("nested_secrets").await;
+    let _stats = emit_and_flush(&db, || {
+        info!(
+            target: "audit",
+            username = "a",
+            event_type = "e",
+            metadata = r#"{"creds": {"password": "hunter2", "user": "x"}, "list": [{"api_key": "k"}]}"#,
+            "m"
+        );
+    })
+    .await;
+    let r = &db.records().await[0];
+    assert_eq!(
+        serde_json::Value::Object(r.metadata.clone()),
+        json!({"creds": {"password": REDACTED, "user": "x"}, "list": [{"api_key": REDACTED}]})
+    );
+}
+
+#[tokio::test]
+async fn an_events_own_fixups_field_cannot_pose_as_fixup_notes() {
+    let db = TestDb::migrated("fixups_spoof").await;
+    let _stats = emit_and_flush(&db, || {
+        info!(target: "audit", username = "a", event_type = "e", _fixups = "all fine", "m");
+    })
+    .await;
+    let r = &db.records().await[0];
+    assert_eq!(r.metadata["_fixups_from_event"], "all fine");
+    assert_eq!(fixups(r).len(), 1, "{:?}", fixups(r));
+}
+
+#[tokio::test]
+async fn two_audit_layers_in_one_registry_keep_their_own_span_context() {
+    use tracing_subscriber::prelude::*;
+    let first = TestDb::migrated("two_layers_a").await;
+    let second = TestDb::migrated("two_layers_b").await;
+    let (a, handle_a) = support::builder(&first.url).build().unwrap();
+    let (b, handle_b) = support::builder(&second.url).target("audit2").build().unwrap();
+    let subscriber = tracing_subscriber::registry().with(a).with(b);
+    tracing::subscriber::with_default(subscriber, || {
+        let span = info_span!("request", username = "shared-user");
+        let _g = span.enter();
+        info!(target: "audit", event_type = "e", "to the first");
+        info!(target: "audit2", event_type = "e", "to the second");
+    });
+    handle_a.shutdown(std::time::Duration::from_secs(30)).await.unwrap();
+    handle_b.shutdown(std::time::Duration::from_secs(30)).await.unwrap();
+    let (a, b) = (first.records().await, second.records().await);
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!((a[0].username.as_str(), a[0].message.as_str()), ("shared-user", "to the first"));
+    assert_eq!((b[0].username.as_str(), b[0].message.as_str()), ("shared-user", "to the second"));
+}

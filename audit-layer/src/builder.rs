@@ -1,6 +1,6 @@
 //! Configuring and starting the pipeline.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,10 @@ use crate::redact::{Redactor, DEFAULT_SECRET_PATTERNS};
 use crate::sanitize::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::stats::Counters;
 use crate::writer::{Writer, WriterConfig};
+
+/// Longer settings are cut to this: a day is longer than anyone means, and adding
+/// `Duration::MAX` to an `Instant` would overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The layer as added to a subscriber: [`AuditLayer`] behind its per-layer [`AuditFilter`].
 pub type FilteredAuditLayer<S> = Filtered<AuditLayer, AuditFilter, S>;
@@ -143,24 +147,24 @@ impl AuditLayerBuilder {
         self
     }
 
-    /// Longest time a record waits for its batch to fill. Default 200 ms.
+    /// Longest time a record waits for its batch to fill. Default 200 ms; at most a day.
     pub fn batch_max_wait(mut self, wait: Duration) -> Self {
-        self.writer.batch_max_wait = wait;
+        self.writer.batch_max_wait = wait.min(MAX_DURATION);
         self
     }
 
     /// Longest time any one database call may take before it is abandoned and retried.
     /// Default 10 s.
     pub fn db_timeout(mut self, timeout: Duration) -> Self {
-        self.db_timeout = timeout;
+        self.db_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// Backoff between retries: starts at `initial`, doubles, never exceeds `max`.
     /// Default 100 ms to 5 s.
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.writer.retry_initial = initial;
-        self.writer.retry_max = max.max(initial);
+        self.writer.retry_initial = initial.min(MAX_DURATION);
+        self.writer.retry_max = max.max(initial).min(MAX_DURATION);
         self
     }
 
@@ -202,7 +206,7 @@ impl AuditLayerBuilder {
     /// How long dropping the [`AuditHandle`] outside an async runtime may wait for the
     /// flush. Default 5 s.
     pub fn drop_flush_timeout(mut self, timeout: Duration) -> Self {
-        self.drop_flush_timeout = timeout;
+        self.drop_flush_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -240,7 +244,9 @@ impl AuditLayerBuilder {
             .map_err(Error::Spawn)?;
 
         let target: Arc<str> = self.target.into();
+        static NEXT_LAYER_ID: AtomicUsize = AtomicUsize::new(0);
         let layer = AuditLayer {
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
             sender: RecordSender::new(tx.clone(), counters.clone()),
             redactor: Redactor::new(&self.secret_patterns),
             target: target.clone(),

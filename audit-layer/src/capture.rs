@@ -173,15 +173,9 @@ impl<'a> Capture<'a> {
         // `metadata = %json` is how the original design passed extra context: merge it.
         if name == "metadata" {
             if let Value::String(text) = &value {
-                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
-                    for (key, value) in map {
-                        let value = if self.redactor.is_secret_dynamic(&key) {
-                            Value::String(REDACTED.to_owned())
-                        } else {
-                            value
-                        };
-                        self.draft.metadata.insert(key, value);
-                    }
+                if let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) {
+                    redact_nested(self.redactor, &mut map);
+                    self.draft.metadata.extend(map);
                     return;
                 }
             }
@@ -197,6 +191,25 @@ impl<'a> Capture<'a> {
             Slot::Metadata if self.redactor.is_secret(field.name()) => Wanted::Redacted,
             _ => Wanted::Value,
         }
+    }
+}
+
+/// Replaces secrets at any depth of a JSON object.
+fn redact_nested(redactor: &Redactor, map: &mut Map<String, Value>) {
+    for (key, value) in map.iter_mut() {
+        if redactor.is_secret_dynamic(key) {
+            *value = Value::String(REDACTED.to_owned());
+        } else {
+            redact_value(redactor, value);
+        }
+    }
+}
+
+fn redact_value(redactor: &Redactor, value: &mut Value) {
+    match value {
+        Value::Object(map) => redact_nested(redactor, map),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(redactor, v)),
+        _ => {}
     }
 }
 

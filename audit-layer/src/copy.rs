@@ -4,9 +4,11 @@
 //! a thousand rows. It is all-or-nothing, so the writer splits a refused batch to isolate
 //! the bad record; this module only reports how a call failed.
 //!
-//! tokio-postgres has no query timeout and `COPY` ignores `statement_timeout`, so every call
-//! here runs under `tokio::time::timeout`; a connection whose call timed out is in an
-//! unknown state and is closed rather than returned to the pool.
+//! tokio-postgres has no query timeout, and a server-side `statement_timeout` is not
+//! something a library can count on being set, so every call here runs under
+//! `tokio::time::timeout`. A connection whose call failed for any reason but its data is
+//! closed rather than returned to the pool: after a timeout it is in an unknown state, and
+//! after an error it may be broken or attached to a server that is no longer the primary.
 
 use std::pin::pin;
 use std::time::Duration;
@@ -124,18 +126,22 @@ impl Sink {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                if e.code().is_none() {
-                    // Not an answer from the server: the connection itself failed.
+                let failure = Failure::from_db(&e);
+                if failure.kind != FailureKind::Data {
+                    // The next attempt gets a fresh connection: this one may be broken, or
+                    // talking to a server that is no longer the primary.
                     drop(Object::take(client));
                 }
-                Err(Failure::from_db(&e))
+                Err(failure)
             }
             Err(_) => {
+                // Mid-call, in an unknown state: never hand it to anyone else.
                 drop(Object::take(client));
-                Err(Failure::transient(format!(
-                    "{what} did not finish within {:?}",
-                    self.timeout
-                )))
+                Err(Failure {
+                    kind: FailureKind::TooSlow,
+                    sqlstate: None,
+                    message: format!("{what} did not finish within {:?}", self.timeout),
+                })
             }
         }
     }

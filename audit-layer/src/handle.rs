@@ -56,6 +56,9 @@ impl AuditHandle {
     /// Records emitted afterwards are counted as `dropped_writer_stopped`. If the time runs
     /// out (the database is down), returns [`Error::ShutdownTimeout`] with the number of
     /// records not committed; the writer keeps trying until the process exits.
+    ///
+    /// Await it inside a tokio runtime with its time driver (as `#[tokio::main]` sets up),
+    /// of either flavour.
     pub async fn shutdown(&self, timeout: Duration) -> Result<Stats, Error> {
         self.stopped.store(true, Ordering::Relaxed);
         let (ack, done) = oneshot::channel();
@@ -93,9 +96,23 @@ impl Drop for AuditHandle {
             let _ = self.tx.try_send(Message::Flush(Ack::Async(ack)));
             return;
         }
+        let deadline = std::time::Instant::now() + self.drop_flush_timeout;
         let (ack, done) = std::sync::mpsc::sync_channel(1);
-        if self.tx.try_send(Message::Flush(Ack::Blocking(ack))).is_ok() {
-            let _ = done.recv_timeout(self.drop_flush_timeout);
+        let mut request = Message::Flush(Ack::Blocking(ack));
+        // A full queue is the writer waiting on the database: keep trying until the deadline.
+        loop {
+            match self.tx.try_send(request) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    request = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
+        let _ = done.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }

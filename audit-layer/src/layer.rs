@@ -31,6 +31,8 @@ pub const DEFAULT_TARGET: &str = "audit";
 /// Built, together with its per-layer filter and the writer, by
 /// [`AuditLayer::builder`](crate::AuditLayer::builder).
 pub struct AuditLayer {
+    /// Tells this layer's span data from another audit layer's in the same registry.
+    pub(crate) id: usize,
     pub(crate) sender: RecordSender,
     pub(crate) redactor: Redactor,
     pub(crate) target: Arc<str>,
@@ -56,7 +58,36 @@ fn is_audit_target(audit: &str, target: &str) -> bool {
     }
 }
 
+/// What each audit layer captured from a span, kept in the span's extensions. A registry
+/// may hold more than one audit layer (two targets, two databases), and extensions hold one
+/// value per type, so the drafts are keyed by layer.
+#[derive(Default)]
+struct SpanDrafts(Vec<(usize, Draft)>);
+
+impl SpanDrafts {
+    fn of(&self, layer: usize) -> Option<&Draft> {
+        self.0.iter().find(|(id, _)| *id == layer).map(|(_, d)| d)
+    }
+}
+
 impl AuditLayer {
+    fn store(
+        &self,
+        extensions: &mut tracing_subscriber::registry::ExtensionsMut<'_>,
+        later: Draft,
+    ) {
+        if extensions.get_mut::<SpanDrafts>().is_none() {
+            extensions.insert(SpanDrafts::default());
+        }
+        let Some(drafts) = extensions.get_mut::<SpanDrafts>() else {
+            return;
+        };
+        match drafts.0.iter_mut().find(|(id, _)| *id == self.id) {
+            Some((_, draft)) => draft.update(later),
+            None => drafts.0.push((self.id, later)),
+        }
+    }
+
     fn span_scope(&self, metadata: &Metadata<'_>) -> Scope {
         if is_audit_target(&self.target, metadata.target()) {
             Scope::Everything
@@ -79,8 +110,11 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let draft = self.capture(attrs.metadata(), |c| attrs.record(c));
+        if draft.is_empty() {
+            return;
+        }
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(draft);
+            self.store(&mut span.extensions_mut(), draft);
         }
     }
 
@@ -92,11 +126,7 @@ where
         if later.is_empty() {
             return;
         }
-        let mut extensions = span.extensions_mut();
-        match extensions.get_mut::<Draft>() {
-            Some(draft) => draft.update(later),
-            None => extensions.insert(later),
-        }
+        self.store(&mut span.extensions_mut(), later);
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -109,7 +139,11 @@ where
         ));
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
-                if let Some(span_draft) = span.extensions().get::<Draft>() {
+                if let Some(span_draft) = span
+                    .extensions()
+                    .get::<SpanDrafts>()
+                    .and_then(|d| d.of(self.id))
+                {
                     draft.inherit(span_draft);
                 }
             }

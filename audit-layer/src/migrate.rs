@@ -23,11 +23,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_audit_logs.sql",
-    sql: include_str!("../../migrations/0001_audit_logs.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_audit_logs.sql",
+        sql: include_str!("../../migrations/0001_audit_logs.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_commit_order.sql",
+        sql: include_str!("../../migrations/0002_commit_order.sql"),
+    },
+];
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0061_7564_6974;

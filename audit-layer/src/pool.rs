@@ -24,6 +24,9 @@ pub struct PoolOptions {
     pub recycle_timeout: Duration,
     /// `application_name` shown in `pg_stat_activity`, unless the URL sets one.
     pub application_name: String,
+    /// Server-side `statement_timeout` for every connection (none by default). The writer
+    /// also times out each call itself, so it never depends on this.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Default for PoolOptions {
@@ -34,6 +37,7 @@ impl Default for PoolOptions {
             create_timeout: Duration::from_secs(5),
             recycle_timeout: Duration::from_secs(5),
             application_name: "audit-layer".to_owned(),
+            statement_timeout: None,
         }
     }
 }
@@ -60,6 +64,14 @@ pub fn connect_pool(url: &str, options: &PoolOptions) -> Result<Pool, Error> {
     }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(options.create_timeout);
+    }
+    if let Some(timeout) = options.statement_timeout {
+        let setting = format!("-c statement_timeout={}", timeout.as_millis());
+        let options = match config.get_options() {
+            Some(existing) => format!("{existing} {setting}"),
+            None => setting,
+        };
+        config.options(&options);
     }
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(30));

@@ -111,36 +111,73 @@ impl AuditLog {
 
     /// The record as one JSON object with the column names as keys.
     ///
-    /// This is the form kept in `audit_logs_rejected` and written by exports.
+    /// This is the form kept in `audit_logs_rejected`; auditd serves the same fields
+    /// through [`write_json_fields`](Self::write_json_fields).
     pub fn to_json(&self) -> Value {
-        let mut obj = Map::with_capacity(11);
-        obj.insert("username".into(), self.username.clone().into());
-        obj.insert("user_id".into(), self.user_id.into());
-        obj.insert("event_type".into(), self.event_type.clone().into());
-        obj.insert("message".into(), self.message.clone().into());
-        obj.insert(
-            "ip_address".into(),
-            self.ip_address.map(|ip| ip.to_string()).into(),
+        let mut text = Vec::with_capacity(256);
+        text.push(b'{');
+        self.write_json_fields(&mut text);
+        text.push(b'}');
+        // What write_json_fields writes is JSON by construction.
+        serde_json::from_slice(&text).unwrap_or(Value::Null)
+    }
+
+    /// Appends the record's fields as JSON object members, without the braces, so callers
+    /// can add their own members around them: `"username":"alice",...,"created_at":"..."`.
+    ///
+    /// `created_at` is RFC 3339 in UTC with microseconds; an empty `metadata` is `null`.
+    pub fn write_json_fields(&self, out: &mut Vec<u8>) {
+        fn string(out: &mut Vec<u8>, value: &str) {
+            // Serializing a str into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        fn member(out: &mut Vec<u8>, name: &str, first: bool) {
+            if !first {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        }
+        fn optional(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+            member(out, name, false);
+            match value {
+                Some(v) => string(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        member(out, "created_at", true);
+        string(
+            out,
+            &self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         );
-        obj.insert("resource_type".into(), self.resource_type.clone().into());
-        obj.insert("resource_id".into(), self.resource_id.clone().into());
-        obj.insert("resource_name".into(), self.resource_name.clone().into());
-        obj.insert("severity".into(), self.severity.as_str().into());
-        obj.insert(
-            "metadata".into(),
-            if self.metadata.is_empty() {
-                Value::Null
-            } else {
-                Value::Object(self.metadata.clone())
-            },
+        member(out, "username", false);
+        string(out, &self.username);
+        member(out, "user_id", false);
+        match self.user_id {
+            Some(id) => out.extend_from_slice(id.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        member(out, "event_type", false);
+        string(out, &self.event_type);
+        member(out, "severity", false);
+        string(out, self.severity.as_str());
+        member(out, "message", false);
+        string(out, &self.message);
+        optional(
+            out,
+            "ip_address",
+            self.ip_address.map(|ip| ip.to_string()).as_deref(),
         );
-        obj.insert(
-            "created_at".into(),
-            self.created_at
-                .to_rfc3339_opts(SecondsFormat::Micros, true)
-                .into(),
-        );
-        Value::Object(obj)
+        optional(out, "resource_type", self.resource_type.as_deref());
+        optional(out, "resource_id", self.resource_id.as_deref());
+        optional(out, "resource_name", self.resource_name.as_deref());
+        member(out, "metadata", false);
+        if self.metadata.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            let _ = serde_json::to_writer(&mut *out, &self.metadata);
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! Which failures are worth retrying, and how long to wait between attempts.
 //!
 //! A failure about the data (SQLSTATE classes 22, 23, 54 and P0: bad value, constraint,
-//! limit, trigger) fails the same way every time, so the rows are never retried as they
-//! are: the batch is split to isolate the bad record. Everything else (connection lost,
-//! server restarting, pool timeout, missing table or permission that an operator can fix)
-//! is retried with capped exponential backoff.
+//! limit, trigger `RAISE`) fails the same way every time, so the rows are never retried as
+//! they are: the batch is split to isolate the bad record. A call that was too slow
+//! (client timeout, or `statement_timeout`, 57014) is retried in halves, so that a batch
+//! too big to write in time still gets through. Everything else (connection lost, server
+//! restarting, pool timeout, missing table or permission that an operator can fix, a
+//! trigger raising a custom SQLSTATE) is retried with capped exponential backoff.
 
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ pub(crate) enum FailureKind {
     Transient,
     /// The rows themselves were refused.
     Data,
+    /// The call took too long: try again with fewer rows.
+    TooSlow,
 }
 
 pub(crate) fn classify(e: &tokio_postgres::Error) -> FailureKind {
@@ -27,6 +31,7 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> FailureKind {
 pub(crate) fn classify_sqlstate(code: &str) -> FailureKind {
     match code.get(..2) {
         Some("22" | "23" | "54" | "P0") => FailureKind::Data,
+        _ if code == "57014" => FailureKind::TooSlow,
         _ => FailureKind::Transient,
     }
 }
@@ -51,7 +56,7 @@ impl Backoff {
 
     pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -87,6 +92,7 @@ mod tests {
         assert_eq!(classify_sqlstate("08006"), FailureKind::Transient);
         assert_eq!(classify_sqlstate("57P01"), FailureKind::Transient);
         assert_eq!(classify_sqlstate("42P01"), FailureKind::Transient);
+        assert_eq!(classify_sqlstate("57014"), FailureKind::TooSlow);
     }
 
     #[test]

@@ -22,13 +22,16 @@
 use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::capture::Draft;
 use crate::record::{AuditLog, Severity};
 
 /// The metadata key under which a record lists the fix-ups applied to it.
 pub const FIXUPS_KEY: &str = "_fixups";
+
+/// Where an event's own field named [`FIXUPS_KEY`] is kept.
+pub const RENAMED_FIXUPS_KEY: &str = "_fixups_from_event";
 
 /// What a missing `username` or `event_type` is stored as.
 pub const UNKNOWN: &str = "unknown";
@@ -135,11 +138,31 @@ pub(crate) fn finish(
         }
     });
 
-    let mut metadata = Map::new();
-    for (key, value) in draft.metadata {
-        let key = clean_bytes(key, "metadata key", max_message_bytes, &mut notes);
-        let value = clean_json(value, &key, max_message_bytes, &mut notes);
-        metadata.insert(key, value);
+    let mut metadata = draft.metadata;
+    if let Some(posing) = metadata.remove(FIXUPS_KEY) {
+        // Only the layer writes fix-up notes; an event's own field of that name is kept
+        // under another key, so it cannot pose as one.
+        notes.push(format!(
+            "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
+        ));
+        metadata.insert(RENAMED_FIXUPS_KEY.to_owned(), posing);
+    }
+    if metadata
+        .keys()
+        .any(|k| k.contains('\0') || k.len() > max_message_bytes)
+    {
+        metadata = metadata
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    clean_bytes(k, "metadata key", max_message_bytes, &mut notes),
+                    v,
+                )
+            })
+            .collect();
+    }
+    for (key, value) in metadata.iter_mut() {
+        clean_json(value, key, max_message_bytes, &mut notes);
     }
 
     let fixups = notes.len() as u64;
@@ -228,27 +251,30 @@ fn strip_nul(value: String, what: &str, notes: &mut Vec<String>) -> String {
     value.replace('\0', "\u{FFFD}")
 }
 
-fn clean_json(value: Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) -> Value {
+/// Repairs a metadata value in place; allocates only when something needs repairing.
+fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
     match value {
         Value::String(s) => {
-            Value::String(clean_bytes(s, &format!("metadata.{key}"), max_bytes, notes))
+            if s.len() > max_bytes || s.contains('\0') {
+                let text = std::mem::take(s);
+                *s = clean_bytes(text, &format!("metadata.{key}"), max_bytes, notes);
+            }
         }
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| clean_json(v, key, max_bytes, notes))
-                .collect(),
-        ),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    let k = clean_bytes(k, &format!("metadata.{key} key"), max_bytes, notes);
-                    let v = clean_json(v, key, max_bytes, notes);
-                    (k, v)
-                })
-                .collect(),
-        ),
-        other => other,
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| clean_json(v, key, max_bytes, notes)),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0') || k.len() > max_bytes) {
+                let label = format!("metadata.{key} key");
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (clean_bytes(k, &label, max_bytes, notes), v))
+                    .collect();
+            }
+            map.values_mut()
+                .for_each(|v| clean_json(v, key, max_bytes, notes));
+        }
+        _ => {}
     }
 }
 

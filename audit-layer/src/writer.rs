@@ -214,6 +214,14 @@ impl Shared {
                         }
                         break;
                     }
+                    Err(failure) if failure.kind == FailureKind::TooSlow && chunk.len() > 1 => {
+                        Counters::add(&self.counters.retries, 1);
+                        self.counters.set_last_error(failure.message);
+                        let second = chunk.split_off(chunk.len() / 2);
+                        pending.push(second);
+                        pending.push(chunk);
+                        break;
+                    }
                     Err(failure) => self.wait_before_retry(&failure.message, &mut backoff).await,
                 }
             }
@@ -286,7 +294,11 @@ impl Shared {
                         sqlstate: None,
                         message: e.to_string(),
                     })),
-                    Err(_) => Err(None),
+                    Err(_) => {
+                        // Possibly inside BEGIN with a statement running: never reuse it.
+                        drop(deadpool_postgres::Object::take(client));
+                        Err(None)
+                    }
                 }
             };
             match attempt.await {
