@@ -388,7 +388,8 @@ async fn a_batch_too_slow_for_the_timeout_is_written_in_smaller_parts() {
     assert!(stats.retries >= 1, "{stats:?}");
     assert!(stats.batches >= 4, "{stats:?}");
     assert_eq!(
-        db.count("SELECT count(DISTINCT (metadata->>'seq')::int) FROM audit_logs").await,
+        db.count("SELECT count(DISTINCT (metadata->>'seq')::int) FROM audit_logs")
+            .await,
         1000
     );
 }

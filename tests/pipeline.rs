@@ -481,7 +481,10 @@ async fn two_audit_layers_in_one_registry_keep_their_own_span_context() {
     let first = TestDb::migrated("two_layers_a").await;
     let second = TestDb::migrated("two_layers_b").await;
     let (a, handle_a) = support::builder(&first.url).build().unwrap();
-    let (b, handle_b) = support::builder(&second.url).target("audit2").build().unwrap();
+    let (b, handle_b) = support::builder(&second.url)
+        .target("audit2")
+        .build()
+        .unwrap();
     let subscriber = tracing_subscriber::registry().with(a).with(b);
     tracing::subscriber::with_default(subscriber, || {
         let span = info_span!("request", username = "shared-user");
@@ -489,10 +492,22 @@ async fn two_audit_layers_in_one_registry_keep_their_own_span_context() {
         info!(target: "audit", event_type = "e", "to the first");
         info!(target: "audit2", event_type = "e", "to the second");
     });
-    handle_a.shutdown(std::time::Duration::from_secs(30)).await.unwrap();
-    handle_b.shutdown(std::time::Duration::from_secs(30)).await.unwrap();
+    handle_a
+        .shutdown(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    handle_b
+        .shutdown(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let (a, b) = (first.records().await, second.records().await);
     assert_eq!((a.len(), b.len()), (1, 1));
-    assert_eq!((a[0].username.as_str(), a[0].message.as_str()), ("shared-user", "to the first"));
-    assert_eq!((b[0].username.as_str(), b[0].message.as_str()), ("shared-user", "to the second"));
+    assert_eq!(
+        (a[0].username.as_str(), a[0].message.as_str()),
+        ("shared-user", "to the first")
+    );
+    assert_eq!(
+        (b[0].username.as_str(), b[0].message.as_str()),
+        ("shared-user", "to the second")
+    );
 }
