@@ -254,11 +254,9 @@ fn strip_nul(value: String, what: &str, notes: &mut Vec<String>) -> String {
 /// Repairs a metadata value in place; allocates only when something needs repairing.
 fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
     match value {
-        Value::String(s) => {
-            if s.len() > max_bytes || s.contains('\0') {
-                let text = std::mem::take(s);
-                *s = clean_bytes(text, &format!("metadata.{key}"), max_bytes, notes);
-            }
+        Value::String(s) if s.len() > max_bytes || s.contains('\0') => {
+            let text = std::mem::take(s);
+            *s = clean_bytes(text, &format!("metadata.{key}"), max_bytes, notes);
         }
         Value::Array(items) => items
             .iter_mut()

@@ -1,23 +1,39 @@
 //! The command line: subcommands, flags, and the environment variables behind them.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The audit log daemon: keeps the audit_logs schema, and serves demo data.
+/// The audit log daemon: serves the audit logs over HTTP (query, export, tail), keeps the
+/// audit_logs schema and its partitions, and runs the demo.
+///
+/// Without a subcommand it serves, configured by the flags of `auditd serve`.
 #[derive(Debug, Parser)]
-#[command(name = "auditd", version, about, long_about = None)]
+#[command(
+    name = "auditd",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Log filter for auditd's own diagnostics, like `info` or `info,audit_layer=debug`.
     #[arg(long, env = "AUDITD_LOG", default_value = "info", global = true)]
     pub log: String,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(ServeArgs),
     /// Apply the schema migrations, then create the partitions ahead of time.
     ///
     /// Needs a role that may create tables (the table owner). Safe to run from several
@@ -63,9 +79,67 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 25)]
     pub rounds: u32,
 
-    /// Exit after showing the records instead of waiting for Ctrl-C.
+    /// Exit after showing the records instead of serving them.
     #[arg(long)]
     pub exit: bool,
+
+    /// Where to serve the API and the viewer.
+    #[arg(long, env = "AUDITD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct ServeArgs {
+    /// PostgreSQL connection URL for the queries, like postgres://auditd:secret@db:5432/app.
+    /// Its role needs SELECT on audit_logs (see the README for the GRANTs).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where to write auditd's own access records (each read of the logs is audited);
+    /// defaults to --database-url. Its role needs INSERT on audit_logs.
+    #[arg(long, env = "AUDITD_AUDIT_DATABASE_URL", hide_env_values = true)]
+    pub audit_database_url: Option<String>,
+
+    /// Address to listen on. A non-loopback address requires tokens.
+    #[arg(long, env = "AUDITD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// File of bearer tokens, one per line: `name:secret` (the name is who the access
+    /// records name) or just `secret`. Secrets are at least 16 characters.
+    #[arg(long, env = "AUDITD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Bearer tokens, comma-separated, in the same format as the token file.
+    #[arg(long, env = "AUDITD_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+
+    /// Most database connections for queries.
+    #[arg(long, env = "AUDITD_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+
+    /// Longest wait for a database connection.
+    #[arg(long, env = "AUDITD_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
+    /// Server-side statement_timeout for every query.
+    #[arg(long, env = "AUDITD_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+
+    /// Longest time to answer a request (streams: to start answering).
+    #[arg(long, env = "AUDITD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests served at once; beyond it, 503 at once.
+    #[arg(long, env = "AUDITD_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest wait for in-flight requests when shutting down.
+    #[arg(long, env = "AUDITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often to create partitions ahead of time; 0 disables (when the role may not).
+    #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub upkeep_interval: Duration,
 }
 
 /// Parses durations such as `250ms`, `30s`, `5m` (a bare number is seconds).

@@ -8,8 +8,14 @@ use audit_layer::{AuditLayer, AuditLog, RECORD_COLUMNS};
 use pg_provision::{Cluster, ClusterOptions};
 use tracing::{error, info, info_span, warn};
 
-use crate::cli::DemoArgs;
-use crate::{logging, schema};
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::auth::Tokens;
+use crate::cli::{DemoArgs, ServeArgs};
+use crate::{logging, schema, serve};
 
 const DB_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,28 +79,43 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
 
     show(&client).await?;
     println!();
-    println!("The records are in PostgreSQL. Look at them with:");
+    println!("The records are in PostgreSQL:");
     println!(
         "  psql '{url}' -c 'SELECT * FROM audit_logs ORDER BY created_at DESC, id DESC LIMIT 20'"
     );
-    println!("Try the queries of the original design:");
-    println!("  ... WHERE username = 'admin'            (a user's activity)");
-    println!("  ... WHERE event_type = 'authentication' (logins and failures)");
-    println!("  ... WHERE severity = 'critical'         (critical events)");
 
+    let handle = Arc::new(handle);
     if !args.exit {
+        let listen = args.listen.to_string();
+        let serve_args =
+            ServeArgs::parse_from(["serve", "--database-url", &url, "--listen", &listen]);
+        let listener = TcpListener::bind(args.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (choose another with --listen)",
+                args.listen
+            )
+        })?;
+        let base = format!("http://{}", listener.local_addr()?);
+        println!();
+        println!("The API serves them (no token needed on loopback):");
+        println!("  curl '{base}/api/v1/logs?username=admin&limit=5'");
+        println!("  curl '{base}/api/v1/logs?event_type=authentication&severity=warning'");
+        println!("  curl '{base}/api/v1/logs?min_severity=error'");
+        println!("  curl '{base}/api/v1/stats'");
+        println!("  curl '{base}/api/v1/logs/export?format=csv' -o audit_logs.csv");
+        println!("  curl -N '{base}/api/v1/logs/stream'        # live tail (Server-Sent Events)");
+        println!("  curl '{base}/api/v1/openapi.json'          # every route and parameter");
         println!();
         if cluster.is_some() {
             println!("Press Ctrl-C to stop; the throwaway database is removed then.");
         } else {
             println!("Press Ctrl-C to stop.");
         }
-        wait_for_signal().await?;
+        let pool = serve::query_pool(&url, &serve_args)?;
+        serve::serve_until_signal(listener, pool, Tokens::none(), &serve_args, handle.clone())
+            .await?;
     }
-    handle
-        .shutdown(DB_TIMEOUT)
-        .await
-        .context("audit writer did not shut down cleanly")?;
+    serve::shutdown_audit(&handle).await;
     drop(cluster);
     Ok(())
 }
@@ -222,15 +243,5 @@ async fn show(client: &tokio_postgres::Client) -> Result<()> {
         .collect();
     println!();
     println!("By event type: {}", counts.join(", "));
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
-        _ = terminate.recv() => {}
-    }
     Ok(())
 }

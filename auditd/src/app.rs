@@ -1,0 +1,524 @@
+//! The application: shared state, the route table, and what every request goes through
+//! (authentication, the concurrency bound, the timeout, metrics, the access record).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use audit_layer::AuditHandle;
+use deadpool_postgres::{Object, Pool};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+use tracing::Dispatch;
+
+use crate::auth::Tokens;
+use crate::http::{ApiError, Body};
+use crate::metrics::{Extra, Metrics};
+use crate::params::Params;
+use crate::{event_stats, export, health, logs, openapi, tail};
+
+/// Limits and intervals of the API.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest time to answer a request (streams: to start answering).
+    pub request_timeout: Duration,
+    /// Requests served at once; more get 503 at once rather than queueing.
+    pub max_concurrent_requests: usize,
+    /// How often a tail checks for newly committed rows.
+    pub tail_poll_interval: Duration,
+    /// Longest long-poll wait a client may ask for.
+    pub max_tail_wait: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub stream_keepalive: Duration,
+    /// Rows fetched per query while exporting.
+    pub export_page_rows: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 64,
+            tail_poll_interval: Duration::from_millis(250),
+            max_tail_wait: Duration::from_secs(60),
+            stream_keepalive: Duration::from_secs(15),
+            export_page_rows: 5000,
+        }
+    }
+}
+
+/// Everything a request handler may use.
+pub struct App {
+    pub pool: Pool,
+    pub tokens: Tokens,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    permits: Arc<Semaphore>,
+    /// Becomes `true` when the server shuts down: streams and long polls end early.
+    pub stopping: watch::Receiver<bool>,
+    /// Where access records go; `None` means the global subscriber.
+    pub access_audit: Option<Dispatch>,
+    /// The access-audit writer, for its counters in /metrics.
+    pub audit_handle: Option<Arc<AuditHandle>>,
+}
+
+/// The routes the server answers. The OpenAPI document is checked against this table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteId {
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    Logs,
+    LogById,
+    Export,
+    Tail,
+    Stream,
+    Stats,
+}
+
+pub struct Route {
+    pub id: RouteId,
+    pub path: &'static str,
+    /// Needs a bearer token (when tokens are configured).
+    pub protected: bool,
+    /// Reads audit records, so each request is itself audited.
+    pub audited: bool,
+}
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::Healthz,
+        path: "/healthz",
+        protected: false,
+        audited: false,
+    },
+    Route {
+        id: RouteId::Readyz,
+        path: "/readyz",
+        protected: false,
+        audited: false,
+    },
+    Route {
+        id: RouteId::Metrics,
+        path: "/metrics",
+        protected: true,
+        audited: false,
+    },
+    Route {
+        id: RouteId::OpenApi,
+        path: "/api/v1/openapi.json",
+        protected: false,
+        audited: false,
+    },
+    Route {
+        id: RouteId::Logs,
+        path: "/api/v1/logs",
+        protected: true,
+        audited: true,
+    },
+    Route {
+        id: RouteId::Export,
+        path: "/api/v1/logs/export",
+        protected: true,
+        audited: true,
+    },
+    Route {
+        id: RouteId::Tail,
+        path: "/api/v1/logs/tail",
+        protected: true,
+        audited: true,
+    },
+    Route {
+        id: RouteId::Stream,
+        path: "/api/v1/logs/stream",
+        protected: true,
+        audited: true,
+    },
+    Route {
+        id: RouteId::LogById,
+        path: "/api/v1/logs/{id}",
+        protected: true,
+        audited: true,
+    },
+    Route {
+        id: RouteId::Stats,
+        path: "/api/v1/stats",
+        protected: true,
+        audited: true,
+    },
+];
+
+/// Finds the route for a path, and the `{id}` segment when the route has one.
+pub fn route_for(path: &str) -> Option<(&'static Route, Option<&str>)> {
+    if let Some(route) = ROUTES.iter().find(|r| r.path == path) {
+        return Some((route, None));
+    }
+    let id = path.strip_prefix("/api/v1/logs/")?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    ROUTES
+        .iter()
+        .find(|r| r.id == RouteId::LogById)
+        .map(|r| (r, Some(id)))
+}
+
+/// Who made a request: for the access record.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub ip: std::net::IpAddr,
+}
+
+/// What a handler returns besides the response: what to write in the access record.
+pub struct Answer {
+    pub response: Response<Body>,
+    /// `Some` for reads to record now; streams record themselves when they end.
+    pub access: Option<Access>,
+}
+
+pub struct Access {
+    pub filters: Value,
+    pub rows: u64,
+}
+
+impl Answer {
+    pub fn plain(response: Response<Body>) -> Self {
+        Answer {
+            response,
+            access: None,
+        }
+    }
+}
+
+impl App {
+    pub fn new(
+        pool: Pool,
+        tokens: Tokens,
+        limits: Limits,
+        stopping: watch::Receiver<bool>,
+        access_audit: Option<Dispatch>,
+        audit_handle: Option<Arc<AuditHandle>>,
+    ) -> Self {
+        App {
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            pool,
+            tokens,
+            limits,
+            metrics: Metrics::default(),
+            stopping,
+            access_audit,
+            audit_handle,
+        }
+    }
+
+    /// A pooled connection, or 503.
+    pub async fn client(&self) -> Result<Object, ApiError> {
+        self.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "no database connection for a request");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "no database connection is available; try again",
+            )
+        })
+    }
+
+    /// Serves one request, whatever happens: every outcome is a response.
+    pub async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let Some((route, id)) = route_for(request.uri().path()) else {
+            let response =
+                ApiError::not_found("no such route; see /api/v1/openapi.json").into_response();
+            self.metrics
+                .observe("unmatched", response.status().as_u16(), started.elapsed());
+            return response;
+        };
+        let label = route.path;
+        let response = self
+            .handle_route(route, id.map(str::to_owned), request, peer)
+            .await;
+        self.metrics
+            .observe(label, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn handle_route(
+        self: &Arc<Self>,
+        route: &'static Route,
+        id: Option<String>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "only GET is supported",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let Some(caller) = self.authenticate(route, &request, peer) else {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required: Authorization: Bearer <token>",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"auditd\""),
+            );
+            return response;
+        };
+        // Beyond the bound, answer at once: queueing would only turn overload into timeouts.
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            let mut response = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in progress; try again",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return response;
+        };
+        let params = match Params::parse(request.uri().query()) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let work = self.dispatch(route, id, params, &request, caller.clone());
+        let answer = match tokio::time::timeout(self.limits.request_timeout, work).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Answer::plain(e.into_response()),
+            Err(_) => Answer::plain(
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    format!(
+                        "no answer within {:?}; narrow the filters",
+                        self.limits.request_timeout
+                    ),
+                )
+                .into_response(),
+            ),
+        };
+        if route.audited {
+            if let Some(access) = &answer.access {
+                self.metrics.rows_served(route.path, access.rows);
+                self.record_access(
+                    &caller,
+                    route,
+                    &access.filters,
+                    access.rows,
+                    answer.response.status(),
+                );
+            } else if !answer.response.status().is_success() {
+                self.record_access(&caller, route, &Value::Null, 0, answer.response.status());
+            }
+        }
+        answer.response
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        route: &'static Route,
+        id: Option<String>,
+        params: Params,
+        request: &Request<Incoming>,
+        caller: Caller,
+    ) -> Result<Answer, ApiError> {
+        match route.id {
+            RouteId::Healthz => Ok(Answer::plain(health::healthz())),
+            RouteId::Readyz => Ok(Answer::plain(health::readyz(self).await)),
+            RouteId::Metrics => Ok(Answer::plain(self.render_metrics())),
+            RouteId::OpenApi => Ok(Answer::plain(openapi::document())),
+            RouteId::Logs => logs::list(self, params).await,
+            RouteId::LogById => logs::by_id(self, id.as_deref().unwrap_or(""), params).await,
+            RouteId::Export => export::export(self, params, caller, route).await,
+            RouteId::Tail => tail::long_poll(self, params).await,
+            RouteId::Stream => {
+                let last_event_id = request
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                tail::stream(self, params, last_event_id, caller, route).await
+            }
+            RouteId::Stats => event_stats::stats(self, params).await,
+        }
+    }
+
+    /// The caller, or `None` when a token is required and missing or wrong (recorded).
+    fn authenticate(
+        &self,
+        route: &Route,
+        request: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Option<Caller> {
+        let anonymous = Caller {
+            name: "anonymous".to_owned(),
+            ip: peer.ip(),
+        };
+        if !route.protected || self.tokens.is_empty() {
+            return Some(anonymous);
+        }
+        let header = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match self.tokens.check(header) {
+            Some(name) => Some(Caller {
+                name: name.to_owned(),
+                ip: peer.ip(),
+            }),
+            None => {
+                if route.audited {
+                    self.record_denied(&anonymous, route, header.is_some());
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes the `audit_access` record of a read: who, from where, which filters, how many
+    /// rows, with what outcome.
+    pub fn record_access(
+        &self,
+        caller: &Caller,
+        route: &Route,
+        filters: &Value,
+        rows: u64,
+        status: StatusCode,
+    ) {
+        let metadata = json!({
+            "route": route.path,
+            "filters": filters,
+            "rows": rows,
+            "status": status.as_u16(),
+        })
+        .to_string();
+        let emit = || {
+            tracing::info!(
+                target: "audit",
+                event_type = "audit_access",
+                username = %caller.name,
+                ip_address = %caller.ip,
+                resource_type = "audit_logs",
+                metadata = %metadata,
+                "Read audit logs"
+            )
+        };
+        self.with_audit(emit);
+    }
+
+    fn record_denied(&self, caller: &Caller, route: &Route, had_token: bool) {
+        let metadata = json!({ "route": route.path, "token_presented": had_token }).to_string();
+        let emit = || {
+            tracing::warn!(
+                target: "audit",
+                event_type = "audit_access",
+                username = %caller.name,
+                ip_address = %caller.ip,
+                resource_type = "audit_logs",
+                metadata = %metadata,
+                "Unauthorized request to the audit log API"
+            )
+        };
+        self.with_audit(emit);
+    }
+
+    fn with_audit(&self, emit: impl FnOnce()) {
+        match &self.access_audit {
+            Some(dispatch) => tracing::dispatcher::with_default(dispatch, emit),
+            None => emit(),
+        }
+    }
+
+    fn render_metrics(&self) -> Response<Body> {
+        let pool = self.pool.status();
+        let mut extra = vec![
+            Extra {
+                name: "auditd_db_pool_connections",
+                kind: "gauge",
+                help: "Open database connections.",
+                value: pool.size as f64,
+            },
+            Extra {
+                name: "auditd_db_pool_available",
+                kind: "gauge",
+                help: "Idle database connections.",
+                value: pool.available as f64,
+            },
+            Extra {
+                name: "auditd_db_pool_waiting",
+                kind: "gauge",
+                help: "Requests waiting for a database connection.",
+                value: pool.waiting as f64,
+            },
+            Extra {
+                name: "auditd_db_pool_max",
+                kind: "gauge",
+                help: "Most database connections allowed.",
+                value: pool.max_size as f64,
+            },
+            Extra {
+                name: "auditd_http_requests_in_flight",
+                kind: "gauge",
+                help: "Requests being served now.",
+                value: (self.limits.max_concurrent_requests - self.permits.available_permits())
+                    as f64,
+            },
+        ];
+        if let Some(handle) = &self.audit_handle {
+            let s = handle.stats();
+            for (name, help, value) in [
+                (
+                    "auditd_access_records_written_total",
+                    "Access records committed.",
+                    s.written,
+                ),
+                (
+                    "auditd_access_records_dropped_total",
+                    "Access records dropped (queue full or writer stopped).",
+                    s.dropped,
+                ),
+                (
+                    "auditd_access_records_rejected_total",
+                    "Access records refused by PostgreSQL.",
+                    s.rejected,
+                ),
+                (
+                    "auditd_access_writer_retries_total",
+                    "Retried writes of access records.",
+                    s.retries,
+                ),
+            ] {
+                extra.push(Extra {
+                    name,
+                    kind: "counter",
+                    help,
+                    value: value as f64,
+                });
+            }
+        }
+        crate::http::response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            self.metrics.render(&extra),
+        )
+    }
+}

@@ -1,0 +1,123 @@
+//! Bearer tokens: who may read the audit logs, and under which name their reads are audited.
+//!
+//! Tokens come from a file (one per line) or the environment (comma-separated), each either
+//! `name:secret` or a bare `secret` (named `token-N`). They are compared in constant time,
+//! against every configured token, so response timing reveals neither a prefix nor which
+//! token came close.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+/// The shortest secret accepted: shorter ones are guessable.
+const MIN_SECRET_BYTES: usize = 16;
+
+impl Tokens {
+    /// No tokens: every request is anonymous (only allowed on loopback).
+    pub fn none() -> Self {
+        Tokens::default()
+    }
+
+    /// Parses `name:secret` or `secret` entries; blank lines and `#` comments are skipped.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        let mut tokens = Tokens::default();
+        for entry in entries.into_iter().map(str::trim) {
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            let (name, secret) = match entry.split_once(':') {
+                Some((name, secret)) => (name.trim().to_owned(), secret.trim()),
+                None => (format!("token-{}", tokens.entries.len() + 1), entry),
+            };
+            if secret.len() < MIN_SECRET_BYTES {
+                bail!("the token named {name:?} is shorter than {MIN_SECRET_BYTES} characters");
+            }
+            tokens.entries.push((name, secret.as_bytes().to_vec()));
+        }
+        Ok(tokens)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        Tokens::parse(text.lines()).with_context(|| format!("in the token file {}", path.display()))
+    }
+
+    pub fn from_list(list: &str) -> Result<Self> {
+        Tokens::parse(list.split(',')).context("in AUDITD_TOKENS")
+    }
+
+    pub fn merge(mut self, other: Tokens) -> Self {
+        self.entries.extend(other.entries);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The name of the token in an `Authorization` header value, if it is valid.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Option<&str> {
+        let presented = authorization.and_then(|h| {
+            let prefix = b"Bearer ";
+            (h.len() > prefix.len() && h[..prefix.len()].eq_ignore_ascii_case(prefix))
+                .then(|| &h[prefix.len()..])
+        })?;
+        let mut found = None;
+        for (name, secret) in &self.entries {
+            if constant_time_eq(presented, secret) && found.is_none() {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Compares without an early exit; only the length (not a secret's content) shows in timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        difference |= x ^ y;
+    }
+    std::hint::black_box(difference) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_named_and_checked() {
+        let tokens = Tokens::parse([
+            "# ops team",
+            "ops:0123456789abcdef0123",
+            "",
+            "fedcba9876543210fedc",
+        ])
+        .unwrap();
+        assert_eq!(
+            tokens.check(Some(b"Bearer 0123456789abcdef0123")),
+            Some("ops")
+        );
+        assert_eq!(
+            tokens.check(Some(b"bearer fedcba9876543210fedc")),
+            Some("token-2")
+        );
+        assert_eq!(tokens.check(Some(b"Bearer 0123456789abcdef012")), None);
+        assert_eq!(tokens.check(Some(b"Bearer 0123456789abcdef01234")), None);
+        assert_eq!(tokens.check(Some(b"Basic 0123456789abcdef0123")), None);
+        assert_eq!(tokens.check(None), None);
+    }
+
+    #[test]
+    fn short_tokens_are_refused() {
+        assert!(Tokens::parse(["ops:short"]).is_err());
+    }
+}

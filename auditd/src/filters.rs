@@ -1,0 +1,362 @@
+//! The filters every reading route shares, turned into parameterised SQL.
+//!
+//! No value is ever spliced into SQL text: each becomes a `$n` parameter. The conditions
+//! are shaped so that the indexes of migration 0001 serve them (equality on the leading
+//! column, then `created_at`, `id`).
+
+use std::net::IpAddr;
+
+use audit_layer::Severity;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use tokio_postgres::types::ToSql;
+
+use crate::http::ApiError;
+use crate::params::Params;
+
+/// SQL text and the values of its `$n` parameters.
+#[derive(Default)]
+pub struct Sql {
+    pub text: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Self {
+        Sql {
+            text: text.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter and returns its placeholder.
+    pub fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    pub fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// Which rows a request asks for.
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    username: Option<String>,
+    user_id: Option<i64>,
+    event_types: Vec<String>,
+    severities: Vec<Severity>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    resource_name: Option<String>,
+    ip_address: Option<IpFilter>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    text: Option<String>,
+    metadata: Vec<(String, Value)>,
+}
+
+#[derive(Debug, Clone)]
+enum IpFilter {
+    Address(IpAddr),
+    Network(String),
+}
+
+/// The filter parameters, for the OpenAPI document's test to compare against.
+pub const FILTER_PARAMETERS: &[&str] = &[
+    "username",
+    "user_id",
+    "event_type",
+    "severity",
+    "min_severity",
+    "resource_type",
+    "resource_id",
+    "resource_name",
+    "ip_address",
+    "since",
+    "until",
+    "q",
+];
+
+impl Filters {
+    /// Takes the filter parameters out of `params`.
+    pub fn parse(params: &mut Params) -> Result<Filters, ApiError> {
+        let mut f = Filters {
+            username: params.take("username")?,
+            user_id: params.take_parsed("user_id", |v| {
+                v.parse::<i64>()
+                    .map_err(|_| "must be an integer".to_owned())
+            })?,
+            event_types: params.take_list("event_type"),
+            resource_type: params.take("resource_type")?,
+            resource_id: params.take("resource_id")?,
+            resource_name: params.take("resource_name")?,
+            ip_address: params.take_parsed("ip_address", parse_ip_filter)?,
+            since: params.take_parsed("since", parse_time)?,
+            until: params.take_parsed("until", parse_time)?,
+            text: params.take("q")?.filter(|q| !q.is_empty()),
+            ..Filters::default()
+        };
+        for name in params.take_list("severity") {
+            let severity = name
+                .parse::<Severity>()
+                .map_err(|e| ApiError::bad_parameter("severity", e.to_string()))?;
+            f.severities.push(severity);
+        }
+        if let Some(min) = params.take_parsed("min_severity", |v| {
+            v.parse::<Severity>().map_err(|e| e.to_string())
+        })? {
+            let at_least: Vec<Severity> = Severity::ALL.into_iter().filter(|s| *s >= min).collect();
+            f.severities = if f.severities.is_empty() {
+                at_least
+            } else {
+                f.severities.into_iter().filter(|s| *s >= min).collect()
+            };
+            if f.severities.is_empty() {
+                return Err(ApiError::bad_parameter(
+                    "min_severity",
+                    "excludes every severity given in `severity`",
+                ));
+            }
+        }
+        if let (Some(since), Some(until)) = (f.since, f.until) {
+            if since > until {
+                return Err(ApiError::bad_parameter("since", "is later than `until`"));
+            }
+        }
+        for (name, value) in params.take_prefixed("meta.") {
+            let path = &name["meta.".len()..];
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(ApiError::bad_parameter(
+                    &name,
+                    "needs a key, like meta.site=fra1",
+                ));
+            }
+            f.metadata.push((path.to_owned(), Value::String(value)));
+        }
+        Ok(f)
+    }
+
+    /// A filter on the time window only (for stats, which default it).
+    pub fn window(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        (self.since, self.until)
+    }
+
+    pub fn set_window(&mut self, since: DateTime<Utc>, until: DateTime<Utc>) {
+        self.since = Some(since);
+        self.until = Some(until);
+    }
+
+    /// Appends ` AND ...` for every filter set.
+    pub fn push_conditions(&self, sql: &mut Sql) {
+        let equal = |sql: &mut Sql, column: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                let p = sql.bind(v.clone());
+                sql.push(&format!(" AND {column} = {p}"));
+            }
+        };
+        equal(sql, "username", &self.username);
+        equal(sql, "resource_type", &self.resource_type);
+        equal(sql, "resource_id", &self.resource_id);
+        equal(sql, "resource_name", &self.resource_name);
+        if let Some(id) = self.user_id {
+            let p = sql.bind(id);
+            sql.push(&format!(" AND user_id = {p}"));
+        }
+        if !self.event_types.is_empty() {
+            let p = sql.bind(self.event_types.clone());
+            sql.push(&format!(" AND event_type = ANY({p}::text[])"));
+        }
+        if !self.severities.is_empty() {
+            let names: Vec<String> = self
+                .severities
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            let p = sql.bind(names);
+            sql.push(&format!(" AND severity = ANY({p}::text[])"));
+        }
+        match &self.ip_address {
+            Some(IpFilter::Address(ip)) => {
+                let p = sql.bind(*ip);
+                sql.push(&format!(" AND ip_address = {p}"));
+            }
+            Some(IpFilter::Network(net)) => {
+                let p = sql.bind(net.clone());
+                sql.push(&format!(" AND ip_address <<= {p}::text::inet"));
+            }
+            None => {}
+        }
+        if let Some(since) = self.since {
+            let p = sql.bind(since);
+            sql.push(&format!(" AND created_at >= {p}"));
+        }
+        if let Some(until) = self.until {
+            let p = sql.bind(until);
+            sql.push(&format!(" AND created_at < {p}"));
+        }
+        if let Some(text) = &self.text {
+            let pattern = format!("%{}%", escape_like(text));
+            let p = sql.bind(pattern);
+            sql.push(&format!(" AND message ILIKE {p}"));
+        }
+        for (path, value) in &self.metadata {
+            let Value::String(text) = value else { continue };
+            let as_text = nest(path, Value::String(text.clone()));
+            let p = sql.bind(as_text);
+            // `meta.attempts=3` also finds the number 3, `meta.dry_run=true` the boolean.
+            match serde_json::from_str::<Value>(text) {
+                Ok(typed @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => {
+                    let q = sql.bind(nest(path, typed));
+                    sql.push(&format!(" AND (metadata @> {p} OR metadata @> {q})"));
+                }
+                _ => sql.push(&format!(" AND metadata @> {p}")),
+            }
+        }
+    }
+
+    /// The filters as JSON, for the access record of the request.
+    pub fn describe(&self) -> Value {
+        let mut map = Map::new();
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                map.insert(k.to_owned(), v);
+            }
+        };
+        put("username", json!(self.username));
+        put("user_id", json!(self.user_id));
+        if !self.event_types.is_empty() {
+            put("event_type", json!(self.event_types));
+        }
+        if !self.severities.is_empty() {
+            let names: Vec<&str> = self.severities.iter().map(|s| s.as_str()).collect();
+            put("severity", json!(names));
+        }
+        put("resource_type", json!(self.resource_type));
+        put("resource_id", json!(self.resource_id));
+        put("resource_name", json!(self.resource_name));
+        put(
+            "ip_address",
+            match &self.ip_address {
+                Some(IpFilter::Address(ip)) => json!(ip.to_string()),
+                Some(IpFilter::Network(net)) => json!(net),
+                None => Value::Null,
+            },
+        );
+        put("since", json!(self.since.map(|t| t.to_rfc3339())));
+        put("until", json!(self.until.map(|t| t.to_rfc3339())));
+        put("q", json!(self.text));
+        for (path, value) in &self.metadata {
+            map.insert(format!("meta.{path}"), value.clone());
+        }
+        Value::Object(map)
+    }
+}
+
+fn nest(path: &str, value: Value) -> Value {
+    path.rsplit('.').fold(value, |inner, key| {
+        let mut map = Map::new();
+        map.insert(key.to_owned(), inner);
+        Value::Object(map)
+    })
+}
+
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time like 2026-11-27T08:00:00Z: {e}"))
+}
+
+fn parse_ip_filter(text: &str) -> Result<IpFilter, String> {
+    match text.split_once('/') {
+        None => text
+            .parse::<IpAddr>()
+            .map(IpFilter::Address)
+            .map_err(|_| "not an IP address or network like 10.0.0.0/8".to_owned()),
+        Some((addr, bits)) => {
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| "not a network like 10.0.0.0/8".to_owned())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            match bits.parse::<u8>() {
+                Ok(b) if b <= max => Ok(IpFilter::Network(format!("{addr}/{b}"))),
+                _ => Err(format!("the prefix length must be 0 to {max}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<(Filters, Sql), ApiError> {
+        let mut params = Params::parse(Some(query))?;
+        let filters = Filters::parse(&mut params)?;
+        params.finish()?;
+        let mut sql = Sql::new("true");
+        filters.push_conditions(&mut sql);
+        Ok((filters, sql))
+    }
+
+    #[test]
+    fn values_become_parameters_never_sql_text() {
+        let (_, sql) = parse("username=x%27%3B+DROP+TABLE+audit_logs%3B--&q=50%25_off").unwrap();
+        assert_eq!(sql.text, "true AND username = $1 AND message ILIKE $2");
+        assert!(!sql.text.contains("DROP"));
+    }
+
+    #[test]
+    fn min_severity_selects_that_severity_and_above() {
+        let (f, _) = parse("min_severity=error").unwrap();
+        assert_eq!(f.severities, vec![Severity::Error, Severity::Critical]);
+        let (f, _) = parse("severity=info,critical&min_severity=warning").unwrap();
+        assert_eq!(f.severities, vec![Severity::Critical]);
+        assert!(parse("severity=info&min_severity=error").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_parameter() {
+        for (query, parameter) in [
+            ("user_id=abc", "user_id"),
+            ("severity=fatal", "severity"),
+            ("since=yesterday", "since"),
+            ("ip_address=10.0.0.0/33", "ip_address"),
+            ("meta.=x", "meta."),
+            (
+                "since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+                "since",
+            ),
+            ("usernme=alice", "usernme"),
+        ] {
+            let err = parse(query)
+                .err()
+                .unwrap_or_else(|| panic!("{query} accepted"));
+            assert_eq!(err.parameter.as_deref(), Some(parameter), "{query}");
+        }
+    }
+
+    #[test]
+    fn metadata_filters_nest_dotted_keys() {
+        assert_eq!(nest("a.b", json!(1)), json!({"a": {"b": 1}}));
+    }
+}

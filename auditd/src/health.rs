@@ -1,0 +1,35 @@
+//! `/healthz` (the process answers) and `/readyz` (the database answers too).
+
+use std::time::Duration;
+
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::app::App;
+use crate::http::{self, Body};
+
+pub fn healthz() -> Response<Body> {
+    http::json(StatusCode::OK, &json!({ "status": "ok" }))
+}
+
+pub async fn readyz(app: &App) -> Response<Body> {
+    let check = async {
+        let client = app.client().await.map_err(|e| e.message)?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| http::describe(&e))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(())) => http::json(StatusCode::OK, &json!({ "status": "ready" })),
+        Ok(Err(error)) => http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "unavailable", "error": error }),
+        ),
+        Err(_) => http::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "unavailable", "error": "the database did not answer within 2s" }),
+        ),
+    }
+}

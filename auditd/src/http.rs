@@ -1,0 +1,141 @@
+//! Response bodies and the JSON shapes every route shares: one error format, one body type.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc;
+
+/// Every response body: a buffer, or a stream fed through a channel.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub const JSON: &str = "application/json";
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A response with a complete body and a content type.
+pub fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    response(status, JSON, value.to_string())
+}
+
+/// An API error: what went wrong, and which parameter when one is to blame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub parameter: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_parameter(parameter: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_parameter",
+            message: message.into(),
+            parameter: Some(parameter.to_owned()),
+        }
+    }
+
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            parameter: None,
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// A database failure: logged in full, answered without internals.
+    pub fn database(error: &tokio_postgres::Error) -> Self {
+        let timed_out = error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
+        tracing::warn!(error = %describe(error), "query failed");
+        if timed_out {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "query_timeout",
+                "the query took longer than the server allows; narrow the filters",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_error",
+                "the database failed to answer",
+            )
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(parameter) = self.parameter {
+            error["parameter"] = parameter.into();
+        }
+        json(self.status, &serde_json::json!({ "error": error }))
+    }
+}
+
+/// A tokio-postgres error with the server's message (its `Display` says only "db error").
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+/// A body fed chunk by chunk from a task; a full channel slows the task down, so a slow
+/// client never makes the server buffer more than the channel holds.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// The sender for the producing task, and the body for the response.
+    pub fn channel(chunks: usize) -> (mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = mpsc::channel(chunks);
+        (tx, ChannelBody { rx }.boxed())
+    }
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}

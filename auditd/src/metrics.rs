@@ -1,0 +1,120 @@
+//! Prometheus metrics: requests by route and status, latency histograms, rows served, the
+//! connection pool, and the access-audit writer's counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// A value read at scrape time (pool state, writer counters).
+pub struct Extra<'a> {
+    pub name: &'a str,
+    /// `gauge` or `counter`.
+    pub kind: &'a str,
+    pub help: &'a str,
+    pub value: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    rows: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub fn observe(&self, route: &'static str, status: u16, elapsed: Duration) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests.entry((route, status)).or_default() += 1;
+        }
+        if let Ok(mut latency) = self.latency.lock() {
+            let h = latency.entry(route).or_default();
+            let seconds = elapsed.as_secs_f64();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if seconds <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += seconds;
+        }
+    }
+
+    pub fn rows_served(&self, route: &'static str, rows: u64) {
+        if let Ok(mut served) = self.rows.lock() {
+            *served.entry(route).or_default() += rows;
+        }
+    }
+
+    /// The text exposition format, with the `extra` values appended.
+    pub fn render(&self, extra: &[Extra<'_>]) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP auditd_http_requests_total HTTP requests served, by route and status.\n",
+        );
+        out.push_str("# TYPE auditd_http_requests_total counter\n");
+        if let Ok(requests) = self.requests.lock() {
+            for ((route, status), n) in requests.iter() {
+                let _ = writeln!(
+                    out,
+                    "auditd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP auditd_http_request_duration_seconds Time to answer, by route (streams: to the first byte).\n");
+        out.push_str("# TYPE auditd_http_request_duration_seconds histogram\n");
+        if let Ok(latency) = self.latency.lock() {
+            for (route, h) in latency.iter() {
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "auditd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(out, "auditd_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "auditd_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "auditd_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count
+                );
+            }
+        }
+        out.push_str("# HELP auditd_rows_served_total Audit records returned, by route.\n");
+        out.push_str("# TYPE auditd_rows_served_total counter\n");
+        if let Ok(rows) = self.rows.lock() {
+            for (route, n) in rows.iter() {
+                let _ = writeln!(out, "auditd_rows_served_total{{route=\"{route}\"}} {n}");
+            }
+        }
+        for Extra {
+            name,
+            kind,
+            help,
+            value,
+        } in extra
+        {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,111 @@
+//! The `serve` command: from flags to a running server, and a clean stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use audit_layer::pool::{connect_pool, PoolOptions};
+use audit_layer::AuditLayer;
+use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
+
+use crate::app::Limits;
+use crate::auth::Tokens;
+use crate::cli::ServeArgs;
+use crate::server::{self, ServerOptions};
+use crate::{logging, upkeep};
+
+/// How long the access-audit writer may take to commit its last records at exit.
+const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
+
+pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
+    let Some(url) = args.database_url.clone() else {
+        bail!("no database: set DATABASE_URL or --database-url (see auditd --help)");
+    };
+    let tokens = load_tokens(&args)?;
+    let (audit, audit_handle) = AuditLayer::builder()
+        .database_url(args.audit_database_url.as_deref().unwrap_or(&url))
+        .build()
+        .context("cannot start the access-audit writer")?;
+    logging::init(log_filter, Some(audit))?;
+    let pool = query_pool(&url, &args)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let audit_handle = Arc::new(audit_handle);
+    serve_until_signal(listener, pool, tokens, &args, audit_handle.clone()).await?;
+    shutdown_audit(&audit_handle).await;
+    Ok(())
+}
+
+/// The pool for queries, with every wait bounded and a server-side statement timeout.
+pub fn query_pool(url: &str, args: &ServeArgs) -> Result<Pool> {
+    connect_pool(
+        url,
+        &PoolOptions {
+            max_size: args.pool_size,
+            wait_timeout: args.db_timeout,
+            create_timeout: args.db_timeout,
+            recycle_timeout: args.db_timeout,
+            application_name: "auditd".to_owned(),
+            statement_timeout: Some(args.statement_timeout),
+        },
+    )
+    .context("invalid database configuration")
+}
+
+pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
+    let mut tokens = Tokens::none();
+    if let Some(path) = &args.token_file {
+        tokens = tokens.merge(Tokens::from_file(path)?);
+    }
+    if let Some(list) = &args.tokens {
+        tokens = tokens.merge(Tokens::from_list(list)?);
+    }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no bearer tokens configured: anyone who can reach the address may read the audit logs"
+        );
+    }
+    Ok(tokens)
+}
+
+/// Serves (with partition upkeep alongside) until SIGINT or SIGTERM.
+pub async fn serve_until_signal(
+    listener: TcpListener,
+    pool: Pool,
+    tokens: Tokens,
+    args: &ServeArgs,
+    audit_handle: Arc<audit_layer::AuditHandle>,
+) -> Result<()> {
+    let upkeep = (!args.upkeep_interval.is_zero()).then(|| {
+        tokio::spawn(upkeep::run(
+            pool.clone(),
+            args.upkeep_interval,
+            audit_layer::partitions::DEFAULT_MONTHS_AHEAD,
+        ))
+    });
+    let options = ServerOptions {
+        tokens,
+        limits: Limits {
+            request_timeout: args.request_timeout,
+            max_concurrent_requests: args.max_concurrent_requests,
+            ..Limits::default()
+        },
+        shutdown_grace: args.shutdown_grace,
+        access_audit: None,
+        audit_handle: Some(audit_handle),
+    };
+    let result = server::run(listener, pool, options, server::termination_signal()).await;
+    if let Some(upkeep) = upkeep {
+        upkeep.abort();
+    }
+    result
+}
+
+pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {
+    match handle.shutdown(AUDIT_SHUTDOWN).await {
+        Ok(stats) => tracing::info!(written = stats.written, "access records committed"),
+        Err(e) => tracing::error!(error = %e, "access records may be lost"),
+    }
+}

@@ -1,0 +1,34 @@
+//! Keeping partitions ahead of time while auditd runs.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+/// Runs the partition upkeep now and then every `interval`, until the task is dropped.
+/// Failures (a read-only role, a database restart) are reported and tried again next time.
+pub async fn run(pool: Pool, interval: Duration, months_ahead: i32) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let attempt = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            audit_layer::partitions::ensure_partitions(&client, months_ahead)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+            Ok(Ok(created)) => {
+                if created > 0 {
+                    tracing::info!(created, "partitions created ahead of time");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "partition upkeep failed (it needs the table owner's role; \
+                 run `auditd partitions` with it, or disable upkeep with --upkeep-interval 0)"
+            ),
+            Err(_) => tracing::warn!("partition upkeep did not finish within 60s"),
+        }
+    }
+}
