@@ -426,7 +426,9 @@ impl App {
     }
 
     fn record_denied(&self, caller: &Caller, route: &Route, had_token: bool) {
-        let metadata = json!({ "route": route.path, "token_presented": had_token }).to_string();
+        // Not "token_presented": a field named like a secret would be redacted.
+        let metadata =
+            json!({ "route": route.path, "credentials_presented": had_token }).to_string();
         let emit = || {
             tracing::warn!(
                 target: "audit",

@@ -2,6 +2,8 @@
 //! layer writing to it, and the rows read back.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::time::Duration;
 
 use audit_layer::{AuditHandle, AuditLayer, AuditLayerBuilder, AuditLog, Stats, RECORD_COLUMNS};

@@ -1,0 +1,184 @@
+//! An auditd server running in-process on a test database, and a plain HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditd::app::Limits;
+use auditd::auth::Tokens;
+use auditd::server::{self, ServerOptions};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use super::{builder, TestDb};
+
+pub const TOKEN: &str = "ops-token-0123456789abcdef";
+
+fn ops_token() -> Tokens {
+    Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap()
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub audit: Arc<audit_layer::AuditHandle>,
+}
+
+impl TestServer {
+    /// Serves `db` with the token `ops:TOKEN`; access records go to the same database.
+    pub async fn start(db: &TestDb) -> TestServer {
+        TestServer::start_with(db, ops_token(), Limits::default()).await
+    }
+
+    /// Serves `db`, with its access records kept elsewhere, so that they never show up in
+    /// what the test reads.
+    pub async fn start_quiet(db: &TestDb) -> TestServer {
+        let elsewhere = TestDb::migrated("access_records").await;
+        TestServer::start_full(db, &elsewhere.url, ops_token(), Limits::default()).await
+    }
+
+    pub async fn start_with(db: &TestDb, tokens: Tokens, limits: Limits) -> TestServer {
+        TestServer::start_full(db, &db.url, tokens, limits).await
+    }
+
+    /// Serves `db`, writing access records to the database at `access_url`.
+    pub async fn start_full(
+        db: &TestDb,
+        access_url: &str,
+        tokens: Tokens,
+        limits: Limits,
+    ) -> TestServer {
+        let (layer, handle) = builder(access_url).build().expect("access audit layer");
+        use tracing_subscriber::prelude::*;
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+        let pool = audit_layer::pool::connect_pool(
+            &db.url,
+            &audit_layer::pool::PoolOptions {
+                max_size: 8,
+                statement_timeout: Some(Duration::from_secs(30)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let audit = Arc::new(handle);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServerOptions {
+            tokens,
+            limits,
+            shutdown_grace: Duration::from_secs(5),
+            access_audit: Some(dispatch),
+            audit_handle: Some(audit.clone()),
+        };
+        let done = tokio::spawn(server::run(listener, pool, options, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+            audit,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+        self.request(path, Some(TOKEN), &[]).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, _, body) = self.get(path).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        serde_json::from_slice(&body).expect("JSON body")
+    }
+
+    pub async fn request(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let response = self.send(path, token, headers).await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, headers, body)
+    }
+
+    /// Sends a request and returns the response with its body unread (for streams).
+    pub async fn send(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::get(path).header("host", "localhost");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        sender
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .expect("response")
+    }
+
+    /// Stops the server gracefully and commits the access records.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap().unwrap();
+        }
+        self.audit.flush().await.unwrap();
+    }
+}
+
+/// Reads from a streaming body until `predicate` holds for what was read, or `timeout`.
+pub async fn read_until(
+    body: &mut Incoming,
+    timeout: Duration,
+    predicate: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !predicate(&text) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; read so far: {text}"));
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            _ => break,
+        }
+    }
+    text
+}
