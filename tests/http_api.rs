@@ -725,3 +725,39 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("without bearer tokens"), "{err}");
 }
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_bound_get_503_at_once() {
+    let db = TestDb::migrated("http_overload").await;
+    let limits = auditd::app::Limits {
+        max_concurrent_requests: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(
+        &db,
+        auditd::auth::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap(),
+        limits,
+    )
+    .await;
+    // One long poll holds the only slot while another request comes in.
+    let (holder, (status, headers, body)) = tokio::join!(
+        server.send("/api/v1/logs/tail?wait=3s", Some(TOKEN), &[]),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.get("/api/v1/logs").await
+        }
+    );
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(holder.status(), StatusCode::OK);
+    // The slot is free again.
+    server.get_json("/api/v1/logs").await;
+    server.stop().await;
+}
