@@ -214,7 +214,8 @@ async fn a_role_that_may_only_insert_still_writes() {
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {role};
              CREATE ROLE {role} LOGIN PASSWORD '{role}';
-             GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
+             GRANT INSERT ON audit_logs, audit_logs_rejected, audit_writer_batches TO {role};
+             GRANT SELECT ON audit_writer_batches TO {role};
              -- rows for a month without a partition land in the DEFAULT partition
              DROP TABLE audit_logs_default;
              CREATE TABLE audit_logs_default PARTITION OF audit_logs DEFAULT;"
@@ -248,7 +249,8 @@ async fn migrations_refused_by_a_role_without_ddl_rights_are_reported_and_writin
         .batch_execute(&format!(
             "DROP ROLE IF EXISTS {role};
              CREATE ROLE {role} LOGIN PASSWORD '{role}';
-             GRANT INSERT ON audit_logs, audit_logs_rejected TO {role};
+             GRANT INSERT ON audit_logs, audit_logs_rejected, audit_writer_batches TO {role};
+             GRANT SELECT ON audit_writer_batches TO {role};
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
         ))
         .await

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::handle::AuditHandle;
 use crate::layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
 use crate::pool::{connect_pool, PoolOptions};
-use crate::queue::RecordSender;
+use crate::queue::{OverflowPolicy, RecordSender, Sequence};
 use crate::redact::{Redactor, DEFAULT_SECRET_PATTERNS};
 use crate::sanitize::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::stats::Counters;
@@ -64,6 +64,21 @@ pub struct AuditLayerBuilder {
     max_message_bytes: usize,
     target: String,
     drop_flush_timeout: Duration,
+    overflow: OverflowPolicy,
+}
+
+/// A random positive id for this layer's stream of records.
+fn new_stream_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mixing in the time and pid separates layers
+    // created in the same process and processes started at the same instant.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    (hasher.finish() >> 1) as i64
 }
 
 impl Default for AuditLayerBuilder {
@@ -93,6 +108,7 @@ impl Default for AuditLayerBuilder {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             target: DEFAULT_TARGET.to_owned(),
             drop_flush_timeout: Duration::from_secs(5),
+            overflow: OverflowPolicy::Drop,
         }
     }
 }
@@ -210,6 +226,17 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// What happens to a record when the queue is full. Default [`OverflowPolicy::Drop`]:
+    /// the caller never waits; the loss is counted, recorded as an `audit_dropped` record
+    /// and visible as a gap in the stream's `seq`.
+    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = match policy {
+            OverflowPolicy::Block(wait) => OverflowPolicy::Block(wait.min(MAX_DURATION)),
+            drop => drop,
+        };
+        self
+    }
+
     /// Starts the writer thread and returns the layer to add to a subscriber, and the
     /// handle to flush and shut down. Needs no async runtime: the writer brings its own.
     pub fn build<S>(self) -> Result<(FilteredAuditLayer<S>, AuditHandle), Error>
@@ -231,11 +258,15 @@ impl AuditLayerBuilder {
             .build()
             .map_err(Error::Spawn)?;
         let counters = Arc::new(Counters::default());
+        let seq = Arc::new(Sequence::default());
+        let stream_id = new_stream_id();
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let writer = Writer::new(
             rx,
             Sink::new(pool, self.db_timeout),
             counters.clone(),
+            seq.clone(),
+            stream_id,
             self.writer,
         );
         std::thread::Builder::new()
@@ -247,7 +278,7 @@ impl AuditLayerBuilder {
         static NEXT_LAYER_ID: AtomicUsize = AtomicUsize::new(0);
         let layer = AuditLayer {
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
-            sender: RecordSender::new(tx.clone(), counters.clone()),
+            sender: RecordSender::new(tx.clone(), counters.clone(), seq, self.overflow),
             redactor: Redactor::new(&self.secret_patterns),
             target: target.clone(),
             max_message_bytes: self.max_message_bytes,
@@ -256,6 +287,7 @@ impl AuditLayerBuilder {
         let handle = AuditHandle {
             tx,
             counters,
+            stream_id,
             drop_flush_timeout: self.drop_flush_timeout,
             stopped: AtomicBool::new(false),
         };

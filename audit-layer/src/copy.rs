@@ -18,16 +18,16 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
 use crate::error::describe_db_error;
-use crate::record::AuditLog;
+use crate::queue::Queued;
 use crate::retry::{classify, FailureKind};
 
 const COPY_STATEMENT: &str = concat!(
     "COPY audit_logs (",
     crate::record_columns!(),
-    ") FROM STDIN (FORMAT binary)"
+    ", stream_id, seq) FROM STDIN (FORMAT binary)"
 );
 
-const COPY_TYPES: [Type; 11] = [
+const COPY_TYPES: [Type; 13] = [
     Type::VARCHAR,
     Type::INT8,
     Type::VARCHAR,
@@ -39,10 +39,37 @@ const COPY_TYPES: [Type; 11] = [
     Type::VARCHAR,
     Type::JSONB,
     Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::INT8,
 ];
 
-const KEEP_REJECTED: &str =
-    "INSERT INTO audit_logs_rejected (sqlstate, reason, record) VALUES ($1, $2, $3)";
+const KEEP_REJECTED: &str = "INSERT INTO audit_logs_rejected \
+     (sqlstate, reason, record, stream_id, seq) VALUES ($1, $2, $3, $4, $5)";
+
+const RECORD_BATCH: &str =
+    "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) VALUES ($1, $2, $3)";
+
+const FENCE_BATCH: &str = "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) \
+     VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING rows";
+
+const BATCH_ROWS: &str =
+    "SELECT rows FROM audit_writer_batches WHERE stream_id = $1 AND batch_id = $2";
+
+/// A batch's place in the ledger: whose it is and which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchKey {
+    pub(crate) stream_id: i64,
+    pub(crate) batch_id: i64,
+}
+
+/// What became of a batch whose commit outcome was unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// It committed: its records are in the table.
+    Committed,
+    /// It did not commit, and now never will: send its records again, under a new key.
+    Fenced,
+}
 
 /// Why a database call failed, and what to do about it.
 #[derive(Debug, Clone)]
@@ -92,22 +119,55 @@ impl Sink {
         }
     }
 
-    /// Writes all `records` in one transaction, or none of them.
-    pub(crate) async fn copy(&self, records: &[AuditLog]) -> Result<(), Failure> {
+    /// Writes all `records`, and the batch's ledger row, in one transaction, or nothing.
+    pub(crate) async fn copy(&self, key: BatchKey, records: &[Queued]) -> Result<(), Failure> {
         let client = self.client().await?;
-        let outcome = tokio::time::timeout(self.timeout, copy_rows(&client, records)).await;
+        let outcome = tokio::time::timeout(self.timeout, copy_batch(&client, key, records)).await;
         self.settle(client, outcome, "COPY into audit_logs")
+    }
+
+    /// Settles the fate of a batch whose outcome is unknown (see migration 0003).
+    pub(crate) async fn fence(&self, key: BatchKey) -> Result<Fate, Failure> {
+        let client = self.client().await?;
+        let mut fate = Fate::Fenced;
+        let work = async {
+            let params: [&(dyn ToSql + Sync); 2] = [&key.stream_id, &key.batch_id];
+            if client.query_opt(FENCE_BATCH, &params).await?.is_some() {
+                fate = Fate::Fenced;
+                return Ok(());
+            }
+            // The key was there already: committed by the batch itself (rows > 0), or by an
+            // earlier fence of ours whose answer was lost (rows = 0). A new statement sees
+            // rows committed while the insert above waited for them.
+            let rows: i32 = client.query_one(BATCH_ROWS, &params).await?.get(0);
+            fate = if rows > 0 {
+                Fate::Committed
+            } else {
+                Fate::Fenced
+            };
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        self.settle(client, outcome, "fencing a batch")?;
+        Ok(fate)
     }
 
     /// Keeps a record PostgreSQL refused in `audit_logs_rejected`, with the reason.
     pub(crate) async fn keep_rejected(
         &self,
-        record: &AuditLog,
+        stream_id: i64,
+        record: &Queued,
         reason: &Failure,
     ) -> Result<(), Failure> {
         let client = self.client().await?;
-        let json = record.to_json();
-        let params: [&(dyn ToSql + Sync); 3] = [&reason.sqlstate, &reason.message, &Json(&json)];
+        let json = record.log.to_json();
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &reason.sqlstate,
+            &reason.message,
+            &Json(&json),
+            &stream_id,
+            &record.seq,
+        ];
         let outcome =
             tokio::time::timeout(self.timeout, client.execute(KEEP_REJECTED, &params)).await;
         self.settle(
@@ -147,13 +207,37 @@ impl Sink {
     }
 }
 
+async fn copy_batch(
+    client: &tokio_postgres::Client,
+    key: BatchKey,
+    records: &[Queued],
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let work = async {
+        copy_rows(client, key.stream_id, records).await?;
+        let rows = i32::try_from(records.len()).unwrap_or(i32::MAX);
+        client
+            .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
+            .await?;
+        client.batch_execute("COMMIT").await
+    };
+    let result = work.await;
+    if result.is_err() && !client.is_closed() {
+        // Leave the connection usable; if this fails too, the connection is discarded
+        // anyway by the caller for any failure but a data error.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
 async fn copy_rows(
     client: &tokio_postgres::Client,
-    records: &[AuditLog],
+    stream_id: i64,
+    records: &[Queued],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = client.copy_in(COPY_STATEMENT).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
-    for r in records {
+    for Queued { seq, log: r } in records {
         let metadata = (!r.metadata.is_empty()).then_some(Json(&r.metadata));
         writer
             .as_mut()
@@ -169,6 +253,8 @@ async fn copy_rows(
                 &r.severity.as_str(),
                 &metadata,
                 &r.created_at,
+                &stream_id,
+                seq,
             ])
             .await?;
     }

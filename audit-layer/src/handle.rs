@@ -24,6 +24,7 @@ use crate::stats::{Counters, Stats};
 pub struct AuditHandle {
     pub(crate) tx: mpsc::Sender<Message>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) stream_id: i64,
     pub(crate) drop_flush_timeout: Duration,
     pub(crate) stopped: AtomicBool,
 }
@@ -76,6 +77,12 @@ impl AuditHandle {
                 unwritten: self.stats().pending(),
             }),
         }
+    }
+
+    /// This layer's stream: the `stream_id` of every record it writes. Within a stream,
+    /// `seq` numbers records 1, 2, 3... in emission order, so a gap is a lost record.
+    pub fn stream_id(&self) -> i64 {
+        self.stream_id
     }
 
     /// The pipeline's counters now.

@@ -83,6 +83,7 @@ pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
 pub use error::Error;
 pub use handle::AuditHandle;
 pub use layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
+pub use queue::OverflowPolicy;
 pub use record::{AuditLog, Severity, UnknownSeverity, RECORD_COLUMNS};
 pub use redact::{DEFAULT_SECRET_PATTERNS, REDACTED};
 pub use sanitize::{column_limits, DEFAULT_MAX_MESSAGE_BYTES, FIXUPS_KEY, UNKNOWN};

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_commit_order.sql",
         sql: include_str!("../../migrations/0002_commit_order.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_exactly_once.sql",
+        sql: include_str!("../../migrations/0003_exactly_once.sql"),
+    },
 ];
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).

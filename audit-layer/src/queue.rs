@@ -1,19 +1,42 @@
 //! The bounded queue between the emitting threads and the writer.
 //!
-//! The layer only ever calls `try_send`: an emitting thread never waits, whatever the
-//! database does. Flush and shutdown requests travel through the same queue, so they reach
-//! the writer after every record emitted before them.
+//! The layer only ever calls `try_send`: with the default policy an emitting thread never
+//! waits, whatever the database does. Flush and shutdown requests travel through the same
+//! queue, so they reach the writer after every record emitted before them.
+//!
+//! Every record is numbered here, in emission order, before it may be dropped: a dropped
+//! record leaves a gap in its stream's `seq` column, so loss shows in the table itself.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::record::AuditLog;
 use crate::stats::Counters;
 
+/// A record and its number in this layer's stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub(crate) seq: i64,
+    pub(crate) log: AuditLog,
+}
+
+/// What to do with a record when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Drop it at once, count it, and have the writer record how many were dropped as
+    /// soon as it can (an `audit_dropped` record). The emitting thread never waits.
+    Drop,
+    /// Wait up to this long for room (the emitting thread blocks, polling), then drop as
+    /// above. Trades the application's latency for fewer lost records.
+    Block(Duration),
+}
+
 /// What the writer receives.
 pub(crate) enum Message {
-    Record(AuditLog),
+    Record(Queued),
     /// Commit everything received so far, then acknowledge.
     Flush(Ack),
     /// Commit everything, acknowledge, and stop.
@@ -47,22 +70,61 @@ impl Ack {
 pub(crate) struct RecordSender {
     tx: mpsc::Sender<Message>,
     counters: Arc<Counters>,
+    seq: Arc<Sequence>,
+    overflow: OverflowPolicy,
+}
+
+/// The stream's record numbers, shared by the layer and the writer (which numbers its own
+/// `audit_dropped` records from it too).
+#[derive(Debug, Default)]
+pub(crate) struct Sequence(AtomicI64);
+
+impl Sequence {
+    pub(crate) fn next(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 impl RecordSender {
-    pub(crate) fn new(tx: mpsc::Sender<Message>, counters: Arc<Counters>) -> Self {
-        RecordSender { tx, counters }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Message>,
+        counters: Arc<Counters>,
+        seq: Arc<Sequence>,
+        overflow: OverflowPolicy,
+    ) -> Self {
+        RecordSender {
+            tx,
+            counters,
+            seq,
+            overflow,
+        }
     }
 
-    /// Hands a record to the writer without waiting; counts it as dropped if it cannot.
-    pub(crate) fn push(&self, record: AuditLog) {
-        match self.tx.try_send(Message::Record(record)) {
-            Ok(()) => Counters::add(&self.counters.enqueued, 1),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Counters::add(&self.counters.dropped_queue_full, 1)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Counters::add(&self.counters.dropped_writer_stopped, 1)
+    /// Hands a record to the writer (waiting only under [`OverflowPolicy::Block`]); counts
+    /// it as dropped if it cannot.
+    pub(crate) fn push(&self, log: AuditLog) {
+        let mut message = Message::Record(Queued {
+            seq: self.seq.next(),
+            log,
+        });
+        let mut deadline = None;
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => return Counters::add(&self.counters.enqueued, 1),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Counters::add(&self.counters.dropped_writer_stopped, 1)
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    let OverflowPolicy::Block(wait) = self.overflow else {
+                        return Counters::add(&self.counters.dropped_queue_full, 1);
+                    };
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
+                    if Instant::now() >= deadline {
+                        return Counters::add(&self.counters.dropped_queue_full, 1);
+                    }
+                    message = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
             }
         }
     }

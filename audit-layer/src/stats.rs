@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub(crate) rejected: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) batches: AtomicU64,
+    pub(crate) unsettled_batches: AtomicU64,
     pub(crate) fixups: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
@@ -47,6 +48,7 @@ impl Counters {
             rejected: load(&self.rejected),
             retries: load(&self.retries),
             batches: load(&self.batches),
+            unsettled_batches: load(&self.unsettled_batches),
             fixups: load(&self.fixups),
             queue_depth,
             queue_capacity,
@@ -76,6 +78,10 @@ pub struct Stats {
     pub retries: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Batch attempts that failed in a way that could have happened after `COMMIT` (a
+    /// lost connection, a timeout); each was settled from the batch ledger before anything
+    /// was sent again, so none was written twice.
+    pub unsettled_batches: u64,
     /// Fix-ups applied to records (each is also noted in the record's metadata).
     pub fixups: u64,
     /// Records in the queue now.

@@ -20,13 +20,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::copy::{BatchKey, Fate};
 use crate::copy::{Failure, Sink};
 use crate::error::Error;
 use crate::migrate;
 use crate::queue::{Ack, Message};
-use crate::record::AuditLog;
+use crate::queue::{Queued, Sequence};
+use crate::record::{AuditLog, Severity};
 use crate::retry::{is_connection_problem, Backoff, FailureKind};
 use crate::stats::Counters;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// The writer's tuning, set through the builder.
 #[derive(Debug, Clone)]
@@ -52,6 +55,12 @@ pub(crate) struct Writer {
 struct Shared {
     sink: Sink,
     counters: Arc<Counters>,
+    /// This writer's stream: its records' `stream_id`, and its batches' ledger key.
+    stream_id: i64,
+    next_batch: AtomicI64,
+    seq: Arc<Sequence>,
+    /// Drops already recorded as `audit_dropped` records.
+    drops_recorded: AtomicU64,
     retry_initial: Duration,
     retry_max: Duration,
     drop_report: Mutex<DropReport>,
@@ -68,6 +77,8 @@ impl Writer {
         rx: mpsc::Receiver<Message>,
         sink: Sink,
         counters: Arc<Counters>,
+        seq: Arc<Sequence>,
+        stream_id: i64,
         config: WriterConfig,
     ) -> Self {
         Writer {
@@ -75,6 +86,10 @@ impl Writer {
             shared: Arc::new(Shared {
                 sink,
                 counters,
+                stream_id,
+                next_batch: AtomicI64::new(1),
+                seq,
+                drops_recorded: AtomicU64::new(0),
                 retry_initial: config.retry_initial,
                 retry_max: config.retry_max,
                 drop_report: Mutex::new(DropReport::default()),
@@ -87,7 +102,10 @@ impl Writer {
     /// Starts writing a batch as soon as fewer than `max_in_flight` batches are being
     /// written. While PostgreSQL works on one `COPY`, the next is already streaming, so the
     /// server's ingest runs on more than one core.
-    async fn dispatch(&self, batch: Vec<AuditLog>) {
+    async fn dispatch(&self, mut batch: Vec<Queued>) {
+        if let Some(notice) = self.shared.drop_notice() {
+            batch.push(notice);
+        }
         if batch.is_empty() {
             return;
         }
@@ -115,7 +133,7 @@ impl Writer {
         }
         let size = self.config.batch_size;
         let mut messages = Vec::with_capacity(size);
-        let mut batch: Vec<AuditLog> = Vec::with_capacity(size);
+        let mut batch: Vec<Queued> = Vec::with_capacity(size);
         // When the oldest record of the current batch must be written at the latest.
         let mut deadline = Instant::now();
         let mut stop_acks: Vec<Ack> = Vec::new();
@@ -165,7 +183,7 @@ impl Writer {
     }
 
     /// Refuses new records, writes everything already queued, then acknowledges.
-    async fn drain_and_stop(&mut self, mut batch: Vec<AuditLog>, mut acks: Vec<Ack>) {
+    async fn drain_and_stop(&mut self, mut batch: Vec<Queued>, mut acks: Vec<Ack>) {
         let size = self.config.batch_size;
         self.rx.close();
         while let Some(message) = self.rx.recv().await {
@@ -189,57 +207,128 @@ impl Writer {
 }
 
 impl Shared {
-    /// Writes a batch, retrying transient failures and isolating refused records.
-    /// Returns only once every record is committed or kept as rejected.
-    async fn write(&self, batch: Vec<AuditLog>) {
+    fn new_key(&self) -> BatchKey {
+        BatchKey {
+            stream_id: self.stream_id,
+            batch_id: self.next_batch.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// An `audit_dropped` record for the drops not yet recorded, numbered in the stream
+    /// like any record: the table then says itself how many records are missing and why.
+    fn drop_notice(&self) -> Option<Queued> {
+        let dropped = self.counters.dropped();
+        let recorded = self.drops_recorded.load(Ordering::Relaxed);
+        if dropped <= recorded {
+            return None;
+        }
+        self.drops_recorded.store(dropped, Ordering::Relaxed);
+        let full = self.counters.dropped_queue_full.load(Ordering::Relaxed);
+        let stopped = self.counters.dropped_writer_stopped.load(Ordering::Relaxed);
+        let mut log = AuditLog::new(
+            "system",
+            "audit_dropped",
+            format!("{} audit records dropped", dropped - recorded),
+        );
+        log.severity = Severity::Error;
+        log.metadata
+            .insert("dropped".into(), (dropped - recorded).into());
+        log.metadata.insert("dropped_total".into(), dropped.into());
+        log.metadata
+            .insert("dropped_queue_full_total".into(), full.into());
+        log.metadata
+            .insert("dropped_writer_stopped_total".into(), stopped.into());
+        log.metadata.insert(
+            "explanation".into(),
+            "the records are missing from this stream's seq numbers".into(),
+        );
+        Some(Queued {
+            seq: self.seq.next(),
+            log,
+        })
+    }
+
+    /// Writes a batch, retrying transient failures and isolating refused records, each
+    /// record exactly once. Returns only once every record is committed or kept as rejected.
+    async fn write(&self, batch: Vec<Queued>) {
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
-        // Halves still to write, the next one last.
-        let mut pending = vec![batch];
-        while let Some(mut chunk) = pending.pop() {
+        // Parts still to write, the next one last; each under its ledger key.
+        let mut pending = vec![(self.new_key(), batch)];
+        while let Some((mut key, mut chunk)) = pending.pop() {
             loop {
-                match self.sink.copy(&chunk).await {
+                let failure = match self.sink.copy(key, &chunk).await {
                     Ok(()) => {
-                        Counters::add(&self.counters.written, chunk.len() as u64);
-                        Counters::add(&self.counters.batches, 1);
-                        backoff.reset();
+                        self.committed(chunk.len(), &mut backoff);
                         break;
                     }
-                    Err(failure) if failure.kind == FailureKind::Data => {
-                        if let [record] = chunk.as_slice() {
-                            self.reject(record, failure, &mut backoff).await;
-                        } else {
-                            let second = chunk.split_off(chunk.len() / 2);
-                            pending.push(second);
-                            pending.push(chunk);
-                        }
-                        break;
-                    }
-                    Err(failure) if failure.kind == FailureKind::TooSlow && chunk.len() > 1 => {
-                        Counters::add(&self.counters.retries, 1);
-                        self.counters.set_last_error(failure.message);
+                    Err(failure) => failure,
+                };
+                if failure.kind == FailureKind::Data {
+                    // The server refused the rows: nothing committed, for certain.
+                    if let [record] = chunk.as_slice() {
+                        self.reject(record, failure, &mut backoff).await;
+                    } else {
                         let second = chunk.split_off(chunk.len() / 2);
-                        pending.push(second);
-                        pending.push(chunk);
-                        break;
+                        pending.push((self.new_key(), second));
+                        pending.push((self.new_key(), chunk));
                     }
-                    Err(failure) => self.wait_before_retry(&failure.message, &mut backoff).await,
+                    break;
                 }
+                // Anything else may have happened after COMMIT was sent: settle it first.
+                self.counters.set_last_error(failure.message.clone());
+                Counters::add(&self.counters.unsettled_batches, 1);
+                if self.fence(key, &mut backoff).await == Fate::Committed {
+                    self.committed(chunk.len(), &mut backoff);
+                    break;
+                }
+                if failure.kind == FailureKind::TooSlow && chunk.len() > 1 {
+                    Counters::add(&self.counters.retries, 1);
+                    self.counters.set_last_error(failure.message);
+                    let second = chunk.split_off(chunk.len() / 2);
+                    pending.push((self.new_key(), second));
+                    pending.push((self.new_key(), chunk));
+                    break;
+                }
+                self.wait_before_retry(&failure.message, &mut backoff).await;
+                key = self.new_key();
             }
         }
         self.report_drops(false);
     }
 
-    async fn reject(&self, record: &AuditLog, reason: Failure, backoff: &mut Backoff) {
+    fn committed(&self, rows: usize, backoff: &mut Backoff) {
+        Counters::add(&self.counters.written, rows as u64);
+        Counters::add(&self.counters.batches, 1);
+        backoff.reset();
+    }
+
+    /// Learns whether a batch with an unknown outcome committed, making sure it never will
+    /// if it has not. Waits for the database as long as it takes.
+    async fn fence(&self, key: BatchKey, backoff: &mut Backoff) -> Fate {
         loop {
-            match self.sink.keep_rejected(record, &reason).await {
+            match self.sink.fence(key).await {
+                Ok(fate) => return fate,
+                Err(failure) => self.wait_before_retry(&failure.message, backoff).await,
+            }
+        }
+    }
+
+    async fn reject(&self, record: &Queued, reason: Failure, backoff: &mut Backoff) {
+        loop {
+            match self
+                .sink
+                .keep_rejected(self.stream_id, record, &reason)
+                .await
+            {
                 Ok(()) => {
                     Counters::add(&self.counters.rejected, 1);
                     self.counters
                         .set_last_error(format!("record rejected: {}", reason.message));
                     tracing::error!(
                         reason = %reason.message,
-                        event_type = %record.event_type,
-                        username = %record.username,
+                        event_type = %record.log.event_type,
+                        username = %record.log.username,
+                        seq = record.seq,
                         "PostgreSQL refused an audit record; kept in audit_logs_rejected, \
                          the rest of its batch was written"
                     );
@@ -255,7 +344,8 @@ impl Shared {
                     tracing::error!(
                         reason = %reason.message,
                         rejected_table_error = %failure.message,
-                        record = %record.to_json(),
+                        record = %record.log.to_json(),
+                        seq = record.seq,
                         "PostgreSQL refused an audit record and could not keep it in \
                          audit_logs_rejected; the record is in this message"
                     );
@@ -354,6 +444,6 @@ impl Shared {
     }
 }
 
-fn take_batch(batch: &mut Vec<AuditLog>, capacity: usize) -> Vec<AuditLog> {
+fn take_batch(batch: &mut Vec<Queued>, capacity: usize) -> Vec<Queued> {
     std::mem::replace(batch, Vec::with_capacity(capacity))
 }

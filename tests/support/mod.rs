@@ -98,3 +98,23 @@ pub async fn emit_and_flush(db: &TestDb, emit: impl FnOnce()) -> Stats {
         .await
         .expect("shutdown commits everything in time")
 }
+
+/// Asserts that stream `stream_id` holds exactly `n` records numbered 1..=n: none lost,
+/// none written twice (the writer's own `audit_dropped` records aside).
+pub async fn assert_exactly_once(client: &Client, stream_id: i64, n: i64) {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0), coalesce(max(seq), 0) \
+             FROM audit_logs WHERE stream_id = $1 AND event_type <> 'audit_dropped'",
+            &[&stream_id],
+        )
+        .await
+        .expect("stream query");
+    let (count, distinct, min, max): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (count, distinct, min, max),
+        (n, n, 1.min(n), n),
+        "(rows, distinct seq, min seq, max seq) of stream {stream_id}"
+    );
+}
