@@ -761,3 +761,96 @@ async fn requests_beyond_the_concurrency_bound_get_503_at_once() {
     server.get_json("/api/v1/logs").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_parameter_the_server_takes() {
+    let db = TestDb::migrated("http_openapi").await;
+    let server = TestServer::start_quiet(&db).await;
+    let (status, _, body) = server.request("/api/v1/openapi.json", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let documented: HashSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let served: HashSet<&str> = auditd::app::ROUTES.iter().map(|r| r.path).collect();
+    assert_eq!(documented, served, "documented paths vs the router's table");
+
+    for route in auditd::app::ROUTES {
+        let operation = &doc["paths"][route.path]["get"];
+        assert!(operation.is_object(), "{}: no GET operation", route.path);
+        let secured = operation
+            .get("security")
+            .is_some_and(|s| !s.as_array().unwrap().is_empty());
+        assert_eq!(secured, route.protected, "{}: security", route.path);
+        let path = route.path.replace("{id}", "1");
+        let params = operation["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for param in params.iter().filter(|p| p["in"] == "query") {
+            let name = param["name"].as_str().unwrap();
+            let value = match name {
+                "order" => "asc".to_owned(),
+                "limit" => "5".to_owned(),
+                "format" => "csv".to_owned(),
+                "wait" => "0s".to_owned(),
+                "cursor" if route.path.ends_with("/stream") || route.path.ends_with("/tail") => {
+                    auditd::cursor::TailCursor { tx_id: 1, id: 1 }.encode()
+                }
+                "cursor" => auditd::cursor::PageCursor {
+                    created_at: chrono::Utc::now(),
+                    id: 1,
+                }
+                .encode(),
+                _ => param
+                    .get("example")
+                    .or_else(|| param["schema"].get("example"))
+                    .map(|e| match e {
+                        Value::String(s) => s.clone(),
+                        Value::Array(items) => items
+                            .iter()
+                            .map(|i| {
+                                i.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| i.to_string())
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| panic!("{}: {name} has no example", route.path)),
+            };
+            let mut url = format!("{path}?{name}={}", auditd::query_string::encode(&value));
+            if route.path.ends_with("/tail") && name != "wait" {
+                url.push_str("&wait=0s");
+            }
+            let response = server.send(&url, Some(TOKEN), &[]).await;
+            let status = response.status();
+            if status == StatusCode::BAD_REQUEST {
+                use http_body_util::BodyExt;
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let error: Value = serde_json::from_slice(&body).unwrap();
+                assert_ne!(
+                    error["error"]["message"], "unknown parameter",
+                    "{url}: documented but refused"
+                );
+            }
+        }
+        // And the server refuses what is not documented, so the check above can fail.
+        if !params.is_empty() || route.audited {
+            let (status, _, body) = server.get(&format!("{path}?not_a_parameter=1")).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{path}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    server.stop().await;
+}

@@ -25,8 +25,12 @@ use crate::{event_stats, export, health, logs, openapi, tail};
 pub struct Limits {
     /// Longest time to answer a request (streams: to start answering).
     pub request_timeout: Duration,
-    /// Requests served at once; more get 503 at once rather than queueing.
+    /// Reads served at once; more get 503 at once rather than queueing. Health, metrics
+    /// and the OpenAPI document are not counted, so they answer under load.
     pub max_concurrent_requests: usize,
+    /// Exports and event streams open at once: each holds a database connection until it
+    /// ends, so they are bounded apart from (and below) the pool.
+    pub max_streams: usize,
     /// How often a tail checks for newly committed rows.
     pub tail_poll_interval: Duration,
     /// Longest long-poll wait a client may ask for.
@@ -42,6 +46,7 @@ impl Default for Limits {
         Limits {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 64,
+            max_streams: 8,
             tail_poll_interval: Duration::from_millis(250),
             max_tail_wait: Duration::from_secs(60),
             stream_keepalive: Duration::from_secs(15),
@@ -57,6 +62,7 @@ pub struct App {
     pub limits: Limits,
     pub metrics: Metrics,
     permits: Arc<Semaphore>,
+    stream_permits: Arc<Semaphore>,
     /// Becomes `true` when the server shuts down: streams and long polls end early.
     pub stopping: watch::Receiver<bool>,
     /// Where access records go; `None` means the global subscriber.
@@ -167,6 +173,14 @@ pub fn route_for(path: &str) -> Option<(&'static Route, Option<&str>)> {
         .map(|r| (r, Some(id)))
 }
 
+fn timeout_error(limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "request_timeout",
+        format!("no answer within {limit:?}; narrow the filters"),
+    )
+}
+
 /// Who made a request: for the access record.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -206,6 +220,7 @@ impl App {
     ) -> Self {
         App {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            stream_permits: Arc::new(Semaphore::new(limits.max_streams)),
             pool,
             tokens,
             limits,
@@ -214,6 +229,14 @@ impl App {
             access_audit,
             audit_handle,
         }
+    }
+
+    /// A slot for an export or event stream, held until it ends; or 503.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.stream_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded("exports and event streams"))
     }
 
     /// A pooled connection, or 503.
@@ -283,41 +306,19 @@ impl App {
             );
             return response;
         };
-        // Beyond the bound, answer at once: queueing would only turn overload into timeouts.
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            let mut response = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many requests in progress; try again",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return response;
-        };
-        let params = match Params::parse(request.uri().query()) {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        };
-        let work = self.dispatch(route, id, params, &request, caller.clone());
-        let answer = match tokio::time::timeout(self.limits.request_timeout, work).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Answer::plain(e.into_response()),
-            Err(_) => Answer::plain(
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "request_timeout",
-                    format!(
-                        "no answer within {:?}; narrow the filters",
-                        self.limits.request_timeout
-                    ),
-                )
-                .into_response(),
-            ),
-        };
-        if route.audited {
-            if let Some(access) = &answer.access {
+        if !route.audited {
+            // Health, metrics, the OpenAPI document: cheap, and needed most under load.
+            let params = Params::parse(request.uri().query());
+            let work = async { self.dispatch(route, id, params?, &request, caller).await };
+            return match tokio::time::timeout(self.limits.request_timeout, work).await {
+                Ok(Ok(answer)) => answer.response,
+                Ok(Err(e)) => e.into_response(),
+                Err(_) => timeout_error(self.limits.request_timeout).into_response(),
+            };
+        }
+        let answer = self.read(route, id, &request, caller.clone()).await;
+        match &answer.access {
+            Some(access) => {
                 self.metrics.rows_served(route.path, access.rows);
                 self.record_access(
                     &caller,
@@ -326,11 +327,37 @@ impl App {
                     access.rows,
                     answer.response.status(),
                 );
-            } else if !answer.response.status().is_success() {
+            }
+            // Streams record their own access when they end; every failure is recorded here.
+            None if !answer.response.status().is_success() => {
                 self.record_access(&caller, route, &Value::Null, 0, answer.response.status());
             }
+            None => {}
         }
         answer.response
+    }
+
+    /// Serves a read of the audit logs within the concurrency bound and the timeout.
+    async fn read(
+        self: &Arc<Self>,
+        route: &'static Route,
+        id: Option<String>,
+        request: &Request<Incoming>,
+        caller: Caller,
+    ) -> Answer {
+        // Beyond the bound, answer at once: queueing would only turn overload into timeouts.
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            return Answer::plain(ApiError::overloaded("requests").into_response());
+        };
+        let work = async {
+            let params = Params::parse(request.uri().query())?;
+            self.dispatch(route, id, params, request, caller).await
+        };
+        match tokio::time::timeout(self.limits.request_timeout, work).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Answer::plain(e.into_response()),
+            Err(_) => Answer::plain(timeout_error(self.limits.request_timeout).into_response()),
+        }
     }
 
     async fn dispatch(

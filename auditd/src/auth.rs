@@ -24,7 +24,17 @@ impl Tokens {
     }
 
     /// Parses `name:secret` or `secret` entries; blank lines and `#` comments are skipped.
+    /// A bare secret is named `token-N`, N counting from 1.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self> {
+        Tokens::parse_named(entries, "token")
+    }
+
+    /// As [`parse`](Self::parse), naming bare secrets `<source>-N`, so that tokens from
+    /// different places never share a name.
+    pub fn parse_named<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+        source: &str,
+    ) -> Result<Self> {
         let mut tokens = Tokens::default();
         for entry in entries.into_iter().map(str::trim) {
             if entry.is_empty() || entry.starts_with('#') {
@@ -32,7 +42,7 @@ impl Tokens {
             }
             let (name, secret) = match entry.split_once(':') {
                 Some((name, secret)) => (name.trim().to_owned(), secret.trim()),
-                None => (format!("token-{}", tokens.entries.len() + 1), entry),
+                None => (format!("{source}-{}", tokens.entries.len() + 1), entry),
             };
             if secret.len() < MIN_SECRET_BYTES {
                 bail!("the token named {name:?} is shorter than {MIN_SECRET_BYTES} characters");
@@ -45,11 +55,12 @@ impl Tokens {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
-        Tokens::parse(text.lines()).with_context(|| format!("in the token file {}", path.display()))
+        Tokens::parse_named(text.lines(), "file-token")
+            .with_context(|| format!("in the token file {}", path.display()))
     }
 
     pub fn from_list(list: &str) -> Result<Self> {
-        Tokens::parse(list.split(',')).context("in AUDITD_TOKENS")
+        Tokens::parse_named(list.split(','), "env-token").context("in AUDITD_TOKENS")
     }
 
     pub fn merge(mut self, other: Tokens) -> Self {

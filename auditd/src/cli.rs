@@ -83,7 +83,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub exit: bool,
 
-    /// Where to serve the API and the viewer.
+    /// Where to serve the API.
     #[arg(long, env = "AUDITD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 }
@@ -96,7 +96,9 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
 
     /// Where to write auditd's own access records (each read of the logs is audited);
-    /// defaults to --database-url. Its role needs INSERT on audit_logs.
+    /// defaults to --database-url. Its role needs what any writer needs: INSERT on
+    /// audit_logs, audit_logs_rejected and audit_writer_batches, SELECT on
+    /// audit_writer_batches.
     #[arg(long, env = "AUDITD_AUDIT_DATABASE_URL", hide_env_values = true)]
     pub audit_database_url: Option<String>,
 
@@ -129,9 +131,15 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Requests served at once; beyond it, 503 at once.
+    /// Requests served at once; beyond it, 503 at once. Health, metrics and the OpenAPI
+    /// document are not counted.
     #[arg(long, env = "AUDITD_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+
+    /// Exports and event streams open at once (each holds a database connection while it
+    /// runs); beyond it, 503. Keep it below --pool-size.
+    #[arg(long, env = "AUDITD_MAX_STREAMS", default_value_t = 8)]
+    pub max_streams: usize,
 
     /// Longest wait for in-flight requests when shutting down.
     #[arg(long, env = "AUDITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

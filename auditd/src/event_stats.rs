@@ -51,8 +51,8 @@ pub async fn stats(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         }
     }
     let body = json!({
-        "since": since.to_rfc3339(),
-        "until": until.to_rfc3339(),
+        "since": since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "until": until.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "total": total,
         "by_event_type": by_event_type,
         "by_severity": by_severity,

@@ -54,6 +54,7 @@ pub async fn export(
     params.finish()?;
 
     // Fail now, with a proper status, rather than after the 200 has gone out.
+    let stream_slot = app.stream_slot()?;
     let client = app.client().await?;
     let (tx, body) = ChannelBody::channel(4);
     let app = app.clone();
@@ -77,8 +78,8 @@ pub async fn export(
             let rows = match client.query(&sql.text, &sql.params()).await {
                 Ok(rows) => rows,
                 Err(e) => {
-                    // The status line is gone; ending the body early is all that is left,
-                    // and the client sees a truncated export it can resume.
+                    // The status line is gone: all that is left is to cut the body short
+                    // (below), so the client sees a truncated export it can resume.
                     ApiError::database(&e);
                     break StatusCode::SERVICE_UNAVAILABLE;
                 }
@@ -96,7 +97,7 @@ pub async fn export(
                 sent += 1;
                 if chunk.len() >= CHUNK_BYTES {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-                    if tx.send(Bytes::from(full)).await.is_err() {
+                    if tx.send(Ok(Bytes::from(full))).await.is_err() {
                         // The client went away (nginx calls this 499).
                         stopped =
                             Some(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST));
@@ -112,9 +113,18 @@ pub async fn export(
             }
         };
         if !chunk.is_empty() {
-            let _ = tx.send(Bytes::from(chunk)).await;
+            let _ = tx.send(Ok(Bytes::from(chunk))).await;
+        }
+        if outcome.is_server_error() {
+            // Cut the response short: the client must not take this for the whole export.
+            let _ = tx
+                .send(Err(std::io::Error::other(
+                    "the export failed midway; resume from the last cursor received",
+                )))
+                .await;
         }
         drop(client);
+        drop(stream_slot);
         app.metrics.rows_served(route.path, sent);
         app.record_access(&caller, route, &filters.describe(), sent, outcome);
     });

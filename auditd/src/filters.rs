@@ -251,8 +251,9 @@ impl Filters {
                 None => Value::Null,
             },
         );
-        put("since", json!(self.since.map(|t| t.to_rfc3339())));
-        put("until", json!(self.until.map(|t| t.to_rfc3339())));
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        put("since", json!(self.since.map(time)));
+        put("until", json!(self.until.map(time)));
         put("q", json!(self.text));
         for (path, value) in &self.metadata {
             map.insert(format!("meta.{path}"), value.clone());

@@ -1,6 +1,5 @@
 //! Response bodies and the JSON shapes every route shares: one error format, one body type.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,14 +11,18 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
-/// Every response body: a buffer, or a stream fed through a channel.
-pub type Body = BoxBody<Bytes, Infallible>;
+/// Every response body: a buffer, or a stream fed through a channel. A stream that fails
+/// midway yields an error, and hyper then cuts the connection instead of ending the body
+/// cleanly, so the client can tell a truncated answer from a complete one.
+pub type Body = BoxBody<Bytes, std::io::Error>;
 
 pub const JSON: &str = "application/json";
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A response with a complete body and a content type.
@@ -72,6 +75,14 @@ impl ApiError {
         }
     }
 
+    pub fn overloaded(what: &str) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("too many {what} in progress; try again"),
+        )
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
@@ -96,11 +107,18 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
+        let overloaded = self.code == "overloaded";
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(parameter) = self.parameter {
             error["parameter"] = parameter.into();
         }
-        json(self.status, &serde_json::json!({ "error": error }))
+        let mut response = json(self.status, &serde_json::json!({ "error": error }));
+        if overloaded {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -115,12 +133,15 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 /// A body fed chunk by chunk from a task; a full channel slows the task down, so a slow
 /// client never makes the server buffer more than the channel holds.
 pub struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
 }
+
+/// The producing side of a [`ChannelBody`].
+pub type ChunkSender = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
 impl ChannelBody {
     /// The sender for the producing task, and the body for the response.
-    pub fn channel(chunks: usize) -> (mpsc::Sender<Bytes>, Body) {
+    pub fn channel(chunks: usize) -> (ChunkSender, Body) {
         let (tx, rx) = mpsc::channel(chunks);
         (tx, ChannelBody { rx }.boxed())
     }
@@ -128,14 +149,14 @@ impl ChannelBody {
 
 impl HttpBody for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.rx
             .poll_recv(cx)
-            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
     }
 }

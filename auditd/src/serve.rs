@@ -90,6 +90,7 @@ pub async fn serve_until_signal(
         limits: Limits {
             request_timeout: args.request_timeout,
             max_concurrent_requests: args.max_concurrent_requests,
+            max_streams: args.max_streams,
             ..Limits::default()
         },
         shutdown_grace: args.shutdown_grace,

@@ -181,6 +181,7 @@ pub async fn stream(
     let cursor = take_tail_cursor(&mut params, last_event_id)?;
     params.finish()?;
 
+    let stream_slot = app.stream_slot()?;
     let client = app.client().await?;
     let (tx, body) = ChannelBody::channel(16);
     let app = app.clone();
@@ -191,7 +192,7 @@ pub async fn stream(
         let mut idle_since = tokio::time::Instant::now();
         let mut outcome = StatusCode::OK;
         if tx
-            .send(Bytes::from_static(b"retry: 2000\n\n"))
+            .send(Ok(Bytes::from_static(b"retry: 2000\n\n")))
             .await
             .is_err()
         {
@@ -221,14 +222,14 @@ pub async fn stream(
                 events.extend_from_slice(b"\n\n");
             }
             if !events.is_empty() {
-                if tx.send(Bytes::from(events)).await.is_err() {
+                if tx.send(Ok(Bytes::from(events))).await.is_err() {
                     break;
                 }
                 sent += rows.len() as u64;
                 idle_since = tokio::time::Instant::now();
             } else if idle_since.elapsed() >= app.limits.stream_keepalive {
                 if tx
-                    .send(Bytes::from_static(b": keep-alive\n\n"))
+                    .send(Ok(Bytes::from_static(b": keep-alive\n\n")))
                     .await
                     .is_err()
                 {
@@ -247,6 +248,7 @@ pub async fn stream(
             }
         }
         drop(client);
+        drop(stream_slot);
         app.metrics.rows_served(route.path, sent);
         app.record_access(&caller, route, &filters.describe(), sent, outcome);
     });
