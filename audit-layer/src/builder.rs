@@ -1,5 +1,6 @@
 //! Configuring and starting the pipeline.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,12 @@ use crate::pool::{connect_pool, PoolOptions};
 use crate::queue::{OverflowPolicy, RecordSender, Sequence};
 use crate::redact::{Redactor, DEFAULT_SECRET_PATTERNS};
 use crate::sanitize::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::spool::Spool;
 use crate::stats::Counters;
 use crate::writer::{Writer, WriterConfig};
+
+/// Spool segments are this big at most, so replayed space is given back as replay goes.
+const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// Longer settings are cut to this: a day is longer than anyone means, and adding
 /// `Duration::MAX` to an `Instant` would overflow.
@@ -65,6 +70,8 @@ pub struct AuditLayerBuilder {
     target: String,
     drop_flush_timeout: Duration,
     overflow: OverflowPolicy,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: u64,
 }
 
 /// A random positive id for this layer's stream of records.
@@ -109,6 +116,8 @@ impl Default for AuditLayerBuilder {
             target: DEFAULT_TARGET.to_owned(),
             drop_flush_timeout: Duration::from_secs(5),
             overflow: OverflowPolicy::Drop,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
         }
     }
 }
@@ -237,6 +246,21 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// Keeps batches the database cannot take in files under `dir` (created if needed), and
+    /// replays them once it can, in order, including after a restart. Off by default.
+    /// Use a directory of this process's own: two processes must not share one.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Most bytes the spool may hold on disk. Default 1 GiB; beyond it batches wait in
+    /// memory, and then the overflow policy applies.
+    pub fn spool_max_bytes(mut self, bytes: u64) -> Self {
+        self.spool_max_bytes = bytes;
+        self
+    }
+
     /// Starts the writer thread and returns the layer to add to a subscriber, and the
     /// handle to flush and shut down. Needs no async runtime: the writer brings its own.
     pub fn build<S>(self) -> Result<(FilteredAuditLayer<S>, AuditHandle), Error>
@@ -257,6 +281,17 @@ impl AuditLayerBuilder {
             .thread_name("audit-writer")
             .build()
             .map_err(Error::Spawn)?;
+        let spool = match &self.spool_dir {
+            Some(dir) => Some(
+                Spool::open(dir, self.spool_max_bytes, SPOOL_SEGMENT_BYTES).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot open the spool directory {}: {e}",
+                        dir.display()
+                    ))
+                })?,
+            ),
+            None => None,
+        };
         let counters = Arc::new(Counters::default());
         let seq = Arc::new(Sequence::default());
         let stream_id = new_stream_id();
@@ -267,6 +302,7 @@ impl AuditLayerBuilder {
             counters.clone(),
             seq.clone(),
             stream_id,
+            spool,
             self.writer,
         );
         std::thread::Builder::new()

@@ -75,6 +75,9 @@ pub(crate) enum Fate {
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
     pub(crate) kind: FailureKind,
+    /// Whether the call got far enough that it may have committed (false when no
+    /// connection could even be had).
+    pub(crate) maybe_committed: bool,
     pub(crate) sqlstate: Option<String>,
     pub(crate) message: String,
 }
@@ -83,14 +86,16 @@ impl Failure {
     fn from_db(e: &tokio_postgres::Error) -> Self {
         Failure {
             kind: classify(e),
+            maybe_committed: true,
             sqlstate: e.code().map(|c| c.code().to_owned()),
             message: describe_db_error(e),
         }
     }
 
-    fn transient(message: String) -> Self {
+    fn no_connection(message: String) -> Self {
         Failure {
             kind: FailureKind::Transient,
+            maybe_committed: false,
             sqlstate: None,
             message,
         }
@@ -111,8 +116,10 @@ impl Sink {
     pub(crate) async fn client(&self) -> Result<Object, Failure> {
         match tokio::time::timeout(self.timeout, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(Failure::transient(format!("no database connection: {e}"))),
-            Err(_) => Err(Failure::transient(format!(
+            Ok(Err(e)) => Err(Failure::no_connection(format!(
+                "no database connection: {e}"
+            ))),
+            Err(_) => Err(Failure::no_connection(format!(
                 "no database connection within {:?}",
                 self.timeout
             ))),
@@ -187,7 +194,10 @@ impl Sink {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 let failure = Failure::from_db(&e);
-                if failure.kind != FailureKind::Data {
+                if !matches!(
+                    failure.kind,
+                    FailureKind::Data | FailureKind::AlreadyCommitted
+                ) {
                     // The next attempt gets a fresh connection: this one may be broken, or
                     // talking to a server that is no longer the primary.
                     drop(Object::take(client));
@@ -199,6 +209,7 @@ impl Sink {
                 drop(Object::take(client));
                 Err(Failure {
                     kind: FailureKind::TooSlow,
+                    maybe_committed: true,
                     sqlstate: None,
                     message: format!("{what} did not finish within {:?}", self.timeout),
                 })

@@ -76,6 +76,7 @@ mod record;
 mod redact;
 mod retry;
 mod sanitize;
+mod spool;
 mod stats;
 mod writer;
 

@@ -19,9 +19,19 @@ pub(crate) enum FailureKind {
     Data,
     /// The call took too long: try again with fewer rows.
     TooSlow,
+    /// The batch's key is already in the ledger: an earlier attempt committed it.
+    AlreadyCommitted,
 }
 
+/// The primary key of the batch ledger (migration 0003).
+const LEDGER_KEY: &str = "audit_writer_batches_pkey";
+
 pub(crate) fn classify(e: &tokio_postgres::Error) -> FailureKind {
+    if let Some(db) = e.as_db_error() {
+        if db.code().code() == "23505" && db.constraint() == Some(LEDGER_KEY) {
+            return FailureKind::AlreadyCommitted;
+        }
+    }
     match e.code() {
         Some(state) => classify_sqlstate(state.code()),
         None => FailureKind::Transient,

@@ -17,6 +17,9 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) unsettled_batches: AtomicU64,
+    pub(crate) spooled: AtomicU64,
+    pub(crate) spool_bytes: AtomicU64,
+    pub(crate) spool_corrupt: AtomicU64,
     pub(crate) fixups: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
@@ -49,6 +52,9 @@ impl Counters {
             retries: load(&self.retries),
             batches: load(&self.batches),
             unsettled_batches: load(&self.unsettled_batches),
+            spooled: load(&self.spooled),
+            spool_bytes: load(&self.spool_bytes),
+            spool_corrupt: load(&self.spool_corrupt),
             fixups: load(&self.fixups),
             queue_depth,
             queue_capacity,
@@ -82,6 +88,12 @@ pub struct Stats {
     /// lost connection, a timeout); each was settled from the batch ledger before anything
     /// was sent again, so none was written twice.
     pub unsettled_batches: u64,
+    /// Records written to the spool, in all (each is replayed from there).
+    pub spooled: u64,
+    /// Bytes in the spool now.
+    pub spool_bytes: u64,
+    /// Damaged spool segments found and set aside (`*.spool.corrupt`).
+    pub spool_corrupt: u64,
     /// Fix-ups applied to records (each is also noted in the record's metadata).
     pub fixups: u64,
     /// Records in the queue now.

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::copy::{BatchKey, Fate};
@@ -28,6 +28,7 @@ use crate::queue::{Ack, Message};
 use crate::queue::{Queued, Sequence};
 use crate::record::{AuditLog, Severity};
 use crate::retry::{is_connection_problem, Backoff, FailureKind};
+use crate::spool::{Corruption, Spool};
 use crate::stats::Counters;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -64,12 +65,16 @@ struct Shared {
     retry_initial: Duration,
     retry_max: Duration,
     drop_report: Mutex<DropReport>,
+    spool: Option<Mutex<Spool>>,
+    /// Signalled when batches enter or leave the spool.
+    spool_changed: Notify,
 }
 
 #[derive(Default)]
 struct DropReport {
     reported: u64,
     at: Option<Instant>,
+    spool_full_at: Option<Instant>,
 }
 
 impl Writer {
@@ -79,8 +84,12 @@ impl Writer {
         counters: Arc<Counters>,
         seq: Arc<Sequence>,
         stream_id: i64,
+        spool: Option<Spool>,
         config: WriterConfig,
     ) -> Self {
+        if let Some(spool) = &spool {
+            counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+        }
         Writer {
             rx,
             shared: Arc::new(Shared {
@@ -93,6 +102,8 @@ impl Writer {
                 retry_initial: config.retry_initial,
                 retry_max: config.retry_max,
                 drop_report: Mutex::new(DropReport::default()),
+                spool: spool.map(Mutex::new),
+                spool_changed: Notify::new(),
             }),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
@@ -120,16 +131,26 @@ impl Writer {
         });
     }
 
-    /// Returns once every dispatched batch is committed or kept as rejected.
+    /// Returns once every dispatched batch is committed or kept as rejected, the spool
+    /// included.
     async fn settle(&self) {
         let all = u32::try_from(self.config.max_in_flight).unwrap_or(u32::MAX);
         // Acquired and released at once: only the waiting matters.
         let _ = self.in_flight.acquire_many(all).await;
+        while self.shared.spool_active() {
+            tokio::select! {
+                () = self.shared.spool_changed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
     }
 
     pub(crate) async fn run(mut self) {
         if self.config.run_migrations {
             self.shared.migrate(self.config.migrate_timeout).await;
+        }
+        if self.shared.spool.is_some() {
+            tokio::spawn(self.shared.clone().replay());
         }
         let size = self.config.batch_size;
         let mut messages = Vec::with_capacity(size);
@@ -248,13 +269,23 @@ impl Shared {
         })
     }
 
-    /// Writes a batch, retrying transient failures and isolating refused records, each
-    /// record exactly once. Returns only once every record is committed or kept as rejected.
+    /// Writes a batch, or spools it when the spool already holds batches (they go first).
     async fn write(&self, batch: Vec<Queued>) {
+        let key = self.new_key();
+        if self.spool_active() && self.spool_takes(key, &batch) {
+            return;
+        }
+        self.write_batch(key, batch, true).await;
+    }
+
+    /// Writes a batch under its ledger key, each record exactly once, isolating refused
+    /// records. Returns once every record is committed, kept as rejected, or (when
+    /// `may_spill` and the database fails) safely in the spool.
+    async fn write_batch(&self, key: BatchKey, batch: Vec<Queued>, may_spill: bool) {
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Parts still to write, the next one last; each under its ledger key.
-        let mut pending = vec![(self.new_key(), batch)];
-        while let Some((mut key, mut chunk)) = pending.pop() {
+        let mut pending = vec![(key, batch)];
+        while let Some((key, mut chunk)) = pending.pop() {
             loop {
                 let failure = match self.sink.copy(key, &chunk).await {
                     Ok(()) => {
@@ -263,37 +294,156 @@ impl Shared {
                     }
                     Err(failure) => failure,
                 };
-                if failure.kind == FailureKind::Data {
-                    // The server refused the rows: nothing committed, for certain.
-                    if let [record] = chunk.as_slice() {
-                        self.reject(record, failure, &mut backoff).await;
-                    } else {
-                        let second = chunk.split_off(chunk.len() / 2);
-                        pending.push((self.new_key(), second));
-                        pending.push((self.new_key(), chunk));
+                match failure.kind {
+                    FailureKind::AlreadyCommitted => {
+                        // An earlier attempt whose answer was lost did commit.
+                        self.committed(chunk.len(), &mut backoff);
+                        break;
                     }
-                    break;
+                    FailureKind::Data => {
+                        // The server refused the rows: nothing committed, for certain.
+                        if let [record] = chunk.as_slice() {
+                            self.reject(record, failure, &mut backoff).await;
+                        } else {
+                            let second = chunk.split_off(chunk.len() / 2);
+                            pending.push((self.new_key(), second));
+                            pending.push((self.new_key(), chunk));
+                        }
+                        break;
+                    }
+                    FailureKind::Transient | FailureKind::TooSlow => {}
                 }
-                // Anything else may have happened after COMMIT was sent: settle it first.
+                // The failure may have come after COMMIT was sent. Sending the same key
+                // again is safe: the ledger admits a key once, so a batch that did commit
+                // answers AlreadyCommitted instead of being written twice.
                 self.counters.set_last_error(failure.message.clone());
-                Counters::add(&self.counters.unsettled_batches, 1);
-                if self.fence(key, &mut backoff).await == Fate::Committed {
-                    self.committed(chunk.len(), &mut backoff);
-                    break;
+                if failure.maybe_committed {
+                    Counters::add(&self.counters.unsettled_batches, 1);
                 }
                 if failure.kind == FailureKind::TooSlow && chunk.len() > 1 {
+                    // Smaller parts need keys of their own: first make sure this one can
+                    // never commit, or learn that it did.
+                    if self.fence(key, &mut backoff).await == Fate::Committed {
+                        self.committed(chunk.len(), &mut backoff);
+                        break;
+                    }
                     Counters::add(&self.counters.retries, 1);
-                    self.counters.set_last_error(failure.message);
                     let second = chunk.split_off(chunk.len() / 2);
                     pending.push((self.new_key(), second));
                     pending.push((self.new_key(), chunk));
                     break;
                 }
+                if may_spill && self.spool_takes(key, &chunk) {
+                    break;
+                }
                 self.wait_before_retry(&failure.message, &mut backoff).await;
-                key = self.new_key();
             }
         }
         self.report_drops(false);
+    }
+
+    fn spool_active(&self) -> bool {
+        self.spool
+            .as_ref()
+            .and_then(|s| s.lock().ok())
+            .is_some_and(|s| !s.is_empty())
+    }
+
+    /// Appends a batch to the spool; `false` when there is no spool, no room, or the disk
+    /// fails (the caller then keeps the batch in memory and retries).
+    fn spool_takes(&self, key: BatchKey, records: &[Queued]) -> bool {
+        let Some(spool) = &self.spool else {
+            return false;
+        };
+        let Ok(mut spool) = spool.lock() else {
+            return false;
+        };
+        match spool.append(key, records) {
+            Ok(true) => {
+                Counters::add(&self.counters.spooled, records.len() as u64);
+                self.counters
+                    .spool_bytes
+                    .store(spool.bytes(), Ordering::Relaxed);
+                self.spool_changed.notify_one();
+                true
+            }
+            Ok(false) => {
+                self.report_spool_full();
+                false
+            }
+            Err(e) => {
+                let error = format!("cannot append to the spool: {e}");
+                tracing::error!(error = %error, "audit spool failed; keeping the batch in memory");
+                self.counters.set_last_error(error);
+                false
+            }
+        }
+    }
+
+    fn report_spool_full(&self) {
+        let Ok(mut report) = self.drop_report.lock() else {
+            return;
+        };
+        if report
+            .spool_full_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!("audit spool is full; batches wait in memory, then the queue fills");
+            report.spool_full_at = Some(Instant::now());
+        }
+    }
+
+    /// Writes the spool back, oldest batch first, for as long as the writer lives.
+    async fn replay(self: Arc<Self>) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        loop {
+            let next = match spool.lock() {
+                Ok(mut spool) => spool.peek(|c| self.report_corruption(c)),
+                Err(_) => return,
+            };
+            let batch = match next {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.spool_changed.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let error = format!("cannot read the spool: {e}");
+                    tracing::error!(error = %error, "audit spool failed");
+                    self.counters.set_last_error(error);
+                    tokio::time::sleep(self.retry_max).await;
+                    continue;
+                }
+            };
+            let frame_bytes = batch.frame_bytes;
+            self.write_batch(batch.key, batch.records, false).await;
+            if let Ok(mut spool) = spool.lock() {
+                spool.consume(frame_bytes);
+                // Reading on retires replayed segments, so the size shown stays true.
+                let _ = spool.peek(|c| self.report_corruption(c));
+                self.counters
+                    .spool_bytes
+                    .store(spool.bytes(), Ordering::Relaxed);
+            }
+            self.spool_changed.notify_waiters();
+        }
+    }
+
+    fn report_corruption(&self, c: Corruption) {
+        Counters::add(&self.counters.spool_corrupt, 1);
+        let error = format!(
+            "spool segment {} is damaged at byte {}: {}; set aside as .corrupt",
+            c.segment.display(),
+            c.offset,
+            c.reason
+        );
+        tracing::error!(error = %error, "audit spool damaged: records in the damaged part are not replayed");
+        self.counters.set_last_error(error);
     }
 
     fn committed(&self, rows: usize, backoff: &mut Backoff) {
@@ -377,6 +527,7 @@ impl Shared {
                 match tokio::time::timeout(timeout, migrate::migrate(&client)).await {
                     Ok(Ok(report)) => Ok(report),
                     Ok(Err(e)) => Err(Some(Failure {
+                        maybe_committed: false,
                         kind: match &e {
                             Error::Db(db) if is_connection_problem(db) => FailureKind::Transient,
                             _ => FailureKind::Data,

@@ -1,0 +1,227 @@
+//! The durable spool: batches the database cannot take wait on disk and are replayed in
+//! order, exactly once, including after the application is killed and restarted.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pg_provision::{Cluster, ClusterOptions};
+use support::{assert_exactly_once, builder, connect, dispatch};
+use tracing::info;
+
+async fn stopped_cluster() -> (Cluster, String) {
+    let cluster =
+        tokio::task::spawn_blocking(|| Cluster::start_new(&ClusterOptions { durable: true }))
+            .await
+            .unwrap()
+            .expect("own cluster");
+    let url = cluster.url("postgres");
+    audit_layer::migrate::migrate(&connect(&url).await)
+        .await
+        .unwrap();
+    cluster.stop("fast").unwrap();
+    (cluster, url)
+}
+
+fn spool_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("audit-spool-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn records_wait_in_the_spool_while_the_database_is_down_then_arrive_exactly_once() {
+    let (cluster, url) = stopped_cluster().await;
+    let dir = spool_dir("down");
+    // A queue far smaller than what is emitted: without the spool most would be dropped.
+    let (dispatch, handle) = dispatch(
+        builder(&url)
+            .spool_dir(&dir)
+            .queue_capacity(1000)
+            .batch_size(500),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        // About 20,000 records a second for a second: a steady stream, not a burst the
+        // size of the queue.
+        for seq in 1..=20_000 {
+            info!(target: "audit", username = "u", event_type = "spool", seq, "m");
+            if seq % 200 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    wait_for("everything to be spooled", || {
+        let stats = handle.stats();
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        stats.spooled == 20_000
+    })
+    .await;
+    let stats = handle.stats();
+    assert_eq!((stats.written, stats.dropped), (0, 0), "{stats:?}");
+    assert!(stats.spool_bytes > 0);
+
+    cluster.start().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), handle.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = handle.stats();
+    assert_eq!((stats.written, stats.spool_bytes), (20_000, 0), "{stats:?}");
+    assert_exactly_once(&connect(&url).await, handle.stream_id(), 20_000).await;
+    // In order: the spool is replayed oldest first, so ids follow seq.
+    let out_of_order: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY id) AS before \
+             FROM audit_logs WHERE stream_id = $1) s WHERE seq < before",
+            &[&handle.stream_id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(out_of_order, 0);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "replayed segments are removed"
+    );
+    handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The child half of the restart test: spools records for a database that is down, says
+/// so, and waits to be killed. Run only by the parent test, which sets the environment.
+#[test]
+#[ignore = "run by spool_is_replayed_after_the_application_is_killed_and_restarted"]
+fn spool_child() {
+    let (Ok(url), Ok(dir)) = (
+        std::env::var("SPOOL_CHILD_URL"),
+        std::env::var("SPOOL_CHILD_DIR"),
+    ) else {
+        return;
+    };
+    let (dispatch, handle) = dispatch(builder(&url).spool_dir(&dir).batch_size(1000));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for seq in 1..=5000 {
+            info!(target: "audit", username = "u", event_type = "restart", seq, "m");
+        }
+    });
+    while handle.stats().spooled < 5000 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("SPOOLED stream_id={}", handle.stream_id());
+    // Wait to be killed; never outlive the parent (or a minute) if it failed first.
+    let parent = std::os::unix::process::parent_id();
+    for _ in 0..600 {
+        if std::os::unix::process::parent_id() != parent {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::process::exit(1);
+}
+
+#[tokio::test]
+async fn spool_is_replayed_after_the_application_is_killed_and_restarted() {
+    let (cluster, url) = stopped_cluster().await;
+    let dir = spool_dir("restart");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "spool_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SPOOL_CHILD_URL", &url)
+        .env("SPOOL_CHILD_DIR", &dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stream_id = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // The test harness may print "test spool_child ... " before it on the same line.
+            .find_map(|line| {
+                let id = line.split("SPOOLED stream_id=").nth(1)?;
+                Some(id.trim().parse::<i64>().unwrap())
+            })
+            .expect("the child spooled its records")
+    })
+    .await
+    .unwrap();
+    // SIGKILL: no shutdown, no destructors. Only what is on disk survives.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    cluster.start().unwrap();
+    let (_dispatch, handle) = dispatch(builder(&url).spool_dir(&dir));
+    tokio::time::timeout(Duration::from_secs(60), handle.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handle.stats().written, 5000);
+    assert_exactly_once(&connect(&url).await, stream_id, 5000).await;
+    handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_spooled_batch_that_already_committed_is_not_written_again_on_replay() {
+    // The crash window: a batch commits, then the process dies before the spool learns it.
+    // Replaying it must find its key in the ledger and skip it.
+    let (cluster, url) = stopped_cluster().await;
+    let dir = spool_dir("replay_twice");
+    let (emitter, handle) = dispatch(builder(&url).spool_dir(&dir).batch_size(100));
+    tracing::dispatcher::with_default(&emitter, || {
+        for seq in 1..=300 {
+            info!(target: "audit", username = "u", event_type = "twice", seq, "m");
+        }
+    });
+    wait_for("everything to be spooled", || handle.stats().spooled == 300).await;
+    // Copy the spool aside while it still holds everything, as a crash would leave it.
+    let copy = spool_dir("replay_twice_copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    cluster.start().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), handle.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    handle.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_exactly_once(&connect(&url).await, handle.stream_id(), 300).await;
+
+    // "Restart" with the stale spool: every batch in it is already in the table.
+    let (_dispatch, again) = dispatch(builder(&url).spool_dir(&copy));
+    tokio::time::timeout(Duration::from_secs(60), again.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = again.stats();
+    assert_eq!(
+        stats.written, 300,
+        "replayed batches count as written: {stats:?}"
+    );
+    assert_exactly_once(&connect(&url).await, handle.stream_id(), 300).await;
+    again.shutdown(Duration::from_secs(10)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
+}
