@@ -1,10 +1,17 @@
 //! End-to-end ingest throughput: events emitted through the tracing macros by several
-//! threads, timed until every one is committed in PostgreSQL.
+//! threads, timed until every one is committed in PostgreSQL; and in the same run, on the
+//! same schema, two baselines:
 //!
-//! `cargo bench --bench ingest -- [--events N] [--threads T] [--batch-size B] [--in-flight F]`
+//! * the original design's approach: one `INSERT` and one commit per record;
+//! * raw binary `COPY` of the same rows, pre-built in memory, over as many connections as
+//!   the layer uses: the ceiling for any writer.
+//!
+//! `cargo bench --bench ingest -- [--events N] [--threads T] [--batch-size B] [--in-flight F]
+//!  [--baseline-records N]`
 //!
 //! Uses `DATABASE_URL` when set, otherwise a throwaway cluster with PostgreSQL's default
-//! durability (fsync on), on this machine. Prints events/s and the process's peak memory.
+//! durability (fsync on), on this machine. Each measurement gets a fresh database. Prints
+//! events/s and the process's peak memory.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +21,7 @@ use tracing::{info, info_span};
 use tracing_subscriber::prelude::*;
 
 struct Args {
+    baseline_records: u64,
     events: u64,
     threads: u64,
     batch_size: usize,
@@ -22,6 +30,7 @@ struct Args {
 
 fn args() -> Args {
     let mut parsed = Args {
+        baseline_records: 20_000,
         events: 1_000_000,
         threads: 4,
         batch_size: 8192,
@@ -35,6 +44,9 @@ fn args() -> Args {
             "--threads" => parsed.threads = value().expect("--threads N"),
             "--batch-size" => parsed.batch_size = value().expect("--batch-size N") as usize,
             "--in-flight" => parsed.in_flight = value().expect("--in-flight N") as usize,
+            "--baseline-records" => {
+                parsed.baseline_records = value().expect("--baseline-records N")
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -119,4 +131,160 @@ fn main() {
         stats.dropped,
         peak_rss_mib()
     );
+    let layer_rate = total as f64 / committed.as_secs_f64();
+
+    // Baseline 1: one INSERT, one commit, per record (the original design's repository).
+    let url = runtime
+        .block_on(server.create_database("bench_per_record"))
+        .expect("bench database");
+    let per_record = runtime.block_on(per_record_inserts(&url, args.baseline_records));
+    println!(
+        "baseline, one INSERT and commit per record: {} records in {:.2} s = {:.0} records/s",
+        args.baseline_records,
+        per_record.as_secs_f64(),
+        args.baseline_records as f64 / per_record.as_secs_f64()
+    );
+
+    // Baseline 2: raw binary COPY of pre-built rows, batches and connections as the layer.
+    let url = runtime
+        .block_on(server.create_database("bench_raw_copy"))
+        .expect("bench database");
+    let raw = runtime.block_on(raw_copy(&url, total, args.batch_size, args.in_flight));
+    let raw_rate = total as f64 / raw.as_secs_f64();
+    println!(
+        "baseline, raw binary COPY of pre-built rows ({} connections, batch {}): {total} rows in {:.2} s = {raw_rate:.0} rows/s",
+        args.in_flight,
+        args.batch_size,
+        raw.as_secs_f64()
+    );
+    println!(
+        "ingest: layer end to end = {:.2} x raw COPY, {:.0} x one-INSERT-per-record",
+        layer_rate / raw_rate,
+        layer_rate / (args.baseline_records as f64 / per_record.as_secs_f64())
+    );
+}
+
+async fn connect_migrated(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    audit_layer::migrate::migrate(&client)
+        .await
+        .expect("migrate");
+    client
+}
+
+fn sample_record(i: u64) -> audit_layer::AuditLog {
+    let mut log =
+        audit_layer::AuditLog::new("bench", "benchmark", "Device configuration backed up");
+    log.ip_address = Some("192.0.2.1".parse().expect("ip"));
+    log.resource_type = Some("device".into());
+    log.resource_id = Some("dev-1".into());
+    log.metadata.insert("thread".into(), (i % 4).into());
+    log.metadata.insert("seq".into(), i.into());
+    log
+}
+
+async fn per_record_inserts(url: &str, n: u64) -> Duration {
+    let client = connect_migrated(url).await;
+    let statement = client
+        .prepare(&format!(
+            "INSERT INTO audit_logs ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            audit_layer::RECORD_COLUMNS
+        ))
+        .await
+        .expect("prepare");
+    let started = Instant::now();
+    for i in 0..n {
+        let r = sample_record(i);
+        let metadata = tokio_postgres::types::Json(&r.metadata);
+        client
+            .execute(
+                &statement,
+                &[
+                    &r.username,
+                    &r.user_id,
+                    &r.event_type,
+                    &r.message,
+                    &r.ip_address,
+                    &r.resource_type,
+                    &r.resource_id,
+                    &r.resource_name,
+                    &r.severity.as_str(),
+                    &metadata,
+                    &r.created_at,
+                ],
+            )
+            .await
+            .expect("insert");
+    }
+    started.elapsed()
+}
+
+async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Duration {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let rows: Vec<audit_layer::AuditLog> = (0..n).map(sample_record).collect();
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(connect_migrated(url).await);
+    }
+    let statement = format!(
+        "COPY audit_logs ({}) FROM STDIN (FORMAT binary)",
+        audit_layer::RECORD_COLUMNS
+    );
+    let types = [
+        Type::VARCHAR,
+        Type::INT8,
+        Type::VARCHAR,
+        Type::TEXT,
+        Type::INET,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::JSONB,
+        Type::TIMESTAMPTZ,
+    ];
+    let rows = std::sync::Arc::new(rows);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in clients.into_iter().enumerate() {
+        let rows = rows.clone();
+        let statement = statement.clone();
+        let types = types.clone();
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<&audit_layer::AuditLog> =
+                rows.iter().skip(c).step_by(connections).collect();
+            for chunk in mine.chunks(batch) {
+                let sink = client.copy_in(&statement).await.expect("copy");
+                let writer = BinaryCopyInWriter::new(sink, &types);
+                let mut writer = std::pin::pin!(writer);
+                for r in chunk {
+                    let metadata = tokio_postgres::types::Json(&r.metadata);
+                    writer
+                        .as_mut()
+                        .write(&[
+                            &r.username,
+                            &r.user_id,
+                            &r.event_type,
+                            &r.message,
+                            &r.ip_address,
+                            &r.resource_type,
+                            &r.resource_id,
+                            &r.resource_name,
+                            &r.severity.as_str(),
+                            &metadata,
+                            &r.created_at,
+                        ])
+                        .await
+                        .expect("row");
+                }
+                writer.finish().await.expect("finish");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("copy task");
+    }
+    started.elapsed()
 }

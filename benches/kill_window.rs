@@ -57,7 +57,9 @@ fn main() {
     let client = runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
         tokio::spawn(connection);
-        audit_layer::migrate::migrate(&client).await.expect("migrate");
+        audit_layer::migrate::migrate(&client)
+            .await
+            .expect("migrate");
         client
     });
     let mut losses = Vec::new();
@@ -78,7 +80,10 @@ fn main() {
         let deadline = Instant::now() + Duration::from_millis(2000 + 137 * run);
         let mut emitted = 0u64;
         for line in lines.by_ref() {
-            if let Some(n) = line.ok().and_then(|l| l.strip_prefix("EMITTED ").and_then(|n| n.parse().ok())) {
+            if let Some(n) = line
+                .ok()
+                .and_then(|l| l.strip_prefix("EMITTED ").and_then(|n| n.parse().ok()))
+            {
                 emitted = n;
             }
             if Instant::now() >= deadline {

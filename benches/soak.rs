@@ -41,7 +41,9 @@ fn main() {
     runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
         tokio::spawn(connection);
-        audit_layer::migrate::migrate(&client).await.expect("migrate");
+        audit_layer::migrate::migrate(&client)
+            .await
+            .expect("migrate");
     });
     let spool = std::env::temp_dir().join(format!("audit-soak-spool-{}", std::process::id()));
     let (layer, handle) = audit_layer::AuditLayer::builder()
@@ -75,7 +77,12 @@ fn main() {
     while started.elapsed() < total {
         std::thread::sleep(Duration::from_secs(1));
         let stats = handle.stats();
-        samples.push((started.elapsed().as_secs(), rss_mib(), stats.queue_depth, stats.spool_bytes));
+        samples.push((
+            started.elapsed().as_secs(),
+            rss_mib(),
+            stats.queue_depth,
+            stats.spool_bytes,
+        ));
         if started.elapsed() >= next_restart && started.elapsed() + Duration::from_secs(5) < total {
             cluster.stop("immediate").expect("stop");
             std::thread::sleep(Duration::from_secs(2));
@@ -85,7 +92,10 @@ fn main() {
         }
         if samples.len() % 30 == 0 {
             let (t, rss, depth, spool) = samples[samples.len() - 1];
-            eprintln!("{t:>4}s rss {rss:.0} MiB, queue {depth}, spool {spool} B, written {}, retries {}", stats.written, stats.retries);
+            eprintln!(
+                "{t:>4}s rss {rss:.0} MiB, queue {depth}, spool {spool} B, written {}, retries {}",
+                stats.written, stats.retries
+            );
         }
     }
     let emitted = emitter.join().expect("emitter");
@@ -106,7 +116,11 @@ fn main() {
         (row.get(0), row.get(1), row.get(2))
     });
     let minute = |from: u64, to: u64| {
-        let s: Vec<f64> = samples.iter().filter(|s| s.0 >= from && s.0 < to).map(|s| s.1).collect();
+        let s: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.0 >= from && s.0 < to)
+            .map(|s| s.1)
+            .collect();
         (
             s.iter().copied().fold(f64::INFINITY, f64::min),
             s.iter().copied().fold(0.0, f64::max),
@@ -124,6 +138,10 @@ fn main() {
     println!(
         "soak: RSS in minute 2: {first_min:.0}-{first_max:.0} MiB; in the last minute: {last_min:.0}-{last_max:.0} MiB"
     );
-    assert_eq!((rows as u64, distinct as u64), (emitted, emitted), "every record exactly once");
+    assert_eq!(
+        (rows as u64, distinct as u64),
+        (emitted, emitted),
+        "every record exactly once"
+    );
     let _ = std::fs::remove_dir_all(&spool);
 }
