@@ -57,6 +57,8 @@ impl Client {
             .header("host", "bench")
             .body(Empty::new())
             .expect("request");
+        // One request at a time on the connection: wait until it can take the next.
+        self.sender.ready().await.expect("connection ready");
         let started = Instant::now();
         let response = self.sender.send_request(request).await.expect("response");
         assert_eq!(response.status(), 200, "{path}");
@@ -77,6 +79,9 @@ impl Client {
             .header("host", "bench")
             .body(Empty::new())
             .expect("request");
+        self.sender.ready().await.expect("connection ready");
+        // One request at a time on the connection: wait until it can take the next.
+        self.sender.ready().await.expect("connection ready");
         let started = Instant::now();
         let response = self.sender.send_request(request).await.expect("response");
         assert_eq!(response.status(), 200, "{path}");
