@@ -279,16 +279,17 @@ async fn main() {
         );
     }
 
-    // Deep pages: follow next_cursor 100 pages down, then time that page.
-    for (name, base) in [
-        ("deep page 100, no filter", "/api/v1/logs?limit=100"),
+    // Deep pages: follow next_cursor down, then time that page.
+    for (name, base, depth) in [
+        ("deep page 1000, no filter", "/api/v1/logs?limit=100", 1000),
         (
-            "deep page 100, username",
+            "deep page 90, username",
             "/api/v1/logs?username=user42&limit=100",
+            90,
         ),
     ] {
         let mut path = base.to_owned();
-        for _ in 0..100 {
+        for _ in 0..depth {
             let (_, body) = client.get(&path).await;
             let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
             let cursor = page["next_cursor"]

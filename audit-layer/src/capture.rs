@@ -3,13 +3,51 @@
 //! Fields named like a column fill that column; every other field goes into `metadata` as
 //! typed JSON (numbers stay numbers, booleans stay booleans). Secrets are replaced here,
 //! before their value is ever formatted into memory the layer keeps.
+//!
+//! Metadata is written straight into one buffer of JSON object members, on the emitting
+//! thread: no map, no key or value allocations per field. That is most of what an event
+//! costs its caller (see BENCHMARKS.md). Values PostgreSQL would refuse (NUL) or that are
+//! over the cap are repaired as they are written, and noted for the record's `_fixups`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 
 use crate::redact::{Redactor, REDACTED};
+use crate::sanitize::{self, FIXUPS_KEY, RENAMED_FIXUPS_KEY};
+
+/// JSON object members, `"key":value,...`, without the braces.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Members(pub(crate) Vec<u8>);
+
+impl Members {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Starts a member: the separator, the escaped key and the colon.
+    pub(crate) fn key(&mut self, key: &str) {
+        if !self.0.is_empty() {
+            self.0.push(b',');
+        }
+        // Serializing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.0, key);
+        self.0.push(b':');
+    }
+
+    /// Appends the members of `other` after these (later members win in jsonb).
+    pub(crate) fn extend(&mut self, other: &Members) {
+        if other.is_empty() {
+            return;
+        }
+        if !self.0.is_empty() {
+            self.0.push(b',');
+        }
+        self.0.extend_from_slice(&other.0);
+    }
+}
 
 /// What a column-named field holds before it is checked and sized by `sanitize`.
 #[derive(Debug, Default, Clone)]
@@ -23,7 +61,9 @@ pub(crate) struct Draft {
     pub(crate) resource_id: Option<String>,
     pub(crate) resource_name: Option<String>,
     pub(crate) severity: Option<String>,
-    pub(crate) metadata: Map<String, Value>,
+    pub(crate) metadata: Members,
+    /// Fix-up notes made while writing metadata.
+    pub(crate) notes: Vec<String>,
 }
 
 /// The columns a span may carry for the events inside it.
@@ -37,10 +77,10 @@ pub(crate) const INHERITED_COLUMNS: &[&str] = &[
 ];
 
 impl Draft {
-    /// Fills what this draft does not set from an enclosing span's fields.
+    /// Fills the columns this draft does not set from an enclosing span's fields.
     ///
     /// Called innermost span first, so the innermost value wins and the event's own
-    /// fields win over all.
+    /// fields win over all. (Span metadata is merged by the layer, outermost first.)
     pub(crate) fn inherit(&mut self, span: &Draft) {
         fill(&mut self.username, &span.username);
         fill(&mut self.user_id, &span.user_id);
@@ -48,11 +88,6 @@ impl Draft {
         fill(&mut self.resource_type, &span.resource_type);
         fill(&mut self.resource_id, &span.resource_id);
         fill(&mut self.resource_name, &span.resource_name);
-        for (key, value) in &span.metadata {
-            if !self.metadata.contains_key(key) {
-                self.metadata.insert(key.clone(), value.clone());
-            }
-        }
     }
 
     /// Overwrites this span draft with values recorded later (`Span::record`).
@@ -63,7 +98,8 @@ impl Draft {
         replace(&mut self.resource_type, later.resource_type);
         replace(&mut self.resource_id, later.resource_id);
         replace(&mut self.resource_name, later.resource_name);
-        self.metadata.extend(later.metadata);
+        self.metadata.extend(&later.metadata);
+        self.notes.extend(later.notes);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -106,6 +142,7 @@ pub(crate) struct Capture<'a> {
     draft: &'a mut Draft,
     redactor: &'a Redactor,
     scope: Scope,
+    max_value_bytes: usize,
 }
 
 enum Slot {
@@ -116,11 +153,17 @@ enum Slot {
 }
 
 impl<'a> Capture<'a> {
-    pub(crate) fn new(draft: &'a mut Draft, redactor: &'a Redactor, scope: Scope) -> Self {
+    pub(crate) fn new(
+        draft: &'a mut Draft,
+        redactor: &'a Redactor,
+        scope: Scope,
+        max_value_bytes: usize,
+    ) -> Self {
         Capture {
             draft,
             redactor,
             scope,
+            max_value_bytes,
         }
     }
 
@@ -148,9 +191,10 @@ impl<'a> Capture<'a> {
         }
     }
 
-    fn put(&mut self, field: &Field, value: Value) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
+    /// Stores a value in its column slot.
+    fn put_column(&mut self, slot: Slot, value: Value) {
+        match slot {
+            Slot::Ignore | Slot::Metadata => {}
             Slot::UserId => self.draft.user_id = Some(value),
             Slot::Text(column) => {
                 *column(self.draft) = Some(match value {
@@ -158,39 +202,174 @@ impl<'a> Capture<'a> {
                     other => other.to_string(),
                 })
             }
-            Slot::Metadata => self.put_metadata(field, value),
         }
     }
 
-    fn put_metadata(&mut self, field: &Field, value: Value) {
-        let name = field.name();
+    /// Starts a metadata member for `name`, or writes `[REDACTED]` and returns `false`.
+    fn meta_key(&mut self, name: &'static str) -> bool {
+        let key = if name == FIXUPS_KEY {
+            // Only the layer writes fix-up notes: an event's own field of that name is
+            // kept under another key, so it cannot pose as one.
+            self.draft.notes.push(format!(
+                "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
+            ));
+            RENAMED_FIXUPS_KEY
+        } else {
+            name
+        };
+        if key.contains('\0') {
+            let cleaned = sanitize::clean_key(key, &mut self.draft.notes);
+            self.draft.metadata.key(&cleaned);
+        } else {
+            self.draft.metadata.key(key);
+        }
         if self.redactor.is_secret(name) {
-            self.draft
-                .metadata
-                .insert(name.to_owned(), Value::String(REDACTED.to_owned()));
+            let _ = serde_json::to_writer(&mut self.draft.metadata.0, REDACTED);
+            return false;
+        }
+        true
+    }
+
+    /// A metadata value given as text, escaped and repaired as it is written.
+    fn meta_text(
+        &mut self,
+        name: &'static str,
+        write: impl FnOnce(&mut JsonText<'_>) -> fmt::Result,
+    ) {
+        if !self.meta_key(name) {
             return;
         }
-        // `metadata = %json` is how the original design passed extra context: merge it.
-        if name == "metadata" {
-            if let Value::String(text) = &value {
-                if let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) {
-                    redact_nested(self.redactor, &mut map);
-                    self.draft.metadata.extend(map);
-                    return;
-                }
-            }
-        }
-        self.draft.metadata.insert(name.to_owned(), value);
+        let mut text = JsonText::new(&mut self.draft.metadata.0, self.max_value_bytes);
+        let _ = write(&mut text);
+        text.finish(name, &mut self.draft.notes);
     }
 
-    /// Whether formatting the value is needed at all: skips work for ignored fields and
-    /// never formats a secret.
-    fn wants_text(&self, field: &Field) -> Wanted {
-        match self.slot(field.name()) {
-            Slot::Ignore => Wanted::Nothing,
-            Slot::Metadata if self.redactor.is_secret(field.name()) => Wanted::Redacted,
-            _ => Wanted::Value,
+    /// A metadata value that is a number or boolean, written as is.
+    fn meta_raw(&mut self, name: &'static str, value: impl fmt::Display) {
+        if self.meta_key(name) {
+            let _ = write!(self.draft.metadata.0, "{value}");
         }
+    }
+
+    /// `metadata = %json`: the original design's way of passing a dict. An object is
+    /// merged member by member (secrets redacted at any depth); anything else is kept as text.
+    fn merge_json(&mut self, text: &str) -> bool {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        redact_nested(self.redactor, &mut map);
+        for (key, mut value) in map {
+            sanitize::clean_json(
+                &mut value,
+                &key,
+                self.max_value_bytes,
+                &mut self.draft.notes,
+            );
+            let key = if key == FIXUPS_KEY {
+                self.draft.notes.push(format!(
+                    "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
+                ));
+                RENAMED_FIXUPS_KEY.to_owned()
+            } else {
+                sanitize::clean_key(&key, &mut self.draft.notes)
+            };
+            self.draft.metadata.key(&key);
+            let _ = serde_json::to_writer(&mut self.draft.metadata.0, &value);
+        }
+        true
+    }
+}
+
+/// Writes a JSON string value into a buffer as it is formatted, escaping it, replacing NUL
+/// (which PostgreSQL refuses) and cutting it at `max` bytes on a character boundary.
+pub(crate) struct JsonText<'a> {
+    out: &'a mut Vec<u8>,
+    max: usize,
+    /// Bytes of the original value seen, and kept.
+    seen: usize,
+    kept: usize,
+    nuls: usize,
+}
+
+impl<'a> JsonText<'a> {
+    fn new(out: &'a mut Vec<u8>, max: usize) -> Self {
+        out.push(b'"');
+        JsonText {
+            out,
+            max,
+            seen: 0,
+            kept: 0,
+            nuls: 0,
+        }
+    }
+
+    fn finish(self, name: &str, notes: &mut Vec<String>) {
+        self.out.push(b'"');
+        if self.nuls > 0 {
+            notes.push(format!(
+                "metadata.{name}: {} NUL byte(s) replaced by U+FFFD",
+                self.nuls
+            ));
+        }
+        if self.seen > self.kept {
+            notes.push(format!(
+                "metadata.{name}: truncated from {} to {} bytes",
+                self.seen, self.kept
+            ));
+        }
+    }
+
+    fn escape(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escaped: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0 => {
+                    self.nuls += 1;
+                    "\u{FFFD}".as_bytes()
+                }
+                0x01..=0x1f => {
+                    self.out.extend_from_slice(&bytes[start..i]);
+                    let _ = write!(self.out, "\\u{b:04x}");
+                    start = i + 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            self.out.extend_from_slice(&bytes[start..i]);
+            self.out.extend_from_slice(escaped);
+            start = i + 1;
+        }
+        self.out.extend_from_slice(&bytes[start..]);
+    }
+}
+
+impl fmt::Write for JsonText<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.seen += s.len();
+        if self.kept >= self.max {
+            return Ok(());
+        }
+        let room = self.max - self.kept;
+        let piece = if s.len() <= room {
+            s
+        } else {
+            let mut cut = room;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            // Nothing more is kept after a cut, even if a later piece would fit.
+            self.max = self.kept + cut;
+            &s[..cut]
+        };
+        self.kept += piece.len();
+        self.escape(piece);
+        Ok(())
     }
 }
 
@@ -213,52 +392,65 @@ fn redact_value(redactor: &Redactor, value: &mut Value) {
     }
 }
 
-enum Wanted {
-    Nothing,
-    Redacted,
-    Value,
-}
-
 impl Visit for Capture<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match self.wants_text(field) {
-            Wanted::Nothing => {}
-            Wanted::Redacted => self.put_metadata(field, Value::Null),
-            Wanted::Value => self.put(field, Value::String(format!("{value:?}"))),
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata if field.name() == "metadata" => {
+                let text = format!("{value:?}");
+                if !self.merge_json(&text) {
+                    self.meta_text(field.name(), |t| t.write_str(&text));
+                }
+            }
+            Slot::Metadata => self.meta_text(field.name(), |t| write!(t, "{value:?}")),
+            slot => self.put_column(slot, Value::String(format!("{value:?}"))),
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        match self.wants_text(field) {
-            Wanted::Nothing => {}
-            Wanted::Redacted => self.put_metadata(field, Value::Null),
-            Wanted::Value => self.put(field, Value::String(value.to_owned())),
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata if field.name() == "metadata" && self.merge_json(value) => {}
+            Slot::Metadata => self.meta_text(field.name(), |t| t.write_str(value)),
+            slot => self.put_column(slot, Value::String(value.to_owned())),
         }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        match self.wants_text(field) {
-            Wanted::Nothing => {}
-            Wanted::Redacted => self.put_metadata(field, Value::Null),
-            Wanted::Value => {
-                let mut text = value.to_string();
-                let mut source = value.source();
-                while let Some(cause) = source {
-                    text.push_str(": ");
-                    text.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                self.put(field, Value::String(text))
+        let chain = |out: &mut dyn fmt::Write| -> fmt::Result {
+            write!(out, "{value}")?;
+            let mut source = value.source();
+            while let Some(cause) = source {
+                write!(out, ": {cause}")?;
+                source = cause.source();
+            }
+            Ok(())
+        };
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata => self.meta_text(field.name(), |t| chain(t)),
+            slot => {
+                let mut text = String::new();
+                let _ = chain(&mut text);
+                self.put_column(slot, Value::String(text))
             }
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::Number(value.into()));
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata => self.meta_raw(field.name(), value),
+            slot => self.put_column(slot, Value::Number(value.into())),
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::Number(value.into()));
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata => self.meta_raw(field.name(), value),
+            slot => self.put_column(slot, Value::Number(value.into())),
+        }
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
@@ -267,7 +459,7 @@ impl Visit for Capture<'_> {
             Err(_) => match u64::try_from(value) {
                 Ok(v) => self.record_u64(field, v),
                 // Beyond what JSON numbers carry exactly: keep every digit as text.
-                Err(_) => self.put(field, Value::String(value.to_string())),
+                Err(_) => self.record_str(field, &value.to_string()),
             },
         }
     }
@@ -275,19 +467,77 @@ impl Visit for Capture<'_> {
     fn record_u128(&mut self, field: &Field, value: u128) {
         match u64::try_from(value) {
             Ok(v) => self.record_u64(field, v),
-            Err(_) => self.put(field, Value::String(value.to_string())),
+            Err(_) => self.record_str(field, &value.to_string()),
         }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinity; keep them readable rather than dropping them.
-        let json = Number::from_f64(value)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(value.to_string()));
-        self.put(field, json);
+        if !value.is_finite() {
+            // JSON has no NaN or infinity; keep them readable rather than dropping them.
+            return self.record_str(field, &value.to_string());
+        }
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            // Rust's shortest round-trip form, which is valid JSON for finite values.
+            Slot::Metadata => self.meta_raw(field.name(), JsonFloat(value)),
+            slot => {
+                let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
+                self.put_column(slot, number)
+            }
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        match self.slot(field.name()) {
+            Slot::Ignore => {}
+            Slot::Metadata => self.meta_raw(field.name(), value),
+            slot => self.put_column(slot, Value::Bool(value)),
+        }
+    }
+}
+
+/// A finite float as JSON writes it (`1.0`, not `1`, so it reads back as a float).
+struct JsonFloat(f64);
+
+impl fmt::Display for JsonFloat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.fract() == 0.0 && self.0.abs() < 1e16 {
+            write!(f, "{:.1}", self.0)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(value: &str, max: usize) -> (String, Vec<String>) {
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        let mut t = JsonText::new(&mut out, max);
+        t.write_str(value).unwrap();
+        t.finish("k", &mut notes);
+        (String::from_utf8(out).unwrap(), notes)
+    }
+
+    #[test]
+    fn json_text_escapes_repairs_and_cuts_on_character_boundaries() {
+        assert_eq!(text("a\"b\\c\nd\u{1}", 100).0, r#""a\"b\\c\nd\u0001""#);
+        let (json, notes) = text("x\0y", 100);
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), "x\u{FFFD}y");
+        assert_eq!(notes, vec!["metadata.k: 1 NUL byte(s) replaced by U+FFFD"]);
+        let (json, notes) = text("ééé", 5);
+        assert_eq!(serde_json::from_str::<String>(&json).unwrap(), "éé");
+        assert_eq!(notes, vec!["metadata.k: truncated from 6 to 4 bytes"]);
+    }
+
+    #[test]
+    fn floats_stay_floats() {
+        assert_eq!(JsonFloat(1.0).to_string(), "1.0");
+        assert_eq!(JsonFloat(0.5).to_string(), "0.5");
+        let big: Value = serde_json::from_str(&JsonFloat(1e300).to_string()).unwrap();
+        assert!(big.is_f64());
     }
 }

@@ -167,7 +167,7 @@ impl Sink {
         reason: &Failure,
     ) -> Result<(), Failure> {
         let client = self.client().await?;
-        let json = record.log.to_json();
+        let json = record.log.to_log().to_json();
         let params: [&(dyn ToSql + Sync); 5] = [
             &reason.sqlstate,
             &reason.message,
@@ -249,7 +249,7 @@ async fn copy_rows(
     let sink = client.copy_in(COPY_STATEMENT).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
     for Queued { seq, log: r } in records {
-        let metadata = (!r.metadata.is_empty()).then_some(Json(&r.metadata));
+        let metadata = r.metadata.as_deref().map(RawJsonb);
         writer
             .as_mut()
             .write(&[
@@ -271,4 +271,26 @@ async fn copy_rows(
     }
     writer.finish().await?;
     Ok(())
+}
+
+/// JSON text sent as `jsonb` as it is: the binary format is a version byte and the text.
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a str);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }

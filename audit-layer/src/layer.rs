@@ -17,7 +17,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::{Capture, Draft, Scope, INHERITED_COLUMNS};
+use crate::capture::{Capture, Draft, Members, Scope, INHERITED_COLUMNS};
 use crate::queue::RecordSender;
 use crate::redact::Redactor;
 use crate::sanitize;
@@ -98,7 +98,12 @@ impl AuditLayer {
 
     fn capture(&self, metadata: &Metadata<'_>, values: impl FnOnce(&mut Capture<'_>)) -> Draft {
         let mut draft = Draft::default();
-        let mut capture = Capture::new(&mut draft, &self.redactor, self.span_scope(metadata));
+        let mut capture = Capture::new(
+            &mut draft,
+            &self.redactor,
+            self.span_scope(metadata),
+            self.max_message_bytes,
+        );
         values(&mut capture);
         draft
     }
@@ -136,7 +141,9 @@ where
             &mut draft,
             &self.redactor,
             Scope::Everything,
+            self.max_message_bytes,
         ));
+        let mut span_metadata = Members::default();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
                 if let Some(span_draft) = span
@@ -145,11 +152,18 @@ where
                     .and_then(|d| d.of(self.id))
                 {
                     draft.inherit(span_draft);
+                    if !span_draft.metadata.is_empty() {
+                        // Innermost first here; outer spans' members must come first.
+                        let mut outer_first = span_draft.metadata.clone();
+                        outer_first.extend(&span_metadata);
+                        span_metadata = outer_first;
+                    }
                 }
             }
         }
         let (record, fixups) = sanitize::finish(
             draft,
+            span_metadata,
             *event.metadata().level(),
             created_at,
             self.max_message_bytes,

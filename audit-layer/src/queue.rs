@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::AuditLog;
+use crate::record::Pending;
 use crate::stats::Counters;
 
 /// A record and its number in this layer's stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
     pub(crate) seq: i64,
-    pub(crate) log: AuditLog,
+    pub(crate) log: Pending,
 }
 
 /// What to do with a record when the queue is full.
@@ -105,7 +105,7 @@ impl RecordSender {
 
     /// Hands a record to the writer (waiting only under [`OverflowPolicy::Block`]); counts
     /// it as dropped if it cannot.
-    pub(crate) fn push(&self, log: AuditLog) {
+    pub(crate) fn push(&self, log: Pending) {
         let mut message = Message::Record(Queued {
             seq: self.seq.next(),
             log,

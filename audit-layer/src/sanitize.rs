@@ -24,8 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::capture::Draft;
-use crate::record::{AuditLog, Severity};
+use crate::capture::{Draft, Members};
+use crate::record::{Pending, Severity};
 
 /// The metadata key under which a record lists the fix-ups applied to it.
 pub const FIXUPS_KEY: &str = "_fixups";
@@ -63,10 +63,11 @@ const QUOTE_CHARS: usize = 64;
 /// Returns the record and the number of fix-ups applied.
 pub(crate) fn finish(
     draft: Draft,
+    span_metadata: Members,
     level: tracing::Level,
     created_at: DateTime<Utc>,
     max_message_bytes: usize,
-) -> (AuditLog, u64) {
+) -> (Pending, u64) {
     let mut notes: Vec<String> = Vec::new();
 
     let username = required(
@@ -138,40 +139,27 @@ pub(crate) fn finish(
         }
     });
 
-    let mut metadata = draft.metadata;
-    if let Some(posing) = metadata.remove(FIXUPS_KEY) {
-        // Only the layer writes fix-up notes; an event's own field of that name is kept
-        // under another key, so it cannot pose as one.
-        notes.push(format!(
-            "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
-        ));
-        metadata.insert(RENAMED_FIXUPS_KEY.to_owned(), posing);
-    }
-    if metadata
-        .keys()
-        .any(|k| k.contains('\0') || k.len() > max_message_bytes)
-    {
-        metadata = metadata
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    clean_bytes(k, "metadata key", max_message_bytes, &mut notes),
-                    v,
-                )
-            })
-            .collect();
-    }
-    for (key, value) in metadata.iter_mut() {
-        clean_json(value, key, max_message_bytes, &mut notes);
-    }
-
+    // Metadata was repaired as it was captured; its notes follow the columns' notes.
+    notes.extend(draft.notes);
     let fixups = notes.len() as u64;
+    // Spans first, outermost first, then the event: jsonb keeps the last of duplicate keys,
+    // so the innermost span wins over outer ones and the event wins over all.
+    let mut members = span_metadata;
+    members.extend(&draft.metadata);
     if fixups > 0 {
-        let notes = notes.into_iter().map(Value::String).collect();
-        metadata.insert(FIXUPS_KEY.to_owned(), Value::Array(notes));
+        members.key(FIXUPS_KEY);
+        let _ = serde_json::to_writer(&mut members.0, &notes);
     }
+    let metadata = (!members.is_empty()).then(|| {
+        let mut text = String::with_capacity(members.0.len() + 2);
+        text.push('{');
+        // Written as JSON by construction, so valid UTF-8; lossy conversion never panics.
+        text.push_str(&String::from_utf8_lossy(&members.0));
+        text.push('}');
+        text
+    });
 
-    let log = AuditLog {
+    let record = Pending {
         username,
         user_id,
         event_type,
@@ -184,7 +172,7 @@ pub(crate) fn finish(
         metadata,
         created_at,
     };
-    (log, fixups)
+    (record, fixups)
 }
 
 fn required(
@@ -251,8 +239,13 @@ fn strip_nul(value: String, what: &str, notes: &mut Vec<String>) -> String {
     value.replace('\0', "\u{FFFD}")
 }
 
+/// A metadata key without NUL bytes (noted when there were some).
+pub(crate) fn clean_key(key: &str, notes: &mut Vec<String>) -> String {
+    strip_nul(key.to_owned(), "metadata key", notes)
+}
+
 /// Repairs a metadata value in place; allocates only when something needs repairing.
-fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
+pub(crate) fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
     match value {
         Value::String(s) if s.len() > max_bytes || s.contains('\0') => {
             let text = std::mem::take(s);
@@ -317,8 +310,15 @@ fn quote(raw: &str) -> String {
 mod tests {
     use super::*;
 
-    fn finish_default(draft: Draft) -> (AuditLog, u64) {
-        finish(draft, tracing::Level::INFO, Utc::now(), 16)
+    fn finish_default(draft: Draft) -> (crate::record::AuditLog, u64) {
+        let (record, fixups) = finish(
+            draft,
+            Members::default(),
+            tracing::Level::INFO,
+            Utc::now(),
+            16,
+        );
+        (record.to_log(), fixups)
     }
 
     fn complete() -> Draft {

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::copy::BatchKey;
 use crate::queue::Queued;
-use crate::record::AuditLog;
+use crate::record::{AuditLog, Pending};
 
 const HEADER_BYTES: u64 = 8;
 
@@ -256,7 +256,7 @@ fn read_frame(path: &Path, offset: u64, size: u64) -> Result<SpooledBatch, Strin
 fn encode(key: BatchKey, records: &[Queued]) -> Vec<u8> {
     let records: Vec<Value> = records
         .iter()
-        .map(|r| json!({ "seq": r.seq, "log": r.log.to_json() }))
+        .map(|r| json!({ "seq": r.seq, "log": r.log.to_log().to_json() }))
         .collect();
     json!({ "stream_id": key.stream_id, "batch_id": key.batch_id, "records": records })
         .to_string()
@@ -276,7 +276,7 @@ fn decode(payload: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
         .map(|r| {
             Some(Queued {
                 seq: r.get("seq")?.as_i64()?,
-                log: AuditLog::from_json(r.get("log")?)?,
+                log: Pending::from_log(AuditLog::from_json(r.get("log")?)?),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -291,7 +291,7 @@ mod tests {
         (first_seq..first_seq + n)
             .map(|seq| Queued {
                 seq,
-                log: AuditLog::new("u", "e", format!("record {seq}")),
+                log: Pending::from_log(AuditLog::new("u", "e", format!("record {seq}"))),
             })
             .collect()
     }

@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::migrate;
 use crate::queue::{Ack, Message};
 use crate::queue::{Queued, Sequence};
-use crate::record::{AuditLog, Severity};
+use crate::record::{AuditLog, Pending, Severity};
 use crate::retry::{is_connection_problem, Backoff, FailureKind};
 use crate::spool::{Corruption, Spool};
 use crate::stats::Counters;
@@ -271,7 +271,7 @@ impl Shared {
         );
         Some(Queued {
             seq: self.seq.next(),
-            log,
+            log: Pending::from_log(log),
         })
     }
 
@@ -500,7 +500,7 @@ impl Shared {
                     tracing::error!(
                         reason = %reason.message,
                         rejected_table_error = %failure.message,
-                        record = %record.log.to_json(),
+                        record = %record.log.to_log().to_json(),
                         seq = record.seq,
                         "PostgreSQL refused an audit record and could not keep it in \
                          audit_logs_rejected; the record is in this message"
