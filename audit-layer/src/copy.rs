@@ -275,7 +275,7 @@ async fn copy_rows(
 
 /// JSON text sent as `jsonb` as it is: the binary format is a version byte and the text.
 #[derive(Debug)]
-struct RawJsonb<'a>(&'a str);
+struct RawJsonb<'a>(&'a [u8]);
 
 impl ToSql for RawJsonb<'_> {
     fn to_sql(
@@ -284,7 +284,7 @@ impl ToSql for RawJsonb<'_> {
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(&[1]);
-        out.extend_from_slice(self.0.as_bytes());
+        out.extend_from_slice(self.0);
         Ok(tokio_postgres::types::IsNull::No)
     }
 

@@ -224,15 +224,17 @@ pub(crate) struct Pending {
     pub(crate) resource_id: Option<String>,
     pub(crate) resource_name: Option<String>,
     pub(crate) severity: Severity,
-    /// A JSON object, or `None` for no metadata. Later duplicate keys win, as in jsonb.
-    pub(crate) metadata: Option<String>,
+    /// A JSON object's text, or `None` for no metadata. Later duplicate keys win, as in
+    /// jsonb.
+    pub(crate) metadata: Option<Vec<u8>>,
     pub(crate) created_at: DateTime<Utc>,
 }
 
 impl Pending {
     pub(crate) fn from_log(log: AuditLog) -> Pending {
         Pending {
-            metadata: (!log.metadata.is_empty()).then(|| Value::Object(log.metadata).to_string()),
+            metadata: (!log.metadata.is_empty())
+                .then(|| Value::Object(log.metadata).to_string().into_bytes()),
             username: log.username,
             user_id: log.user_id,
             event_type: log.event_type,
@@ -258,7 +260,11 @@ impl Pending {
             resource_id: self.resource_id.clone(),
             resource_name: self.resource_name.clone(),
             severity: self.severity,
-            metadata: match self.metadata.as_deref().map(serde_json::from_str::<Value>) {
+            metadata: match self
+                .metadata
+                .as_deref()
+                .map(serde_json::from_slice::<Value>)
+            {
                 Some(Ok(Value::Object(map))) => map,
                 _ => Map::new(),
             },

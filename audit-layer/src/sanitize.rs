@@ -144,19 +144,22 @@ pub(crate) fn finish(
     let fixups = notes.len() as u64;
     // Spans first, outermost first, then the event: jsonb keeps the last of duplicate keys,
     // so the innermost span wins over outer ones and the event wins over all.
-    let mut members = span_metadata;
-    members.extend(&draft.metadata);
+    let mut members = if span_metadata.is_empty() {
+        draft.metadata
+    } else {
+        let mut members = span_metadata;
+        members.extend(&draft.metadata);
+        members
+    };
     if fixups > 0 {
         members.key(FIXUPS_KEY);
         let _ = serde_json::to_writer(&mut members.0, &notes);
     }
     let metadata = (!members.is_empty()).then(|| {
-        let mut text = String::with_capacity(members.0.len() + 2);
-        text.push('{');
-        // Written as JSON by construction, so valid UTF-8; lossy conversion never panics.
-        text.push_str(&String::from_utf8_lossy(&members.0));
-        text.push('}');
-        text
+        let mut object = members.0;
+        object.insert(0, b'{');
+        object.push(b'}');
+        object
     });
 
     let record = Pending {
