@@ -18,6 +18,7 @@ use crate::auth::Tokens;
 use crate::http::{ApiError, Body};
 use crate::metrics::{Extra, Metrics};
 use crate::params::Params;
+use crate::viewer::{self, Asset};
 use crate::{event_stats, export, health, logs, openapi, tail};
 
 /// Limits and intervals of the API.
@@ -74,6 +75,7 @@ pub struct App {
 /// The routes the server answers. The OpenAPI document is checked against this table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteId {
+    Viewer(crate::viewer::Asset),
     Healthz,
     Readyz,
     Metrics,
@@ -96,6 +98,24 @@ pub struct Route {
 }
 
 pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::Viewer(Asset::Page),
+        path: "/",
+        protected: false,
+        audited: false,
+    },
+    Route {
+        id: RouteId::Viewer(Asset::Script),
+        path: "/viewer.js",
+        protected: false,
+        audited: false,
+    },
+    Route {
+        id: RouteId::Viewer(Asset::Style),
+        path: "/viewer.css",
+        protected: false,
+        audited: false,
+    },
     Route {
         id: RouteId::Healthz,
         path: "/healthz",
@@ -369,6 +389,7 @@ impl App {
         caller: Caller,
     ) -> Result<Answer, ApiError> {
         match route.id {
+            RouteId::Viewer(asset) => Ok(Answer::plain(viewer::serve(asset))),
             RouteId::Healthz => Ok(Answer::plain(health::healthz())),
             RouteId::Readyz => Ok(Answer::plain(health::readyz(self).await)),
             RouteId::Metrics => Ok(Answer::plain(self.render_metrics())),

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::auth::Tokens;
 use crate::cli::{DemoArgs, ServeArgs};
 use crate::{logging, schema, serve};
 
@@ -35,7 +34,8 @@ const DEVICES: &[(&str, &str)] = &[
 pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
     // Diagnostics start once the audit layer can be installed with them, so progress up to
     // then goes straight to stderr.
-    let (url, cluster) = match args.database_url {
+    // An empty DATABASE_URL means none, as for the tests.
+    let (url, cluster) = match args.database_url.filter(|u| !u.trim().is_empty()) {
         Some(url) => (url, None),
         None => {
             eprintln!("auditd demo: no DATABASE_URL, starting a throwaway PostgreSQL...");
@@ -97,7 +97,10 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         })?;
         let base = format!("http://{}", listener.local_addr()?);
         println!();
-        println!("The API serves them (no token needed on loopback):");
+        println!("See them in a browser: {base}/");
+        println!(
+            "The API serves them too (no token needed on loopback unless AUDITD_TOKENS is set):"
+        );
         println!("  curl '{base}/api/v1/logs?username=admin&limit=5'");
         println!("  curl '{base}/api/v1/logs?event_type=authentication&severity=warning'");
         println!("  curl '{base}/api/v1/logs?min_severity=error'");
@@ -112,8 +115,9 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
             println!("Press Ctrl-C to stop.");
         }
         let pool = serve::query_pool(&url, &serve_args)?;
-        serve::serve_until_signal(listener, pool, Tokens::none(), &serve_args, handle.clone())
-            .await?;
+        // Tokens from AUDITD_TOKENS or AUDITD_TOKEN_FILE apply to the demo too.
+        let tokens = serve::load_tokens(&serve_args)?;
+        serve::serve_until_signal(listener, pool, tokens, &serve_args, handle.clone()).await?;
     }
     serve::shutdown_audit(&handle).await;
     drop(cluster);

@@ -5,6 +5,7 @@
 //! | [`server`] | accepts connections, graceful shutdown |
 //! | [`app`] | the route table; what every request goes through |
 //! | [`logs`], [`export`], [`tail`], [`event_stats`], [`health`], [`openapi`] | the routes |
+//! | [`viewer`] | the page for people, embedded |
 //! | [`filters`], [`params`], [`cursor`] | turning query parameters into parameterised SQL |
 //! | [`auth`], [`metrics`] | bearer tokens; Prometheus metrics |
 //! | [`cli`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands |
@@ -30,3 +31,4 @@ pub mod serve;
 pub mod server;
 pub mod tail;
 pub mod upkeep;
+pub mod viewer;

@@ -19,7 +19,7 @@ use crate::{logging, upkeep};
 const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
-    let Some(url) = args.database_url.clone() else {
+    let Some(url) = args.database_url.clone().filter(|u| !u.trim().is_empty()) else {
         bail!("no database: set DATABASE_URL or --database-url (see auditd --help)");
     };
     let tokens = load_tokens(&args)?;

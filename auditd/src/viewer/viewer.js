@@ -1,0 +1,254 @@
+// The audit log viewer. Plain JavaScript, no build step, no third-party code.
+//
+// Log text is attacker-controlled: every value reaches the page through textContent, never
+// as HTML; the server's Content-Security-Policy forbids inline script on top of that.
+"use strict";
+
+const FILTERS = ["username", "user_id", "event_type", "severity", "min_severity", "resource_type",
+  "resource_id", "resource_name", "ip_address", "since", "until", "q"];
+const TOKEN_KEY = "auditd-token";
+const PAGE = 50;
+
+const $ = (id) => document.getElementById(id);
+const form = $("filters");
+const tbody = document.querySelector("#results tbody");
+const status = $("status");
+
+let pages = [null];      // cursors of the pages visited; the last one is shown
+let nextCursor = null;
+let tailCursor = null;
+let tailing = false;
+let tailAbort = null;
+
+function say(text, isError) {
+  status.textContent = text;
+  status.classList.toggle("error", Boolean(isError));
+}
+
+// ---- the token: asked once, kept for the browser session ----
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function askToken() {
+  return new Promise((resolve) => {
+    const dialog = $("token-dialog");
+    $("token").value = "";
+    dialog.addEventListener("close", () => {
+      const value = $("token").value.trim();
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      resolve(Boolean(value));
+    }, { once: true });
+    dialog.showModal();
+  });
+}
+
+async function api(path, options = {}) {
+  for (;;) {
+    const headers = {};
+    const t = token();
+    if (t) headers.Authorization = "Bearer " + t;
+    const response = await fetch(path, { headers, signal: options.signal });
+    if (response.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      if (await askToken()) continue;
+      throw new Error("a bearer token is required");
+    }
+    if (!response.ok) {
+      let message = response.status + " " + response.statusText;
+      try {
+        const body = await response.json();
+        if (body.error) {
+          message = body.error.message + (body.error.parameter ? " (" + body.error.parameter + ")" : "");
+        }
+      } catch (_) { /* not JSON */ }
+      throw new Error(message);
+    }
+    return response;
+  }
+}
+
+// ---- filters <-> URL ----
+
+function toRfc3339(local) {
+  // datetime-local values are read as UTC, as the label says.
+  return local ? local + (local.length === 16 ? ":00" : "") + "Z" : "";
+}
+
+function fromRfc3339(text) {
+  return text ? text.replace(/Z$/, "").replace(/\.\d+$/, "").slice(0, 19) : "";
+}
+
+function filterParams() {
+  const params = new URLSearchParams();
+  for (const name of FILTERS) {
+    let value = form.elements[name].value.trim();
+    if (name === "since" || name === "until") value = toRfc3339(value);
+    if (value) params.set(name, value);
+  }
+  return params;
+}
+
+function loadFiltersFromUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const name of FILTERS) {
+    let value = params.get(name) || "";
+    if (name === "since" || name === "until") value = fromRfc3339(value);
+    form.elements[name].value = value;
+  }
+}
+
+// ---- rendering: text only ----
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function rowFor(record) {
+  const tr = document.createElement("tr");
+  tr.tabIndex = 0;
+  tr.dataset.id = record.id;
+  cell(tr, record.created_at.replace("T", " ").replace(/\.\d+Z$/, "Z"), "time");
+  const sev = cell(tr, "");
+  const badge = document.createElement("span");
+  badge.className = "sev sev-" + record.severity;
+  badge.textContent = record.severity;
+  sev.appendChild(badge);
+  cell(tr, record.event_type);
+  cell(tr, record.username);
+  cell(tr, record.ip_address);
+  cell(tr, [record.resource_type, record.resource_name || record.resource_id].filter(Boolean).join(": "));
+  cell(tr, record.message, "message");
+  tr.addEventListener("click", () => showDetail(record));
+  tr.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); showDetail(record); }
+    if (e.key === "ArrowDown" && tr.nextElementSibling) tr.nextElementSibling.focus();
+    if (e.key === "ArrowUp" && tr.previousElementSibling) tr.previousElementSibling.focus();
+  });
+  return tr;
+}
+
+function showDetail(record) {
+  const dl = $("detail-fields");
+  dl.replaceChildren();
+  $("detail-id").textContent = record.id;
+  for (const key of ["created_at", "username", "user_id", "event_type", "severity", "message",
+    "ip_address", "resource_type", "resource_id", "resource_name"]) {
+    const dt = document.createElement("dt");
+    dt.textContent = key;
+    const dd = document.createElement("dd");
+    dd.textContent = record[key] == null ? "—" : String(record[key]);
+    dl.append(dt, dd);
+  }
+  $("detail-metadata").textContent = record.metadata == null ? "—" : JSON.stringify(record.metadata, null, 2);
+  $("detail").hidden = false;
+  $("detail-close").focus();
+}
+
+// ---- listing and paging ----
+
+async function load() {
+  const params = filterParams();
+  params.set("limit", PAGE);
+  const cursor = pages[pages.length - 1];
+  if (cursor) params.set("cursor", cursor);
+  say("Loading…");
+  try {
+    const page = await (await api("/api/v1/logs?" + params)).json();
+    tbody.replaceChildren(...page.items.map(rowFor));
+    nextCursor = page.next_cursor;
+    $("older").disabled = !nextCursor;
+    $("newer").disabled = pages.length <= 1;
+    const first = pages.length === 1 ? "" : " (page " + pages.length + ")";
+    say(page.items.length ? page.items.length + " records" + first : "No records match.");
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+function search() {
+  pages = [null];
+  const query = filterParams().toString();
+  history.replaceState(null, "", query ? "?" + query : location.pathname);
+  load();
+  if (tailing) restartTail();
+}
+
+// ---- live tail: long polls, in commit order ----
+
+async function tailLoop(signal) {
+  tailCursor = null;
+  while (tailing && !signal.aborted) {
+    const params = filterParams();
+    params.set("wait", "20s");
+    if (tailCursor) params.set("cursor", tailCursor);
+    try {
+      const page = await (await api("/api/v1/logs/tail?" + params, { signal })).json();
+      tailCursor = page.next_cursor;
+      // New records go on top, only while the newest page is shown.
+      if (pages.length === 1) {
+        for (const record of page.items) {
+          const row = rowFor(record);
+          row.classList.add("fresh");
+          tbody.prepend(row);
+        }
+        while (tbody.children.length > 500) tbody.lastElementChild.remove();
+      }
+      if (page.items.length) say("Live: " + page.items.length + " new record(s)");
+    } catch (e) {
+      if (signal.aborted) return;
+      say("Live tail: " + e.message, true);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+}
+
+function restartTail() {
+  if (tailAbort) tailAbort.abort();
+  tailAbort = new AbortController();
+  tailLoop(tailAbort.signal);
+}
+
+// ---- export of the current filter ----
+
+async function exportAs(format) {
+  const params = filterParams();
+  params.set("format", format);
+  say("Exporting…");
+  try {
+    const blob = await (await api("/api/v1/logs/export?" + params)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "audit_logs." + format;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    say("Exported " + format.toUpperCase() + ".");
+  } catch (e) {
+    say("Export: " + e.message, true);
+  }
+}
+
+// ---- wiring ----
+
+form.addEventListener("submit", (e) => { e.preventDefault(); search(); });
+$("clear").addEventListener("click", () => setTimeout(search, 0));
+$("older").addEventListener("click", () => { if (nextCursor) { pages.push(nextCursor); load(); } });
+$("newer").addEventListener("click", () => { if (pages.length > 1) { pages.pop(); load(); } });
+$("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("detail").hidden = true; });
+$("live").addEventListener("change", (e) => {
+  tailing = e.target.checked;
+  if (tailing) { restartTail(); } else if (tailAbort) { tailAbort.abort(); }
+});
+$("export-csv").addEventListener("click", () => exportAs("csv"));
+$("export-ndjson").addEventListener("click", () => exportAs("ndjson"));
+
+loadFiltersFromUrl();
+load();

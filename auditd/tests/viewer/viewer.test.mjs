@@ -1,0 +1,143 @@
+// The viewer page in a real browser (headless Chromium) against auditd on loopback, with
+// real data: the token prompt, filtering, paging, the detail pane, a hostile message shown
+// as text, and the live tail. Run by auditd/tests/viewer.rs, which passes AUDITD_BIN.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const TOKEN = "viewer-test-token-0123456789";
+let demo, base, dbUrl, browser, page;
+
+function psql(sql) {
+  execFileSync("psql", [dbUrl, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]);
+}
+
+before(async () => {
+  demo = spawn(process.env.AUDITD_BIN, ["demo", "--rounds", "12", "--listen", "127.0.0.1:0"], {
+    env: { ...process.env, AUDITD_TOKENS: `viewer:${TOKEN}`, DATABASE_URL: "" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const lines = createInterface({ input: demo.stdout });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("auditd demo did not start")), 120_000);
+    lines.on("line", (line) => {
+      const url = line.match(/psql '([^']+)'/);
+      if (url) dbUrl = url[1];
+      const page = line.match(/See them in a browser: (http:\/\/[^ ]+)\//);
+      if (page) base = page[1];
+      if (line.startsWith("Press Ctrl-C")) { clearTimeout(timer); resolve(); }
+    });
+    demo.on("exit", (code) => reject(new Error(`auditd demo exited with ${code}`)));
+  });
+  assert.ok(base && dbUrl, "the demo told where to look");
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  page = await browser.newPage();
+  page.setDefaultTimeout(15_000);
+  page.on("pageerror", (e) => { throw e; });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (demo && demo.exitCode === null) {
+    const exited = new Promise((resolve) => demo.on("exit", resolve));
+    demo.kill("SIGINT"); // the demo removes its throwaway database on SIGINT
+    await exited;
+  }
+});
+
+const rows = () => page.locator("#results tbody tr");
+
+test("the page asks for the token once, then lists the newest records", async () => {
+  const response = await page.goto(base + "/");
+  const csp = response.headers()["content-security-policy"];
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline/);
+  await page.locator("#token-dialog").waitFor({ state: "visible" });
+  await page.getByLabel("Token", { exact: true }).fill(TOKEN);
+  await page.getByRole("button", { name: "Use token" }).click();
+  await rows().first().waitFor();
+  assert.equal(await rows().count(), 50);
+  const times = await page.locator("#results tbody td.time").allTextContents();
+  assert.deepEqual([...times].sort().reverse(), times, "newest first");
+  // Asked once: a reload keeps the token for the session.
+  await page.reload();
+  await rows().first().waitFor();
+  assert.equal(await page.locator("#token-dialog").isVisible(), false);
+});
+
+test("filters select rows and show in the URL", async () => {
+  await page.getByLabel("User name").fill("mallory");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForURL(/username=mallory/);
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("#results tbody tr td:nth-child(4)")].every((td) => td.textContent === "mallory"));
+  assert.equal(await rows().count(), 12);
+  const severities = await page.locator("#results tbody .sev").allTextContents();
+  assert.ok(severities.every((s) => s === "warning"));
+  // The URL is shareable: opening it gives the same filter.
+  await page.goto(page.url());
+  await rows().first().waitFor();
+  assert.equal(await page.getByLabel("User name").inputValue(), "mallory");
+  assert.equal(await rows().count(), 12);
+  await page.getByRole("button", { name: "Clear" }).click();
+  await page.waitForURL((url) => !url.search.includes("username"));
+});
+
+test("keyset paging goes older and back", async () => {
+  // The demo's own event types: the viewer's reads add audit_access records on top.
+  await page.goto(base + "/?event_type=authentication,onboarding,credential_management,backup,sync,job_execution");
+  await rows().first().waitFor();
+  const firstPage = await rows().first().getAttribute("data-id");
+  await page.getByRole("button", { name: "Older →" }).click();
+  // (Locators, not waitForFunction: the page's CSP rightly refuses evaluated strings.)
+  await page.locator(`#results tbody tr[data-id="${firstPage}"]`).waitFor({ state: "detached" });
+  const secondPage = await page.locator("#results tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+  assert.ok(secondPage.length > 0 && !secondPage.includes(firstPage));
+  await page.getByRole("button", { name: "← Newer" }).click();
+  await page.locator(`#results tbody tr:first-child[data-id="${firstPage}"]`).waitFor();
+});
+
+test("a row opens a detail pane with the whole record and its metadata", async () => {
+  await page.getByLabel("Event types").fill("backup");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.waitForURL(/event_type=backup/);
+  await rows().first().waitFor();
+  await rows().first().focus();
+  await page.keyboard.press("Enter");
+  await page.locator("#detail").waitFor({ state: "visible" });
+  const metadata = JSON.parse(await page.locator("#detail-metadata").textContent());
+  assert.equal(metadata.total_devices, 48);
+  assert.match(await page.locator("#detail-fields").textContent(), /backup/);
+  await page.keyboard.press("Escape");
+  await page.locator("#detail").waitFor({ state: "hidden" });
+});
+
+test("a hostile message is shown as text, never run", async () => {
+  psql(`INSERT INTO audit_logs (username, event_type, message, metadata) VALUES
+        ('attacker', 'xss', '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">',
+         '{"note": "<b>bold?</b>"}')`);
+  await page.goto(base + "/?event_type=xss");
+  await rows().first().waitFor();
+  const message = await page.locator("#results tbody td.message").first().textContent();
+  assert.equal(message, '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">');
+  await rows().first().click();
+  assert.match(await page.locator("#detail-metadata").textContent(), /<b>bold\?<\/b>/);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  assert.equal(await page.locator("#results img, #detail img, #results script").count(), 0);
+});
+
+test("the live tail shows a record as soon as it is committed", async () => {
+  await page.goto(base + "/?event_type=live");
+  await page.locator("#status").filter({ hasText: "No records match." }).waitFor();
+  await page.getByLabel("Live tail").check();
+  await page.waitForTimeout(500);
+  psql(`INSERT INTO audit_logs (username, event_type, message) VALUES ('tailer', 'live', 'arrived just now')`);
+  await page.locator("#results tbody td.message", { hasText: "arrived just now" }).waitFor({ timeout: 15_000 });
+  await page.getByLabel("Live tail").uncheck();
+});
