@@ -222,7 +222,6 @@ async fn dropped_records_leave_a_visible_gap_and_an_audit_dropped_record() {
         .unwrap();
     let (kept, max_seq): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(kept as u64 + stats.dropped_queue_full, 1000);
-    assert!(max_seq <= 1000);
     let notices = client
         .query(
             "SELECT (metadata->>'dropped')::bigint FROM audit_logs \
@@ -232,6 +231,8 @@ async fn dropped_records_leave_a_visible_gap_and_an_audit_dropped_record() {
         .await
         .unwrap();
     let reported: i64 = notices.iter().map(|r| r.get::<_, i64>(0)).sum();
+    // The writer numbers its notices from the same sequence, possibly mid-stream.
+    assert!(max_seq <= 1000 + notices.len() as i64, "{max_seq}");
     assert_eq!(
         reported as u64, stats.dropped_queue_full,
         "every drop is on record"
