@@ -13,6 +13,10 @@
 //! durability (fsync on), on this machine. Each measurement gets a fresh database. Prints
 //! events/s and the process's peak memory.
 
+mod support;
+
+use support::peak_rss_mib;
+
 use std::time::{Duration, Instant};
 
 use pg_provision::{ClusterOptions, Postgres};
@@ -51,15 +55,6 @@ fn args() -> Args {
         }
     }
     parsed
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() {

@@ -7,6 +7,10 @@
 //! Records are numbered (seq) in emission order, so the loss is the records after the
 //! highest committed seq; the child reports its progress every millisecond.
 
+mod support;
+
+use support::arg;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,15 +19,6 @@ use pg_provision::{Cluster, ClusterOptions};
 use tokio_postgres::NoTls;
 use tracing::info;
 use tracing_subscriber::prelude::*;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn child(url: &str, rate: u64) {
     let (layer, handle) = audit_layer::AuditLayer::builder()

@@ -8,6 +8,10 @@
 //! the rows/s and peak memory of an NDJSON export. Uses `DATABASE_URL` when set, otherwise a
 //! throwaway cluster with default durability on this machine.
 
+mod support;
+
+use support::{arg, peak_rss_mib};
+
 use std::time::{Duration, Instant};
 
 use auditd::app::Limits;
@@ -18,24 +22,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use pg_provision::{ClusterOptions, Postgres};
 use tokio_postgres::NoTls;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 struct Client {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,

@@ -6,30 +6,16 @@
 //! Starts its own durable throwaway cluster (it has to restart it). The layer has a spool,
 //! so records emitted while the server is down go to disk instead of the queue.
 
+mod support;
+
+use support::{arg, rss_mib};
+
 use std::time::{Duration, Instant};
 
 use pg_provision::{Cluster, ClusterOptions};
 use tokio_postgres::NoTls;
 use tracing::info;
 use tracing_subscriber::prelude::*;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let minutes = arg("--minutes", 10);

@@ -209,20 +209,7 @@ async fn the_application_may_start_before_the_schema_exists_and_migrate_itself()
 #[tokio::test]
 async fn a_role_that_may_only_insert_still_writes() {
     let db = TestDb::migrated("insert_only").await;
-    let role = format!("audit_app_{}", std::process::id());
-    db.client
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role};
-             CREATE ROLE {role} LOGIN PASSWORD '{role}';
-             GRANT INSERT ON audit_logs, audit_logs_rejected, audit_writer_batches TO {role};
-             GRANT SELECT ON audit_writer_batches TO {role};
-             -- rows for a month without a partition land in the DEFAULT partition
-             DROP TABLE audit_logs_default;
-             CREATE TABLE audit_logs_default PARTITION OF audit_logs DEFAULT;"
-        ))
-        .await
-        .unwrap();
-    let app_url = with_user(&db.url, &role);
+    let app_url = insert_only_role(&db, "audit_app").await;
     let (dispatch, handle) = dispatch(builder(&app_url).run_migrations(false));
     tracing::dispatcher::with_default(&dispatch, || {
         info!(target: "audit", username = "u", event_type = "e", "written by an insert-only role");
@@ -244,18 +231,12 @@ async fn a_role_that_may_only_insert_still_writes() {
 #[tokio::test]
 async fn migrations_refused_by_a_role_without_ddl_rights_are_reported_and_writing_goes_on() {
     let db = TestDb::migrated("no_ddl").await;
-    let role = format!("audit_noddl_{}", std::process::id());
     db.client
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {role};
-             CREATE ROLE {role} LOGIN PASSWORD '{role}';
-             GRANT INSERT ON audit_logs, audit_logs_rejected, audit_writer_batches TO {role};
-             GRANT SELECT ON audit_writer_batches TO {role};
-             REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
-        ))
+        .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         .await
         .unwrap();
-    let (dispatch, handle) = dispatch(builder(&with_user(&db.url, &role)).run_migrations(true));
+    let app_url = insert_only_role(&db, "audit_noddl").await;
+    let (dispatch, handle) = dispatch(builder(&app_url).run_migrations(true));
     tracing::dispatcher::with_default(&dispatch, || {
         info!(target: "audit", username = "u", event_type = "e", "still written");
     });
@@ -308,6 +289,22 @@ fn a_hundred_thousand_events_from_eight_threads_arrive_exactly_once() {
             .await;
         assert_eq!(distinct, 100_000);
     });
+}
+
+/// A role with the grants the README gives applications (insert only, plus the batch
+/// ledger), and the URL to log in as it.
+async fn insert_only_role(db: &TestDb, prefix: &str) -> String {
+    let role = format!("{prefix}_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN PASSWORD '{role}';
+             GRANT INSERT ON audit_logs, audit_logs_rejected, audit_writer_batches TO {role};
+             GRANT SELECT ON audit_writer_batches TO {role};"
+        ))
+        .await
+        .unwrap();
+    with_user(&db.url, &role)
 }
 
 fn with_user(url: &str, user: &str) -> String {

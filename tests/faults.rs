@@ -7,23 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pg_provision::{Cluster, ClusterOptions};
-use support::{assert_exactly_once, builder, connect, dispatch, TestDb};
+use support::{assert_exactly_once, builder, connect, dispatch, own_cluster, TestDb};
 use tracing::info;
-
-async fn own_cluster() -> (Cluster, String) {
-    // Durable: with synchronous_commit off, a crash loses commits the server had confirmed,
-    // and no client can make up for that.
-    let cluster =
-        tokio::task::spawn_blocking(|| Cluster::start_new(&ClusterOptions { durable: true }))
-            .await
-            .unwrap()
-            .expect("own cluster");
-    let url = cluster.url("postgres");
-    let client = connect(&url).await;
-    audit_layer::migrate::migrate(&client).await.unwrap();
-    (cluster, url)
-}
 
 /// Emits `n` records from a thread, about `per_ms` per millisecond, while `during` runs.
 async fn emit_while<F: std::future::Future<Output = ()>>(

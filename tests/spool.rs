@@ -7,20 +7,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pg_provision::{Cluster, ClusterOptions};
-use support::{assert_exactly_once, builder, connect, dispatch};
+use support::{assert_exactly_once, builder, connect, dispatch, own_cluster};
 use tracing::info;
 
-async fn stopped_cluster() -> (Cluster, String) {
-    let cluster =
-        tokio::task::spawn_blocking(|| Cluster::start_new(&ClusterOptions { durable: true }))
-            .await
-            .unwrap()
-            .expect("own cluster");
-    let url = cluster.url("postgres");
-    audit_layer::migrate::migrate(&connect(&url).await)
-        .await
-        .unwrap();
+async fn stopped_cluster() -> (pg_provision::Cluster, String) {
+    let (cluster, url) = own_cluster().await;
     cluster.stop("fast").unwrap();
     (cluster, url)
 }

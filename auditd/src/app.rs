@@ -459,39 +459,42 @@ impl App {
             "status": status.as_u16(),
         })
         .to_string();
-        let emit = || {
-            tracing::info!(
-                target: "audit",
-                event_type = "audit_access",
-                username = %caller.name,
-                ip_address = %caller.ip,
-                resource_type = "audit_logs",
-                metadata = %metadata,
-                "Read audit logs"
-            )
-        };
-        self.with_audit(emit);
+        self.emit_access(caller, &metadata, false);
     }
 
     fn record_denied(&self, caller: &Caller, route: &Route, had_token: bool) {
         // Not "token_presented": a field named like a secret would be redacted.
         let metadata =
             json!({ "route": route.path, "credentials_presented": had_token }).to_string();
-        let emit = || {
-            tracing::warn!(
-                target: "audit",
-                event_type = "audit_access",
-                username = %caller.name,
-                ip_address = %caller.ip,
-                resource_type = "audit_logs",
-                metadata = %metadata,
-                "Unauthorized request to the audit log API"
-            )
-        };
-        self.with_audit(emit);
+        self.emit_access(caller, &metadata, true);
     }
 
-    fn with_audit(&self, emit: impl FnOnce()) {
+    /// The one place access records are emitted (tracing levels are per callsite, hence
+    /// the two arms).
+    fn emit_access(&self, caller: &Caller, metadata: &str, denied: bool) {
+        let emit = || {
+            if denied {
+                tracing::warn!(
+                    target: "audit",
+                    event_type = "audit_access",
+                    username = %caller.name,
+                    ip_address = %caller.ip,
+                    resource_type = "audit_logs",
+                    metadata = %metadata,
+                    "Unauthorized request to the audit log API"
+                )
+            } else {
+                tracing::info!(
+                    target: "audit",
+                    event_type = "audit_access",
+                    username = %caller.name,
+                    ip_address = %caller.ip,
+                    resource_type = "audit_logs",
+                    metadata = %metadata,
+                    "Read audit logs"
+                )
+            }
+        };
         match &self.access_audit {
             Some(dispatch) => tracing::dispatcher::with_default(dispatch, emit),
             None => emit(),

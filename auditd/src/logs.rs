@@ -84,6 +84,31 @@ pub fn write_record(
     })
 }
 
+/// `{"items":[<record>,...],"next_cursor":<string or null>}`: a page, as every listing
+/// route answers it.
+pub fn page_body(rows: &[Row], next_cursor: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::with_capacity(512 * rows.len() + 64);
+    body.extend_from_slice(b"{\"items\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_record(&mut body, row, None)?;
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        // Cursors are hex: nothing to escape.
+        Some(cursor) => {
+            body.push(b'"');
+            body.extend_from_slice(cursor.as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    Ok(body)
+}
+
 pub fn row_cursor(row: &Row) -> Result<PageCursor, ApiError> {
     Ok(PageCursor {
         created_at: row
@@ -112,25 +137,11 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     let more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
 
-    let mut body = Vec::with_capacity(512 * page.len() + 64);
-    body.extend_from_slice(b"{\"items\":[");
-    let mut last = None;
-    for (i, row) in page.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        last = Some(write_record(&mut body, row, None)?);
-    }
-    body.extend_from_slice(b"],\"next_cursor\":");
-    match last.filter(|_| more) {
-        Some(c) => {
-            body.push(b'"');
-            body.extend_from_slice(c.encode().as_bytes());
-            body.push(b'"');
-        }
-        None => body.extend_from_slice(b"null"),
-    }
-    body.push(b'}');
+    let next = match page.last() {
+        Some(row) if more => Some(row_cursor(row)?.encode()),
+        _ => None,
+    };
+    let body = page_body(page, next.as_deref())?;
     Ok(Answer {
         response: http::response(StatusCode::OK, http::JSON, body),
         access: Some(Access {

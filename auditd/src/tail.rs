@@ -148,17 +148,7 @@ pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError
             _ = stopping.changed() => {}
         }
     };
-    let mut body = Vec::with_capacity(512 * rows.len() + 64);
-    body.extend_from_slice(b"{\"items\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        logs::write_record(&mut body, row, None)?;
-    }
-    body.extend_from_slice(b"],\"next_cursor\":\"");
-    body.extend_from_slice(next.encode().as_bytes());
-    body.extend_from_slice(b"\"}");
+    let body = logs::page_body(&rows, Some(&next.encode()))?;
     Ok(Answer {
         response: http::response(StatusCode::OK, http::JSON, body),
         access: Some(Access {

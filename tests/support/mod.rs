@@ -118,3 +118,20 @@ pub async fn assert_exactly_once(client: &Client, stream_id: i64, n: i64) {
         "(rows, distinct seq, min seq, max seq) of stream {stream_id}"
     );
 }
+
+/// A durable cluster of the test's own (tests that stop and restart the server), migrated,
+/// and its URL. Durable: with synchronous_commit off a crash loses confirmed commits, which
+/// no client can make up for.
+pub async fn own_cluster() -> (pg_provision::Cluster, String) {
+    let cluster = tokio::task::spawn_blocking(|| {
+        pg_provision::Cluster::start_new(&pg_provision::ClusterOptions { durable: true })
+    })
+    .await
+    .expect("cluster start-up")
+    .expect("own cluster");
+    let url = cluster.url("postgres");
+    audit_layer::migrate::migrate(&connect(&url).await)
+        .await
+        .expect("migrations apply");
+    (cluster, url)
+}
