@@ -34,11 +34,12 @@
 //!
 //! | step | where | module |
 //! |---|---|---|
-//! | event fields and span fields are read, secrets replaced | emitting thread | [`capture`](crate::layer) |
+//! | event fields and span fields are read, secrets replaced, metadata written as JSON | emitting thread | `layer`, `capture` |
 //! | values PostgreSQL would refuse are fixed and marked | emitting thread | `sanitize` |
-//! | the record is handed to a bounded queue, never waiting | emitting thread | `queue` |
+//! | the record is numbered and handed to a bounded queue, never waiting | emitting thread | `queue` |
 //! | records are batched by size and time | writer thread | `writer` |
-//! | each batch is written with binary `COPY`; refused records are isolated | writer thread | `copy` |
+//! | each batch is written with binary `COPY` and its ledger row; refused records are isolated | writer thread | `copy` |
+//! | batches the database cannot take wait on disk, and are replayed | writer thread | `spool` |
 //!
 //! Fields named like a column (`username`, `user_id`, `event_type`, `ip_address`,
 //! `resource_type`, `resource_id`, `resource_name`, `severity`) fill that column; the
@@ -48,8 +49,13 @@
 //!
 //! # Guarantees
 //!
-//! * The emitting thread never blocks: when the queue is full the record is dropped and
-//!   counted ([`Stats::dropped_queue_full`]), and the writer logs the count.
+//! * Every record reaches PostgreSQL exactly once, through lost connections, crashes and
+//!   commits whose answer was lost: each batch commits a row in a ledger under its own key,
+//!   and a retry under the same key is refused if the first attempt did commit.
+//! * The emitting thread never blocks (with the default [`OverflowPolicy::Drop`]): when the
+//!   queue is full the record is dropped, counted ([`Stats::dropped_queue_full`]), and
+//!   recorded as an `audit_dropped` record; every record carries a `seq`, so a drop is a
+//!   visible gap. With [`AuditLayerBuilder::spool_dir`], batches wait on disk instead.
 //! * A record is never refused for its content: NUL bytes, over-long values, unknown
 //!   severities, missing fields are fixed on the way in, counted, and noted in the record's
 //!   metadata under [`FIXUPS_KEY`].
