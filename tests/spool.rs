@@ -84,9 +84,13 @@ async fn records_wait_in_the_spool_while_the_database_is_down_then_arrive_exactl
         .unwrap()
         .get(0);
     assert_eq!(out_of_order, 0);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(
-        std::fs::read_dir(&dir).unwrap().count(),
-        0,
+        left,
+        vec!["lock".to_owned()],
         "replayed segments are removed"
     );
     handle.shutdown(Duration::from_secs(10)).await.unwrap();

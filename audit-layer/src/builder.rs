@@ -249,7 +249,8 @@ impl AuditLayerBuilder {
 
     /// Keeps batches the database cannot take in files under `dir` (created if needed), and
     /// replays them once it can, in order, including after a restart. Off by default.
-    /// Use a directory of this process's own: two processes must not share one.
+    /// Use a directory of this process's own: the spool locks it, and `build` fails when
+    /// another process holds it.
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool_dir = Some(dir.into());
         self

@@ -51,6 +51,8 @@ struct Segment {
 
 /// The spool directory, owned by the writer thread.
 pub(crate) struct Spool {
+    /// Held for the spool's life: a second process opening the directory is refused.
+    _lock: File,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -73,6 +75,20 @@ impl Spool {
     /// Opens (creating it if needed) a spool directory, finding what an earlier run left.
     pub(crate) fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::other(
+                    "another process is using this spool directory; give each process its own",
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -93,6 +109,7 @@ impl Spool {
         segments.sort_by_key(|s| s.number);
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         Ok(Spool {
+            _lock: lock,
             dir: dir.to_owned(),
             max_bytes,
             segment_bytes: segment_bytes.max(1),
@@ -335,10 +352,28 @@ mod tests {
         );
         assert!(corrupt.is_empty());
         assert!(spool.is_empty());
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(
-            fs::read_dir(&dir).unwrap().count(),
-            0,
+            left,
+            vec!["lock".to_owned()],
             "replayed segments are removed"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spool_directory_serves_one_process_at_a_time() {
+        let dir = temp_dir("lock");
+        let first = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let second = Spool::open(&dir, 1 << 20, 1 << 20);
+        assert!(second.is_err(), "a second opener was let in");
+        drop(first);
+        assert!(
+            Spool::open(&dir, 1 << 20, 1 << 20).is_ok(),
+            "the lock is released on drop"
         );
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -377,6 +412,7 @@ mod tests {
         assert_eq!(corrupt.len(), 1);
         assert!(corrupt[0].starts_with("torn frame"), "{corrupt:?}");
         assert!(dir.join(format!("{:020}.spool.corrupt", 1)).exists());
+        drop(spool);
 
         // A flipped bit in a complete frame.
         let mut spool = Spool::open(&dir, 1 << 30, 1 << 20).unwrap();
