@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The audit log daemon: serves the audit logs over HTTP (query, export, tail), keeps the
-/// audit_logs schema and its partitions, and runs the demo.
+/// The audit log daemon: serves the audit logs over HTTP (a viewer page at /, and an API to
+/// query, export and tail them), keeps the audit_logs schema and its partitions, and runs
+/// the demo.
 ///
 /// Without a subcommand it serves, configured by the flags of `auditd serve`.
 #[derive(Debug, Parser)]
@@ -32,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API (the default).
+    /// Serve the viewer page and the HTTP API (the default).
     Serve(ServeArgs),
     /// Apply the schema migrations, then create the partitions ahead of time.
     ///
@@ -51,7 +52,7 @@ pub enum Command {
         months_ahead: i32,
     },
     /// The quickstart: write the sample flows of a network-automation backend through
-    /// audit-layer and show what was stored.
+    /// audit-layer, show what was stored, and serve it (viewer and API) until Ctrl-C.
     ///
     /// Without DATABASE_URL it starts a throwaway PostgreSQL from the installed binaries
     /// and removes it on exit.
@@ -83,7 +84,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub exit: bool,
 
-    /// Where to serve the API.
+    /// Where to serve the viewer and the API.
     #[arg(long, env = "AUDITD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 }
