@@ -120,6 +120,8 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         serve::serve_until_signal(listener, pool, tokens, &serve_args, handle.clone()).await?;
     }
     serve::shutdown_audit(&handle).await;
+    // Close our connection before the throwaway server goes, or it reports the loss.
+    drop(client);
     drop(cluster);
     Ok(())
 }

@@ -106,7 +106,7 @@ pub async fn serve_until_signal(
 
 pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {
     match handle.shutdown(AUDIT_SHUTDOWN).await {
-        Ok(stats) => tracing::info!(written = stats.written, "access records committed"),
-        Err(e) => tracing::error!(error = %e, "access records may be lost"),
+        Ok(stats) => tracing::info!(written = stats.written, "audit records committed"),
+        Err(e) => tracing::error!(error = %e, "audit records may be lost"),
     }
 }
