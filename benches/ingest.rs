@@ -179,6 +179,40 @@ fn sample_record(i: u64) -> audit_layer::AuditLog {
     log
 }
 
+/// A record's column values, in `RECORD_COLUMNS` order, for both baselines.
+struct RowValues<'a> {
+    r: &'a audit_layer::AuditLog,
+    metadata: tokio_postgres::types::Json<&'a serde_json::Map<String, serde_json::Value>>,
+    severity: &'static str,
+}
+
+impl<'a> RowValues<'a> {
+    fn of(r: &'a audit_layer::AuditLog) -> Self {
+        RowValues {
+            r,
+            metadata: tokio_postgres::types::Json(&r.metadata),
+            severity: r.severity.as_str(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        let r = self.r;
+        [
+            &r.username,
+            &r.user_id,
+            &r.event_type,
+            &r.message,
+            &r.ip_address,
+            &r.resource_type,
+            &r.resource_id,
+            &r.resource_name,
+            &self.severity,
+            &self.metadata,
+            &r.created_at,
+        ]
+    }
+}
+
 async fn per_record_inserts(url: &str, n: u64) -> Duration {
     let client = connect_migrated(url).await;
     let statement = client
@@ -191,24 +225,9 @@ async fn per_record_inserts(url: &str, n: u64) -> Duration {
     let started = Instant::now();
     for i in 0..n {
         let r = sample_record(i);
-        let metadata = tokio_postgres::types::Json(&r.metadata);
+        let values = RowValues::of(&r);
         client
-            .execute(
-                &statement,
-                &[
-                    &r.username,
-                    &r.user_id,
-                    &r.event_type,
-                    &r.message,
-                    &r.ip_address,
-                    &r.resource_type,
-                    &r.resource_id,
-                    &r.resource_name,
-                    &r.severity.as_str(),
-                    &metadata,
-                    &r.created_at,
-                ],
-            )
+            .execute(&statement, &values.params())
             .await
             .expect("insert");
     }
@@ -255,24 +274,8 @@ async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Durati
                 let writer = BinaryCopyInWriter::new(sink, &types);
                 let mut writer = std::pin::pin!(writer);
                 for r in chunk {
-                    let metadata = tokio_postgres::types::Json(&r.metadata);
-                    writer
-                        .as_mut()
-                        .write(&[
-                            &r.username,
-                            &r.user_id,
-                            &r.event_type,
-                            &r.message,
-                            &r.ip_address,
-                            &r.resource_type,
-                            &r.resource_id,
-                            &r.resource_name,
-                            &r.severity.as_str(),
-                            &metadata,
-                            &r.created_at,
-                        ])
-                        .await
-                        .expect("row");
+                    let values = RowValues::of(r);
+                    writer.as_mut().write(&values.params()).await.expect("row");
                 }
                 writer.finish().await.expect("finish");
             }
