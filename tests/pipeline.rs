@@ -511,3 +511,116 @@ async fn two_audit_layers_in_one_registry_keep_their_own_span_context() {
         ("shared-user", "to the second")
     );
 }
+
+/// A field whose `Debug` emits an audit event of its own, as a careless `Debug` might.
+struct EmitsWhileFormatted;
+
+impl std::fmt::Debug for EmitsWhileFormatted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        info!(target: "audit", username = "inner", event_type = "nested", resource_id = "r-inner", "inner event");
+        f.write_str("formatted")
+    }
+}
+
+#[tokio::test]
+async fn a_field_whose_debug_emits_an_event_leaves_the_record_intact() {
+    let db = TestDb::migrated("reentrant").await;
+    let _stats = emit_and_flush(&db, || {
+        info!(
+            target: "audit",
+            username = "outer",
+            event_type = "outer",
+            detail = ?EmitsWhileFormatted,
+            "outer event"
+        );
+    })
+    .await;
+    // tracing-core never re-enters a subscriber from inside one of its own calls: the
+    // nested event goes to the no-op subscriber, so only the outer record exists, and
+    // nothing of the nested event's fields may have leaked into it.
+    let rows = db.records().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let outer = &rows[0];
+    assert_eq!(
+        (
+            outer.username.as_str(),
+            outer.event_type.as_str(),
+            outer.message.as_str()
+        ),
+        ("outer", "outer", "outer event")
+    );
+    assert_eq!(outer.resource_id, None);
+    assert_eq!(
+        serde_json::Value::Object(outer.metadata.clone()),
+        json!({"detail": "formatted"})
+    );
+}
+
+#[tokio::test]
+async fn nothing_of_one_event_carries_over_to_the_next() {
+    let db = TestDb::migrated("no_carry_over").await;
+    let _stats = emit_and_flush(&db, || {
+        info!(
+            target: "audit",
+            username = "alice",
+            user_id = 5,
+            event_type = "onboarding",
+            ip_address = "192.0.2.1",
+            resource_type = "device",
+            resource_id = "d1",
+            resource_name = "edge",
+            severity = "critical",
+            site = "fra1",
+            "first"
+        );
+        info!(target: "audit", event_type = "logout");
+    })
+    .await;
+    let rows = db.records().await;
+    assert_eq!(rows.len(), 2);
+    let second = &rows[1];
+    assert_eq!(second.username, "unknown");
+    assert_eq!(second.message, "");
+    assert_eq!(second.severity, Severity::Info);
+    assert_eq!(
+        (
+            second.user_id,
+            second.ip_address,
+            &second.resource_type,
+            &second.resource_id,
+            &second.resource_name
+        ),
+        (None, None, &None, &None, &None)
+    );
+    assert_eq!(
+        second.metadata.keys().collect::<Vec<_>>(),
+        vec![FIXUPS_KEY],
+        "only the note on the missing username"
+    );
+}
+
+#[tokio::test]
+async fn a_span_recorded_many_times_keeps_its_latest_values() {
+    let db = TestDb::migrated("span_rerecord").await;
+    let _stats = emit_and_flush(&db, || {
+        let request = info_span!(
+            "request",
+            username = tracing::field::Empty,
+            resource_id = "fixed",
+            ip_address = tracing::field::Empty
+        );
+        let _r = request.enter();
+        for i in 0..10_000 {
+            request.record("username", format!("user-{i}"));
+            if i % 2 == 0 {
+                request.record("ip_address", format!("10.0.{}.{}", i / 256 % 256, i % 256));
+            }
+        }
+        info!(target: "audit", event_type = "authentication", "after many records");
+    })
+    .await;
+    let rows = db.records().await;
+    assert_eq!(rows[0].username, "user-9999");
+    assert_eq!(rows[0].ip_address, Some("10.0.39.14".parse().unwrap()));
+    assert_eq!(rows[0].resource_id.as_deref(), Some("fixed"));
+}

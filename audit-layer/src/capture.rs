@@ -10,7 +10,6 @@
 //! over the cap are repaired as they are written, and noted for the record's `_fixups`.
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -20,11 +19,15 @@ use crate::sanitize::{self, FIXUPS_KEY, RENAMED_FIXUPS_KEY};
 
 /// JSON object members, `"key":value,...`, without the braces.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Members(pub(crate) Vec<u8>);
+pub(crate) struct Members(pub(crate) String);
 
 impl Members {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// Starts a member: the separator, the escaped key and the colon.
@@ -33,11 +36,30 @@ impl Members {
             // One allocation for a typical event's metadata, instead of one per doubling.
             self.0.reserve(256);
         } else {
-            self.0.push(b',');
+            self.0.push(',');
         }
-        // Serializing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.0, key);
-        self.0.push(b':');
+        json_string(&mut self.0, key);
+        self.0.push(':');
+    }
+
+    /// Puts the members of `other` before these (so these win in jsonb).
+    pub(crate) fn prepend(&mut self, other: &Members) {
+        if other.is_empty() {
+            return;
+        }
+        if !self.0.is_empty() {
+            self.0.insert(0, ',');
+        }
+        self.0.insert_str(0, &other.0);
+    }
+
+    /// Empties the buffer, keeping its room unless it grew too large to keep.
+    pub(crate) fn clear(&mut self) {
+        if self.0.capacity() > KEEP_CAPACITY {
+            self.0 = String::new();
+        } else {
+            self.0.clear();
+        }
     }
 
     /// Appends the members of `other` after these (later members win in jsonb).
@@ -46,24 +68,49 @@ impl Members {
             return;
         }
         if !self.0.is_empty() {
-            self.0.push(b',');
+            self.0.push(',');
         }
-        self.0.extend_from_slice(&other.0);
+        self.0.push_str(&other.0);
     }
 }
 
-/// What a column-named field holds before it is checked and sized by `sanitize`.
+/// The text columns an event or span can set, in the order a [`Draft`] indexes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Column {
+    Username,
+    EventType,
+    Message,
+    IpAddress,
+    ResourceType,
+    ResourceId,
+    ResourceName,
+    Severity,
+}
+
+impl Column {
+    const COUNT: usize = 8;
+
+    /// The columns a span may carry for the events inside it (`user_id` aside, which is
+    /// not text).
+    const INHERITED: [Column; 5] = [
+        Column::Username,
+        Column::IpAddress,
+        Column::ResourceType,
+        Column::ResourceId,
+        Column::ResourceName,
+    ];
+}
+
+/// What the column-named fields of an event or span hold, before `sanitize` checks and
+/// sizes them.
+///
+/// Every text value lives in one buffer, so filling a draft allocates nothing once the
+/// buffer has grown to an event's size: the layer keeps one draft per thread and reuses it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Draft {
-    pub(crate) username: Option<String>,
+    text: String,
+    columns: [Option<(u32, u32)>; Column::COUNT],
     pub(crate) user_id: Option<Value>,
-    pub(crate) event_type: Option<String>,
-    pub(crate) message: Option<String>,
-    pub(crate) ip_address: Option<String>,
-    pub(crate) resource_type: Option<String>,
-    pub(crate) resource_id: Option<String>,
-    pub(crate) resource_name: Option<String>,
-    pub(crate) severity: Option<String>,
     pub(crate) metadata: Members,
     /// Fix-up notes made while writing metadata.
     pub(crate) notes: Vec<String>,
@@ -79,55 +126,93 @@ pub(crate) const INHERITED_COLUMNS: &[&str] = &[
     "resource_name",
 ];
 
+/// A reused draft whose buffers grew past this is given back to the allocator, so one
+/// huge event does not pin its size in every thread for good.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 impl Draft {
+    /// A column's value, if the fields set it.
+    pub(crate) fn get(&self, column: Column) -> Option<&str> {
+        let (start, end) = self.columns[column as usize]?;
+        self.text.get(start as usize..end as usize)
+    }
+
+    /// Sets a column to `value`.
+    pub(crate) fn set(&mut self, column: Column, value: &str) {
+        self.set_with(column, |text| text.push_str(value));
+    }
+
+    /// Sets a column to what `write` appends to the buffer (a formatted value is written
+    /// in place, never into a `String` of its own).
+    pub(crate) fn set_with(&mut self, column: Column, write: impl FnOnce(&mut String)) {
+        // A column set twice in a row (a span recorded again and again) reuses its room.
+        if let Some((start, end)) = self.columns[column as usize] {
+            if end as usize == self.text.len() {
+                self.text.truncate(start as usize);
+            }
+        }
+        let start = self.text.len();
+        write(&mut self.text);
+        let end = self.text.len();
+        // Offsets are u32 to keep drafts small; a draft over 4 GiB keeps the column unset
+        // rather than wrapping (the message cap is far below that).
+        self.columns[column as usize] = match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(start), Ok(end)) => Some((start, end)),
+            _ => None,
+        };
+    }
+
+    /// Empties the draft for reuse, keeping its buffers unless one grew too large.
+    pub(crate) fn clear(&mut self) {
+        if self.text.capacity() > KEEP_CAPACITY {
+            self.text = String::new();
+        }
+        self.text.clear();
+        self.columns = Default::default();
+        self.user_id = None;
+        self.metadata.clear();
+        self.notes.clear();
+    }
+
     /// Fills the columns this draft does not set from an enclosing span's fields.
     ///
     /// Called innermost span first, so the innermost value wins and the event's own
     /// fields win over all. (Span metadata is merged by the layer, outermost first.)
     pub(crate) fn inherit(&mut self, span: &Draft) {
-        fill(&mut self.username, &span.username);
-        fill(&mut self.user_id, &span.user_id);
-        fill(&mut self.ip_address, &span.ip_address);
-        fill(&mut self.resource_type, &span.resource_type);
-        fill(&mut self.resource_id, &span.resource_id);
-        fill(&mut self.resource_name, &span.resource_name);
+        for column in Column::INHERITED {
+            if self.columns[column as usize].is_none() {
+                if let Some(value) = span.get(column) {
+                    self.set(column, value);
+                }
+            }
+        }
+        if self.user_id.is_none() {
+            self.user_id.clone_from(&span.user_id);
+        }
     }
 
-    /// Overwrites this span draft with values recorded later (`Span::record`).
+    /// This span draft with values recorded later (`Span::record`) put over it.
     pub(crate) fn update(&mut self, later: Draft) {
-        replace(&mut self.username, later.username);
-        replace(&mut self.user_id, later.user_id);
-        replace(&mut self.ip_address, later.ip_address);
-        replace(&mut self.resource_type, later.resource_type);
-        replace(&mut self.resource_id, later.resource_id);
-        replace(&mut self.resource_name, later.resource_name);
-        self.metadata.extend(&later.metadata);
-        self.notes.extend(later.notes);
+        // Rebuilt rather than patched, so a span recorded many times keeps one copy of
+        // each value.
+        let mut merged = Draft::default();
+        for column in Column::INHERITED {
+            if let Some(value) = later.get(column).or_else(|| self.get(column)) {
+                merged.set(column, value);
+            }
+        }
+        merged.user_id = later.user_id.or_else(|| self.user_id.take());
+        merged.metadata = std::mem::take(&mut self.metadata);
+        merged.metadata.extend(&later.metadata);
+        merged.notes = std::mem::take(&mut self.notes);
+        merged.notes.extend(later.notes);
+        *self = merged;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.username.is_none()
+        self.columns.iter().all(Option::is_none)
             && self.user_id.is_none()
-            && self.event_type.is_none()
-            && self.message.is_none()
-            && self.ip_address.is_none()
-            && self.resource_type.is_none()
-            && self.resource_id.is_none()
-            && self.resource_name.is_none()
-            && self.severity.is_none()
             && self.metadata.is_empty()
-    }
-}
-
-fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
-    if slot.is_none() {
-        slot.clone_from(from);
-    }
-}
-
-fn replace<T>(slot: &mut Option<T>, later: Option<T>) {
-    if later.is_some() {
-        *slot = later;
     }
 }
 
@@ -149,10 +234,17 @@ pub(crate) struct Capture<'a> {
 }
 
 enum Slot {
-    Text(fn(&mut Draft) -> &mut Option<String>),
+    Text(Column),
     UserId,
     Metadata,
     Ignore,
+}
+
+/// A field's value on its way into a column.
+enum ColumnValue<'v> {
+    Str(&'v str),
+    Debug(&'v dyn fmt::Debug),
+    Json(Value),
 }
 
 impl<'a> Capture<'a> {
@@ -172,12 +264,12 @@ impl<'a> Capture<'a> {
 
     fn slot(&self, name: &str) -> Slot {
         let inherited = match name {
-            "username" => Some(Slot::Text(|d| &mut d.username)),
+            "username" => Some(Slot::Text(Column::Username)),
             "user_id" => Some(Slot::UserId),
-            "ip_address" => Some(Slot::Text(|d| &mut d.ip_address)),
-            "resource_type" => Some(Slot::Text(|d| &mut d.resource_type)),
-            "resource_id" => Some(Slot::Text(|d| &mut d.resource_id)),
-            "resource_name" => Some(Slot::Text(|d| &mut d.resource_name)),
+            "ip_address" => Some(Slot::Text(Column::IpAddress)),
+            "resource_type" => Some(Slot::Text(Column::ResourceType)),
+            "resource_id" => Some(Slot::Text(Column::ResourceId)),
+            "resource_name" => Some(Slot::Text(Column::ResourceName)),
             _ => None,
         };
         if let Some(slot) = inherited {
@@ -187,24 +279,32 @@ impl<'a> Capture<'a> {
             return Slot::Ignore;
         }
         match name {
-            "event_type" => Slot::Text(|d| &mut d.event_type),
-            "message" => Slot::Text(|d| &mut d.message),
-            "severity" => Slot::Text(|d| &mut d.severity),
+            "event_type" => Slot::Text(Column::EventType),
+            "message" => Slot::Text(Column::Message),
+            "severity" => Slot::Text(Column::Severity),
             _ => Slot::Metadata,
         }
     }
 
-    /// Stores a value in its column slot.
-    fn put_column(&mut self, slot: Slot, value: Value) {
-        match slot {
-            Slot::Ignore | Slot::Metadata => {}
-            Slot::UserId => self.draft.user_id = Some(value),
-            Slot::Text(column) => {
-                *column(self.draft) = Some(match value {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                })
+    /// Stores a value in its column slot; text is written straight into the draft.
+    fn put_column(&mut self, slot: Slot, value: ColumnValue<'_>) {
+        match (slot, value) {
+            (Slot::Ignore | Slot::Metadata, _) => {}
+            (Slot::UserId, ColumnValue::Str(s)) => {
+                self.draft.user_id = Some(Value::String(s.to_owned()))
             }
+            (Slot::UserId, ColumnValue::Debug(d)) => {
+                self.draft.user_id = Some(Value::String(format!("{d:?}")))
+            }
+            (Slot::UserId, ColumnValue::Json(v)) => self.draft.user_id = Some(v),
+            (Slot::Text(column), ColumnValue::Str(s)) => self.draft.set(column, s),
+            (Slot::Text(column), ColumnValue::Debug(d)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{d:?}");
+            }),
+            (Slot::Text(column), ColumnValue::Json(Value::String(s))) => self.draft.set(column, &s),
+            (Slot::Text(column), ColumnValue::Json(v)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{v}");
+            }),
         }
     }
 
@@ -227,7 +327,7 @@ impl<'a> Capture<'a> {
             self.draft.metadata.key(key);
         }
         if self.redactor.is_secret(name) {
-            let _ = serde_json::to_writer(&mut self.draft.metadata.0, REDACTED);
+            json_string(&mut self.draft.metadata.0, REDACTED);
             return false;
         }
         true
@@ -277,7 +377,7 @@ impl<'a> Capture<'a> {
                 sanitize::clean_key(&key, &mut self.draft.notes)
             };
             self.draft.metadata.key(&key);
-            let _ = serde_json::to_writer(&mut self.draft.metadata.0, &value);
+            let _ = write!(self.draft.metadata.0, "{value}");
         }
         true
     }
@@ -286,7 +386,7 @@ impl<'a> Capture<'a> {
 /// Writes a JSON string value into a buffer as it is formatted, escaping it, replacing NUL
 /// (which PostgreSQL refuses) and cutting it at `max` bytes on a character boundary.
 pub(crate) struct JsonText<'a> {
-    out: &'a mut Vec<u8>,
+    out: &'a mut String,
     max: usize,
     /// Bytes of the original value seen, and kept.
     seen: usize,
@@ -295,8 +395,8 @@ pub(crate) struct JsonText<'a> {
 }
 
 impl<'a> JsonText<'a> {
-    fn new(out: &'a mut Vec<u8>, max: usize) -> Self {
-        out.push(b'"');
+    fn new(out: &'a mut String, max: usize) -> Self {
+        out.push('"');
         JsonText {
             out,
             max,
@@ -307,7 +407,7 @@ impl<'a> JsonText<'a> {
     }
 
     fn finish(self, name: &str, notes: &mut Vec<String>) {
-        self.out.push(b'"');
+        self.out.push('"');
         if self.nuls > 0 {
             notes.push(format!(
                 "metadata.{name}: {} NUL byte(s) replaced by U+FFFD",
@@ -321,35 +421,46 @@ impl<'a> JsonText<'a> {
             ));
         }
     }
+}
 
-    fn escape(&mut self, s: &str) {
-        let bytes = s.as_bytes();
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let escaped: &[u8] = match b {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0 => {
-                    self.nuls += 1;
-                    "\u{FFFD}".as_bytes()
-                }
-                0x01..=0x1f => {
-                    self.out.extend_from_slice(&bytes[start..i]);
-                    let _ = write!(self.out, "\\u{b:04x}");
-                    start = i + 1;
-                    continue;
-                }
-                _ => continue,
-            };
-            self.out.extend_from_slice(&bytes[start..i]);
-            self.out.extend_from_slice(escaped);
-            start = i + 1;
-        }
-        self.out.extend_from_slice(&bytes[start..]);
+/// Writes `s` as a quoted JSON string.
+pub(crate) fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    escape(out, s);
+    out.push('"');
+}
+
+/// Writes `s` escaped for a JSON string, with NUL (which jsonb refuses) replaced by U+FFFD;
+/// returns how many NULs were replaced.
+fn escape(out: &mut String, s: &str) -> usize {
+    let mut nuls = 0;
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0 => {
+                nuls += 1;
+                "\u{FFFD}"
+            }
+            0x01..=0x1f => {
+                out.push_str(&s[start..i]);
+                let _ = write!(out, "\\u{b:04x}");
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        // Every byte matched above is ASCII, so `i` is a character boundary.
+        out.push_str(&s[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
+    nuls
 }
 
 impl fmt::Write for JsonText<'_> {
@@ -371,7 +482,7 @@ impl fmt::Write for JsonText<'_> {
             &s[..cut]
         };
         self.kept += piece.len();
-        self.escape(piece);
+        self.nuls += escape(self.out, piece);
         Ok(())
     }
 }
@@ -406,7 +517,7 @@ impl Visit for Capture<'_> {
                 }
             }
             Slot::Metadata => self.meta_text(field.name(), |t| write!(t, "{value:?}")),
-            slot => self.put_column(slot, Value::String(format!("{value:?}"))),
+            slot => self.put_column(slot, ColumnValue::Debug(value)),
         }
     }
 
@@ -415,7 +526,7 @@ impl Visit for Capture<'_> {
             Slot::Ignore => {}
             Slot::Metadata if field.name() == "metadata" && self.merge_json(value) => {}
             Slot::Metadata => self.meta_text(field.name(), |t| t.write_str(value)),
-            slot => self.put_column(slot, Value::String(value.to_owned())),
+            slot => self.put_column(slot, ColumnValue::Str(value)),
         }
     }
 
@@ -435,7 +546,7 @@ impl Visit for Capture<'_> {
             slot => {
                 let mut text = String::new();
                 let _ = chain(&mut text);
-                self.put_column(slot, Value::String(text))
+                self.put_column(slot, ColumnValue::Str(&text))
             }
         }
     }
@@ -444,7 +555,7 @@ impl Visit for Capture<'_> {
         match self.slot(field.name()) {
             Slot::Ignore => {}
             Slot::Metadata => self.meta_raw(field.name(), value),
-            slot => self.put_column(slot, Value::Number(value.into())),
+            slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
         }
     }
 
@@ -452,7 +563,7 @@ impl Visit for Capture<'_> {
         match self.slot(field.name()) {
             Slot::Ignore => {}
             Slot::Metadata => self.meta_raw(field.name(), value),
-            slot => self.put_column(slot, Value::Number(value.into())),
+            slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
         }
     }
 
@@ -485,7 +596,7 @@ impl Visit for Capture<'_> {
             Slot::Metadata => self.meta_raw(field.name(), JsonFloat(value)),
             slot => {
                 let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
-                self.put_column(slot, number)
+                self.put_column(slot, ColumnValue::Json(number))
             }
         }
     }
@@ -494,7 +605,7 @@ impl Visit for Capture<'_> {
         match self.slot(field.name()) {
             Slot::Ignore => {}
             Slot::Metadata => self.meta_raw(field.name(), value),
-            slot => self.put_column(slot, Value::Bool(value)),
+            slot => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
         }
     }
 }
@@ -517,12 +628,12 @@ mod tests {
     use super::*;
 
     fn text(value: &str, max: usize) -> (String, Vec<String>) {
-        let mut out = Vec::new();
+        let mut out = String::new();
         let mut notes = Vec::new();
         let mut t = JsonText::new(&mut out, max);
         t.write_str(value).unwrap();
         t.finish("k", &mut notes);
-        (String::from_utf8(out).unwrap(), notes)
+        (out, notes)
     }
 
     #[test]

@@ -249,18 +249,18 @@ async fn copy_rows(
     let sink = client.copy_in(COPY_STATEMENT).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
     for Queued { seq, log: r } in records {
-        let metadata = r.metadata.as_deref().map(RawJsonb);
+        let metadata = r.metadata().map(RawJsonb);
         writer
             .as_mut()
             .write(&[
-                &r.username,
+                &r.username(),
                 &r.user_id,
-                &r.event_type,
-                &r.message,
+                &r.event_type(),
+                &r.message(),
                 &r.ip_address,
-                &r.resource_type,
-                &r.resource_id,
-                &r.resource_name,
+                &r.resource_type(),
+                &r.resource_id(),
+                &r.resource_name(),
                 &r.severity.as_str(),
                 &metadata,
                 &r.created_at,
@@ -275,7 +275,7 @@ async fn copy_rows(
 
 /// JSON text sent as `jsonb` as it is: the binary format is a version byte and the text.
 #[derive(Debug)]
-struct RawJsonb<'a>(&'a [u8]);
+struct RawJsonb<'a>(&'a str);
 
 impl ToSql for RawJsonb<'_> {
     fn to_sql(
@@ -284,7 +284,7 @@ impl ToSql for RawJsonb<'_> {
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(&[1]);
-        out.extend_from_slice(self.0);
+        out.extend_from_slice(self.0.as_bytes());
         Ok(tokio_postgres::types::IsNull::No)
     }
 

@@ -8,6 +8,7 @@
 //! `ip_address`, `resource_*`) or have the audit target; their values live in the span's
 //! extensions, updated by `Span::record`, and are merged into each event innermost first.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -136,43 +137,74 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let created_at = Utc::now();
-        let mut draft = Draft::default();
-        event.record(&mut Capture::new(
-            &mut draft,
-            &self.redactor,
-            Scope::Everything,
-            self.max_message_bytes,
-        ));
-        let mut span_metadata = Members::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope {
-                if let Some(span_draft) = span
-                    .extensions()
-                    .get::<SpanDrafts>()
-                    .and_then(|d| d.of(self.id))
-                {
+        let (record, fixups) = with_scratch(|scratch| {
+            let Scratch {
+                draft,
+                span_metadata,
+            } = scratch;
+            event.record(&mut Capture::new(
+                draft,
+                &self.redactor,
+                Scope::Everything,
+                self.max_message_bytes,
+            ));
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    let extensions = span.extensions();
+                    let Some(span_draft) =
+                        extensions.get::<SpanDrafts>().and_then(|d| d.of(self.id))
+                    else {
+                        continue;
+                    };
                     draft.inherit(span_draft);
                     if !span_draft.metadata.is_empty() {
                         // Innermost first here; outer spans' members must come first.
-                        let mut outer_first = span_draft.metadata.clone();
-                        outer_first.extend(&span_metadata);
-                        span_metadata = outer_first;
+                        span_metadata.prepend(&span_draft.metadata);
                     }
                 }
             }
-        }
-        let (record, fixups) = sanitize::finish(
-            draft,
-            span_metadata,
-            *event.metadata().level(),
-            created_at,
-            self.max_message_bytes,
-        );
+            sanitize::finish(
+                draft,
+                span_metadata,
+                *event.metadata().level(),
+                created_at,
+                self.max_message_bytes,
+            )
+        });
         if fixups > 0 {
             Counters::add(&self.counters.fixups, fixups);
         }
         self.sender.push(record);
     }
+}
+
+/// The buffers an event is captured into, kept per thread and reused, so that capturing
+/// allocates nothing (the record itself is one allocation, made by `sanitize::finish`).
+#[derive(Default)]
+struct Scratch {
+    draft: Draft,
+    span_metadata: Members,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `build` with this thread's scratch buffers, emptied; or with fresh ones when they
+/// are in use or gone (a thread being torn down). In use cannot happen through tracing,
+/// which never re-enters a subscriber from its own calls on the same thread; the fallback
+/// keeps that an assumption this layer does not depend on.
+fn with_scratch<T>(build: impl Fn(&mut Scratch) -> T) -> T {
+    SCRATCH
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                scratch.draft.clear();
+                scratch.span_metadata.clear();
+                build(&mut scratch)
+            }
+            Err(_) => build(&mut Scratch::default()),
+        })
+        .unwrap_or_else(|_| build(&mut Scratch::default()))
 }
 
 /// The per-layer filter that selects audit events, and the spans that carry their context.

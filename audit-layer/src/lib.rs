@@ -76,6 +76,7 @@ mod handle;
 mod layer;
 pub mod migrate;
 pub mod partitions;
+mod pending;
 pub mod pool;
 mod queue;
 mod record;

@@ -211,68 +211,6 @@ impl AuditLog {
     }
 }
 
-/// A record as the layer queues it: the columns, with `metadata` already JSON text, so that
-/// the emitting thread builds no map and the writer sends the text to `COPY` as it is.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Pending {
-    pub(crate) username: String,
-    pub(crate) user_id: Option<i64>,
-    pub(crate) event_type: String,
-    pub(crate) message: String,
-    pub(crate) ip_address: Option<IpAddr>,
-    pub(crate) resource_type: Option<String>,
-    pub(crate) resource_id: Option<String>,
-    pub(crate) resource_name: Option<String>,
-    pub(crate) severity: Severity,
-    /// A JSON object's text, or `None` for no metadata. Later duplicate keys win, as in
-    /// jsonb.
-    pub(crate) metadata: Option<Vec<u8>>,
-    pub(crate) created_at: DateTime<Utc>,
-}
-
-impl Pending {
-    pub(crate) fn from_log(log: AuditLog) -> Pending {
-        Pending {
-            metadata: (!log.metadata.is_empty())
-                .then(|| Value::Object(log.metadata).to_string().into_bytes()),
-            username: log.username,
-            user_id: log.user_id,
-            event_type: log.event_type,
-            message: log.message,
-            ip_address: log.ip_address,
-            resource_type: log.resource_type,
-            resource_id: log.resource_id,
-            resource_name: log.resource_name,
-            severity: log.severity,
-            created_at: log.created_at,
-        }
-    }
-
-    /// The record as an [`AuditLog`], for the writer's rare paths (spool, rejected records).
-    pub(crate) fn to_log(&self) -> AuditLog {
-        AuditLog {
-            username: self.username.clone(),
-            user_id: self.user_id,
-            event_type: self.event_type.clone(),
-            message: self.message.clone(),
-            ip_address: self.ip_address,
-            resource_type: self.resource_type.clone(),
-            resource_id: self.resource_id.clone(),
-            resource_name: self.resource_name.clone(),
-            severity: self.severity,
-            metadata: match self
-                .metadata
-                .as_deref()
-                .map(serde_json::from_slice::<Value>)
-            {
-                Some(Ok(Value::Object(map))) => map,
-                _ => Map::new(),
-            },
-            created_at: self.created_at,
-        }
-    }
-}
-
 /// How serious an event is; the values allowed in the `severity` column.
 ///
 /// Ordered from least to most serious, so `severity >= Severity::Error` reads naturally.

@@ -19,13 +19,15 @@
 //! In every case the original value's problem is named in the fix-up note, so nothing is
 //! hidden; a missing message is not a problem and becomes the empty string.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::capture::{Draft, Members};
-use crate::record::{Pending, Severity};
+use crate::capture::{json_string, Column, Draft, Members};
+use crate::pending::{Pending, TextColumns};
+use crate::record::Severity;
 
 /// The metadata key under which a record lists the fix-ups applied to it.
 pub const FIXUPS_KEY: &str = "_fixups";
@@ -60,10 +62,11 @@ const QUOTE_CHARS: usize = 64;
 
 /// Builds the final record from a draft, repairing what PostgreSQL would refuse.
 ///
-/// Returns the record and the number of fix-ups applied.
+/// Returns the record and the number of fix-ups applied. Nothing is allocated but the
+/// record's own buffer unless a value needs repairing.
 pub(crate) fn finish(
-    draft: Draft,
-    span_metadata: Members,
+    draft: &Draft,
+    span_metadata: &Members,
     level: tracing::Level,
     created_at: DateTime<Utc>,
     max_message_bytes: usize,
@@ -71,40 +74,40 @@ pub(crate) fn finish(
     let mut notes: Vec<String> = Vec::new();
 
     let username = required(
-        draft.username,
+        draft.get(Column::Username),
         "username",
         column_limits::USERNAME,
         &mut notes,
     );
     let event_type = required(
-        draft.event_type,
+        draft.get(Column::EventType),
         "event_type",
         column_limits::EVENT_TYPE,
         &mut notes,
     );
-    let message = match draft.message {
+    let message = match draft.get(Column::Message) {
         Some(m) => clean_bytes(m, "message", max_message_bytes, &mut notes),
-        None => String::new(),
+        None => Cow::Borrowed(""),
     };
     let resource_type = optional(
-        draft.resource_type,
+        draft.get(Column::ResourceType),
         "resource_type",
         column_limits::RESOURCE_TYPE,
         &mut notes,
     );
     let resource_id = optional(
-        draft.resource_id,
+        draft.get(Column::ResourceId),
         "resource_id",
         column_limits::RESOURCE_ID,
         &mut notes,
     );
     let resource_name = optional(
-        draft.resource_name,
+        draft.get(Column::ResourceName),
         "resource_name",
         column_limits::RESOURCE_NAME,
         &mut notes,
     );
-    let severity = match draft.severity {
+    let severity = match draft.get(Column::Severity) {
         None => Severity::from_level(level),
         Some(raw) => match raw.parse::<Severity>() {
             Ok(s) => s,
@@ -112,104 +115,125 @@ pub(crate) fn finish(
                 let fallback = Severity::from_level(level);
                 notes.push(format!(
                     "severity: unknown value {}, stored as {fallback}",
-                    quote(&raw)
+                    quote(raw)
                 ));
                 fallback
             }
         },
     };
-    let user_id = draft.user_id.and_then(|raw| match user_id_of(&raw) {
-        Some(id) => Some(id),
-        None => {
-            notes.push(format!(
-                "user_id: not a 64-bit integer: {}, stored as NULL",
-                quote(&raw_text(&raw))
-            ));
-            None
-        }
-    });
-    let ip_address = draft.ip_address.and_then(|raw| match ip_of(&raw) {
-        Some(ip) => Some(ip),
-        None => {
-            notes.push(format!(
-                "ip_address: not an IP address: {}, stored as NULL",
-                quote(&raw)
-            ));
-            None
-        }
-    });
+    let user_id = draft
+        .user_id
+        .as_ref()
+        .and_then(|raw| match user_id_of(raw) {
+            Some(id) => Some(id),
+            None => {
+                notes.push(format!(
+                    "user_id: not a 64-bit integer: {}, stored as NULL",
+                    quote(&raw_text(raw))
+                ));
+                None
+            }
+        });
+    let ip_address = draft
+        .get(Column::IpAddress)
+        .and_then(|raw| match ip_of(raw) {
+            Some(ip) => Some(ip),
+            None => {
+                notes.push(format!(
+                    "ip_address: not an IP address: {}, stored as NULL",
+                    quote(raw)
+                ));
+                None
+            }
+        });
 
     // Metadata was repaired as it was captured; its notes follow the columns' notes.
-    notes.extend(draft.notes);
+    notes.extend(draft.notes.iter().cloned());
     let fixups = notes.len() as u64;
     // Spans first, outermost first, then the event: jsonb keeps the last of duplicate keys,
     // so the innermost span wins over outer ones and the event wins over all.
-    let mut members = if span_metadata.is_empty() {
-        draft.metadata
-    } else {
-        let mut members = span_metadata;
-        members.extend(&draft.metadata);
-        members
-    };
+    let mut fixups_member = Members::default();
     if fixups > 0 {
-        members.key(FIXUPS_KEY);
-        let _ = serde_json::to_writer(&mut members.0, &notes);
+        fixups_member.key(FIXUPS_KEY);
+        fixups_member.0.push('[');
+        for (i, note) in notes.iter().enumerate() {
+            if i > 0 {
+                fixups_member.0.push(',');
+            }
+            json_string(&mut fixups_member.0, note);
+        }
+        fixups_member.0.push(']');
     }
-    let metadata = (!members.is_empty()).then(|| {
-        let mut object = members.0;
-        object.insert(0, b'{');
-        object.push(b'}');
-        object
+    let mut pieces: [&str; 7] = [""; 7];
+    let mut count = 0;
+    for members in [span_metadata, &draft.metadata, &fixups_member] {
+        if members.is_empty() {
+            continue;
+        }
+        pieces[count] = if count == 0 { "{" } else { "," };
+        pieces[count + 1] = members.as_str();
+        count += 2;
+    }
+    let metadata = (count > 0).then(|| {
+        pieces[count] = "}";
+        &pieces[..=count]
     });
 
-    let record = Pending {
-        username,
+    let record = Pending::new(
+        TextColumns {
+            username: &username,
+            event_type: &event_type,
+            message: &message,
+            resource_type: resource_type.as_deref(),
+            resource_id: resource_id.as_deref(),
+            resource_name: resource_name.as_deref(),
+            metadata,
+        },
         user_id,
-        event_type,
-        message,
         ip_address,
-        resource_type,
-        resource_id,
-        resource_name,
         severity,
-        metadata,
         created_at,
-    };
+    );
     (record, fixups)
 }
 
-fn required(
-    value: Option<String>,
+fn required<'a>(
+    value: Option<&'a str>,
     column: &str,
     max_chars: usize,
     notes: &mut Vec<String>,
-) -> String {
+) -> Cow<'a, str> {
     match value {
         Some(v) => clean_chars(v, column, max_chars, notes),
         None => {
             notes.push(format!("{column}: missing, stored as {UNKNOWN:?}"));
-            UNKNOWN.to_owned()
+            Cow::Borrowed(UNKNOWN)
         }
     }
 }
 
-fn optional(
-    value: Option<String>,
+fn optional<'a>(
+    value: Option<&'a str>,
     column: &str,
     max_chars: usize,
     notes: &mut Vec<String>,
-) -> Option<String> {
+) -> Option<Cow<'a, str>> {
     value.map(|v| clean_chars(v, column, max_chars, notes))
 }
 
 /// Removes NUL bytes and cuts to `max_chars` characters (what `varchar(n)` counts).
-fn clean_chars(value: String, what: &str, max_chars: usize, notes: &mut Vec<String>) -> String {
+fn clean_chars<'a>(
+    value: &'a str,
+    what: &str,
+    max_chars: usize,
+    notes: &mut Vec<String>,
+) -> Cow<'a, str> {
     let mut value = strip_nul(value, what, notes);
     // A string of at most n bytes has at most n characters: the common case costs nothing.
     if value.len() > max_chars {
         if let Some((cut, _)) = value.char_indices().nth(max_chars) {
             let chars = value.chars().count();
-            value.truncate(cut);
+            truncate(&mut value, cut);
             notes.push(format!(
                 "{what}: truncated from {chars} to {max_chars} characters"
             ));
@@ -219,7 +243,12 @@ fn clean_chars(value: String, what: &str, max_chars: usize, notes: &mut Vec<Stri
 }
 
 /// Removes NUL bytes and cuts to at most `max_bytes` bytes, at a character boundary.
-fn clean_bytes(value: String, what: &str, max_bytes: usize, notes: &mut Vec<String>) -> String {
+fn clean_bytes<'a>(
+    value: &'a str,
+    what: &str,
+    max_bytes: usize,
+    notes: &mut Vec<String>,
+) -> Cow<'a, str> {
     let mut value = strip_nul(value, what, notes);
     if value.len() > max_bytes {
         let mut cut = max_bytes;
@@ -227,32 +256,38 @@ fn clean_bytes(value: String, what: &str, max_bytes: usize, notes: &mut Vec<Stri
             cut -= 1;
         }
         let bytes = value.len();
-        value.truncate(cut);
+        truncate(&mut value, cut);
         notes.push(format!("{what}: truncated from {bytes} to {cut} bytes"));
     }
     value
 }
 
-fn strip_nul(value: String, what: &str, notes: &mut Vec<String>) -> String {
+fn truncate(value: &mut Cow<'_, str>, at: usize) {
+    match value {
+        Cow::Borrowed(s) => *s = &s[..at],
+        Cow::Owned(s) => s.truncate(at),
+    }
+}
+
+fn strip_nul<'a>(value: &'a str, what: &str, notes: &mut Vec<String>) -> Cow<'a, str> {
     if !value.contains('\0') {
-        return value;
+        return Cow::Borrowed(value);
     }
     let count = value.matches('\0').count();
     notes.push(format!("{what}: {count} NUL byte(s) replaced by U+FFFD"));
-    value.replace('\0', "\u{FFFD}")
+    Cow::Owned(value.replace('\0', "\u{FFFD}"))
 }
 
 /// A metadata key without NUL bytes (noted when there were some).
 pub(crate) fn clean_key(key: &str, notes: &mut Vec<String>) -> String {
-    strip_nul(key.to_owned(), "metadata key", notes)
+    strip_nul(key, "metadata key", notes).into_owned()
 }
 
 /// Repairs a metadata value in place; allocates only when something needs repairing.
 pub(crate) fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
     match value {
         Value::String(s) if s.len() > max_bytes || s.contains('\0') => {
-            let text = std::mem::take(s);
-            *s = clean_bytes(text, &format!("metadata.{key}"), max_bytes, notes);
+            *s = clean_bytes(s, &format!("metadata.{key}"), max_bytes, notes).into_owned();
         }
         Value::Array(items) => items
             .iter_mut()
@@ -262,7 +297,7 @@ pub(crate) fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: 
                 let label = format!("metadata.{key} key");
                 *map = std::mem::take(map)
                     .into_iter()
-                    .map(|(k, v)| (clean_bytes(k, &label, max_bytes, notes), v))
+                    .map(|(k, v)| (clean_bytes(&k, &label, max_bytes, notes).into_owned(), v))
                     .collect();
             }
             map.values_mut()
@@ -315,8 +350,8 @@ mod tests {
 
     fn finish_default(draft: Draft) -> (crate::record::AuditLog, u64) {
         let (record, fixups) = finish(
-            draft,
-            Members::default(),
+            &draft,
+            &Members::default(),
             tracing::Level::INFO,
             Utc::now(),
             16,
@@ -325,12 +360,11 @@ mod tests {
     }
 
     fn complete() -> Draft {
-        Draft {
-            username: Some("alice".into()),
-            event_type: Some("authentication".into()),
-            message: Some("User login".into()),
-            ..Draft::default()
-        }
+        let mut draft = Draft::default();
+        draft.set(Column::Username, "alice");
+        draft.set(Column::EventType, "authentication");
+        draft.set(Column::Message, "User login");
+        draft
     }
 
     #[test]
@@ -343,7 +377,7 @@ mod tests {
     #[test]
     fn truncation_respects_character_boundaries() {
         let mut draft = complete();
-        draft.message = Some("ééééééééééé".into()); // 22 bytes, 2 bytes per char
+        draft.set(Column::Message, "ééééééééééé"); // 22 bytes, 2 bytes per char
         let (log, fixups) = finish_default(draft);
         assert_eq!(fixups, 1);
         assert_eq!(log.message, "éééééééé");
@@ -354,7 +388,7 @@ mod tests {
     #[test]
     fn column_lengths_count_characters_not_bytes() {
         let mut draft = complete();
-        draft.resource_type = Some("ü".repeat(100)); // 200 bytes but exactly 100 chars
+        draft.set(Column::ResourceType, &"ü".repeat(100)); // 200 bytes but exactly 100 chars
         let (log, fixups) = finish_default(draft);
         assert_eq!(fixups, 0);
         assert_eq!(log.resource_type.unwrap().chars().count(), 100);

@@ -31,8 +31,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::copy::BatchKey;
+use crate::pending::Pending;
 use crate::queue::Queued;
-use crate::record::{AuditLog, Pending};
+use crate::record::AuditLog;
 
 const HEADER_BYTES: u64 = 8;
 

@@ -24,9 +24,10 @@ use crate::copy::{BatchKey, Fate};
 use crate::copy::{Failure, Sink};
 use crate::error::Error;
 use crate::migrate;
+use crate::pending::Pending;
 use crate::queue::{Ack, Message};
 use crate::queue::{Queued, Sequence};
-use crate::record::{AuditLog, Pending, Severity};
+use crate::record::{AuditLog, Severity};
 use crate::retry::{is_connection_problem, Backoff, FailureKind};
 use crate::spool::{Corruption, Spool};
 use crate::stats::Counters;
@@ -505,8 +506,8 @@ impl Shared {
                         .set_last_error(format!("record rejected: {}", reason.message));
                     tracing::error!(
                         reason = %reason.message,
-                        event_type = %record.log.event_type,
-                        username = %record.log.username,
+                        event_type = %record.log.event_type(),
+                        username = %record.log.username(),
                         seq = record.seq,
                         "PostgreSQL refused an audit record; kept in audit_logs_rejected, \
                          the rest of its batch was written"

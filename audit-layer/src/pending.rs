@@ -1,0 +1,219 @@
+//! A record as the layer queues it: every text column and the metadata in one buffer.
+//!
+//! The emitting thread pays for each allocation twice: once to make it, and once more when
+//! the writer thread frees it, because glibc then takes the emitting thread's arena lock.
+//! So a queued record is one allocation, whatever its number of columns, and its metadata
+//! is JSON text the writer sends to `COPY` as it is. The public [`AuditLog`] is built from
+//! it only on the rare paths (spool, rejected records).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::record::{AuditLog, Severity};
+
+/// The text parts of a [`Pending`] record, borrowed, in the order they are stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TextColumns<'a> {
+    pub(crate) username: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) message: &'a str,
+    pub(crate) resource_type: Option<&'a str>,
+    pub(crate) resource_id: Option<&'a str>,
+    pub(crate) resource_name: Option<&'a str>,
+    /// A JSON object's text, given in pieces that are concatenated as they are.
+    pub(crate) metadata: Option<&'a [&'a str]>,
+}
+
+/// Where each text part ends in [`Pending::text`].
+const PARTS: usize = 7;
+const USERNAME: usize = 0;
+const EVENT_TYPE: usize = 1;
+const MESSAGE: usize = 2;
+const RESOURCE_TYPE: usize = 3;
+const RESOURCE_ID: usize = 4;
+const RESOURCE_NAME: usize = 5;
+const METADATA: usize = 6;
+
+/// A record on its way to the writer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    /// The text parts, back to back.
+    text: String,
+    ends: [usize; PARTS],
+    /// Which optional parts are present (bit per part index).
+    present: u8,
+    pub(crate) user_id: Option<i64>,
+    pub(crate) ip_address: Option<IpAddr>,
+    pub(crate) severity: Severity,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+impl Pending {
+    /// A record from its columns; the text parts are copied into one exact-size buffer.
+    pub(crate) fn new(
+        columns: TextColumns<'_>,
+        user_id: Option<i64>,
+        ip_address: Option<IpAddr>,
+        severity: Severity,
+        created_at: DateTime<Utc>,
+    ) -> Pending {
+        let metadata = columns.metadata.unwrap_or(&[]);
+        let parts: [&[&str]; PARTS] = [
+            &[columns.username],
+            &[columns.event_type],
+            &[columns.message],
+            columns.resource_type.as_slice(),
+            columns.resource_id.as_slice(),
+            columns.resource_name.as_slice(),
+            metadata,
+        ];
+        let len = parts.iter().flat_map(|p| p.iter()).map(|s| s.len()).sum();
+        let mut text = String::with_capacity(len);
+        let mut ends = [0; PARTS];
+        for (end, pieces) in ends.iter_mut().zip(parts) {
+            pieces.iter().for_each(|piece| text.push_str(piece));
+            *end = text.len();
+        }
+        let present = [
+            (RESOURCE_TYPE, columns.resource_type.is_some()),
+            (RESOURCE_ID, columns.resource_id.is_some()),
+            (RESOURCE_NAME, columns.resource_name.is_some()),
+            (METADATA, columns.metadata.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, is)| *is)
+        .fold(0u8, |bits, (part, _)| bits | 1 << part);
+        Pending {
+            text,
+            ends,
+            present,
+            user_id,
+            ip_address,
+            severity,
+            created_at,
+        }
+    }
+
+    fn part(&self, part: usize) -> &str {
+        let start = if part == 0 { 0 } else { self.ends[part - 1] };
+        // The ends were taken from this very buffer, at character boundaries.
+        self.text.get(start..self.ends[part]).unwrap_or_default()
+    }
+
+    fn optional(&self, part: usize) -> Option<&str> {
+        (self.present & 1 << part != 0).then(|| self.part(part))
+    }
+
+    pub(crate) fn username(&self) -> &str {
+        self.part(USERNAME)
+    }
+
+    pub(crate) fn event_type(&self) -> &str {
+        self.part(EVENT_TYPE)
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        self.part(MESSAGE)
+    }
+
+    pub(crate) fn resource_type(&self) -> Option<&str> {
+        self.optional(RESOURCE_TYPE)
+    }
+
+    pub(crate) fn resource_id(&self) -> Option<&str> {
+        self.optional(RESOURCE_ID)
+    }
+
+    pub(crate) fn resource_name(&self) -> Option<&str> {
+        self.optional(RESOURCE_NAME)
+    }
+
+    /// A JSON object's text, or `None` for no metadata. Later duplicate keys win, as in
+    /// jsonb.
+    pub(crate) fn metadata(&self) -> Option<&str> {
+        self.optional(METADATA)
+    }
+
+    pub(crate) fn from_log(log: AuditLog) -> Pending {
+        let metadata = (!log.metadata.is_empty()).then(|| Value::Object(log.metadata).to_string());
+        let metadata = metadata.as_deref().map(|text| [text]);
+        Pending::new(
+            TextColumns {
+                username: &log.username,
+                event_type: &log.event_type,
+                message: &log.message,
+                resource_type: log.resource_type.as_deref(),
+                resource_id: log.resource_id.as_deref(),
+                resource_name: log.resource_name.as_deref(),
+                metadata: metadata.as_ref().map(|text| &text[..]),
+            },
+            log.user_id,
+            log.ip_address,
+            log.severity,
+            log.created_at,
+        )
+    }
+
+    /// The record as an [`AuditLog`], for the writer's rare paths (spool, rejected records).
+    pub(crate) fn to_log(&self) -> AuditLog {
+        AuditLog {
+            username: self.username().to_owned(),
+            user_id: self.user_id,
+            event_type: self.event_type().to_owned(),
+            message: self.message().to_owned(),
+            ip_address: self.ip_address,
+            resource_type: self.resource_type().map(str::to_owned),
+            resource_id: self.resource_id().map(str::to_owned),
+            resource_name: self.resource_name().map(str::to_owned),
+            severity: self.severity,
+            metadata: match self.metadata().map(serde_json::from_str::<Value>) {
+                Some(Ok(Value::Object(map))) => map,
+                _ => Map::new(),
+            },
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_record_round_trips_through_an_audit_log() {
+        let mut log = AuditLog::new("alice", "authentication", "User login");
+        log.resource_id = Some("42".into());
+        log.metadata.insert("site".into(), "fra1".into());
+        let pending = Pending::from_log(log.clone());
+        assert_eq!(pending.resource_type(), None);
+        assert_eq!(pending.resource_id(), Some("42"));
+        assert_eq!(pending.metadata(), Some(r#"{"site":"fra1"}"#));
+        assert_eq!(pending.to_log(), log);
+    }
+
+    #[test]
+    fn an_empty_optional_part_is_not_a_missing_one() {
+        let pending = Pending::new(
+            TextColumns {
+                username: "u",
+                event_type: "e",
+                message: "",
+                resource_type: Some(""),
+                resource_id: None,
+                resource_name: Some("name"),
+                metadata: Some(&["{", r#""a":1"#, "}"]),
+            },
+            None,
+            None,
+            Severity::Info,
+            Utc::now(),
+        );
+        assert_eq!(pending.message(), "");
+        assert_eq!(pending.resource_type(), Some(""));
+        assert_eq!(pending.resource_id(), None);
+        assert_eq!(pending.resource_name(), Some("name"));
+        assert_eq!(pending.metadata(), Some(r#"{"a":1}"#));
+    }
+}
