@@ -347,10 +347,10 @@ impl<'a> Capture<'a> {
         text.finish(name, &mut self.draft.notes);
     }
 
-    /// A metadata value that is a number or boolean, written as is.
-    fn meta_raw(&mut self, name: &'static str, value: impl fmt::Display) {
+    /// A metadata value that is a number or boolean, written as JSON text.
+    fn meta_raw(&mut self, name: &'static str, value: &str) {
         if self.meta_key(name) {
-            let _ = write!(self.draft.metadata.0, "{value}");
+            self.draft.metadata.0.push_str(value);
         }
     }
 
@@ -433,6 +433,11 @@ pub(crate) fn json_string(out: &mut String, s: &str) {
 /// Writes `s` escaped for a JSON string, with NUL (which jsonb refuses) replaced by U+FFFD;
 /// returns how many NULs were replaced.
 fn escape(out: &mut String, s: &str) -> usize {
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // The common case, checked without branching per byte.
+        out.push_str(s);
+        return 0;
+    }
     let mut nuls = 0;
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
@@ -554,7 +559,7 @@ impl Visit for Capture<'_> {
     fn record_i64(&mut self, field: &Field, value: i64) {
         match self.slot(field.name()) {
             Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), value),
+            Slot::Metadata => self.meta_raw(field.name(), itoa::Buffer::new().format(value)),
             slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
         }
     }
@@ -562,7 +567,7 @@ impl Visit for Capture<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         match self.slot(field.name()) {
             Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), value),
+            Slot::Metadata => self.meta_raw(field.name(), itoa::Buffer::new().format(value)),
             slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
         }
     }
@@ -592,8 +597,9 @@ impl Visit for Capture<'_> {
         }
         match self.slot(field.name()) {
             Slot::Ignore => {}
-            // Rust's shortest round-trip form, which is valid JSON for finite values.
-            Slot::Metadata => self.meta_raw(field.name(), JsonFloat(value)),
+            // The shortest round-trip form, as serde_json writes it (`1.0`, `1e300`): valid
+            // JSON that reads back as a float.
+            Slot::Metadata => self.meta_raw(field.name(), zmij::Buffer::new().format_finite(value)),
             slot => {
                 let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
                 self.put_column(slot, ColumnValue::Json(number))
@@ -604,21 +610,8 @@ impl Visit for Capture<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
         match self.slot(field.name()) {
             Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), value),
+            Slot::Metadata => self.meta_raw(field.name(), if value { "true" } else { "false" }),
             slot => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
-        }
-    }
-}
-
-/// A finite float as JSON writes it (`1.0`, not `1`, so it reads back as a float).
-struct JsonFloat(f64);
-
-impl fmt::Display for JsonFloat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.fract() == 0.0 && self.0.abs() < 1e16 {
-            write!(f, "{:.1}", self.0)
-        } else {
-            write!(f, "{}", self.0)
         }
     }
 }
@@ -649,9 +642,21 @@ mod tests {
 
     #[test]
     fn floats_stay_floats() {
-        assert_eq!(JsonFloat(1.0).to_string(), "1.0");
-        assert_eq!(JsonFloat(0.5).to_string(), "0.5");
-        let big: Value = serde_json::from_str(&JsonFloat(1e300).to_string()).unwrap();
-        assert!(big.is_f64());
+        // Metadata floats are written by zmij; jsonb and serde_json must read them back
+        // as floats, not integers, and 1e300 must not become 300 digits.
+        let mut buffer = zmij::Buffer::new();
+        assert_eq!(buffer.format_finite(1.0), "1.0");
+        assert_eq!(buffer.format_finite(0.5), "0.5");
+        let big = buffer.format_finite(1e300).to_owned();
+        assert!(big.len() < 10, "{big}");
+        assert!(serde_json::from_str::<Value>(&big).unwrap().is_f64());
+    }
+
+    #[test]
+    fn json_strings_escape_only_what_json_requires() {
+        let mut out = String::new();
+        json_string(&mut out, "plain é");
+        json_string(&mut out, "q\"b\\\u{1f}");
+        assert_eq!(out, r#""plain é""q\"b\\\u001f""#);
     }
 }

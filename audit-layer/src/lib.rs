@@ -80,6 +80,7 @@ mod pending;
 pub mod pool;
 mod queue;
 mod record;
+mod recycle;
 mod redact;
 mod retry;
 mod sanitize;

@@ -2,8 +2,9 @@
 //!
 //! The emitting thread pays for each allocation twice: once to make it, and once more when
 //! the writer thread frees it, because glibc then takes the emitting thread's arena lock.
-//! So a queued record is one allocation, whatever its number of columns, and its metadata
-//! is JSON text the writer sends to `COPY` as it is. The public [`AuditLog`] is built from
+//! So a queued record is one buffer, whatever its number of columns, reused once the writer
+//! is done with it ([`recycle`]), and its metadata is JSON text the writer sends to `COPY`
+//! as it is. The public [`AuditLog`] is built from
 //! it only on the rare paths (spool, rejected records).
 
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::record::{AuditLog, Severity};
+use crate::recycle;
 
 /// The text parts of a [`Pending`] record, borrowed, in the order they are stored.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +53,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// A record from its columns; the text parts are copied into one exact-size buffer.
+    /// A record from its columns; the text parts are copied into one buffer, a reused one
+    /// when there is one (see [`recycle`]).
     pub(crate) fn new(
         columns: TextColumns<'_>,
         user_id: Option<i64>,
@@ -70,7 +73,7 @@ impl Pending {
             metadata,
         ];
         let len = parts.iter().flat_map(|p| p.iter()).map(|s| s.len()).sum();
-        let mut text = String::with_capacity(len);
+        let mut text = recycle::buffer(len);
         let mut ends = [0; PARTS];
         for (end, pieces) in ends.iter_mut().zip(parts) {
             pieces.iter().for_each(|piece| text.push_str(piece));
@@ -174,6 +177,12 @@ impl Pending {
             },
             created_at: self.created_at,
         }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        recycle::recycle(std::mem::take(&mut self.text));
     }
 }
 
