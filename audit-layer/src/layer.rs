@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
@@ -19,6 +18,7 @@ use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::capture::{Capture, Draft, Members, Scope, INHERITED_COLUMNS};
+use crate::pending::EventTime;
 use crate::queue::RecordSender;
 use crate::redact::Redactor;
 use crate::sanitize;
@@ -136,7 +136,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let created_at = Utc::now();
+        let created_at = EventTime::now();
         let (record, fixups) = with_scratch(|scratch| {
             let Scratch {
                 draft,

@@ -8,9 +8,11 @@
 //! it only on the rare paths (spool, rejected records).
 
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use crate::record::{AuditLog, Severity};
 use crate::recycle;
@@ -49,7 +51,7 @@ pub(crate) struct Pending {
     pub(crate) user_id: Option<i64>,
     pub(crate) ip_address: Option<IpAddr>,
     pub(crate) severity: Severity,
-    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) created_at: EventTime,
 }
 
 impl Pending {
@@ -60,7 +62,7 @@ impl Pending {
         user_id: Option<i64>,
         ip_address: Option<IpAddr>,
         severity: Severity,
-        created_at: DateTime<Utc>,
+        created_at: EventTime,
     ) -> Pending {
         let metadata = columns.metadata.unwrap_or(&[]);
         let parts: [&[&str]; PARTS] = [
@@ -155,7 +157,7 @@ impl Pending {
             log.user_id,
             log.ip_address,
             log.severity,
-            log.created_at,
+            EventTime::from_datetime(log.created_at),
         )
     }
 
@@ -175,9 +177,54 @@ impl Pending {
                 Some(Ok(Value::Object(map))) => map,
                 _ => Map::new(),
             },
-            created_at: self.created_at,
+            created_at: self.created_at.to_datetime(),
         }
     }
+}
+
+/// When an event happened, in microseconds since the Unix epoch: PostgreSQL's precision,
+/// read from the clock without calendar arithmetic on the emitting thread, and sent to
+/// `COPY` as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventTime(i64);
+
+/// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in microseconds since the Unix epoch.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl EventTime {
+    pub(crate) fn now() -> EventTime {
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        EventTime(match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(since) => micros(since),
+            Err(before) => -micros(before.duration()),
+        })
+    }
+
+    pub(crate) fn from_datetime(time: DateTime<Utc>) -> EventTime {
+        EventTime(time.timestamp_micros())
+    }
+
+    pub(crate) fn to_datetime(self) -> DateTime<Utc> {
+        // Every EventTime came from the clock or from a DateTime, so it is in range.
+        DateTime::from_timestamp_micros(self.0).unwrap_or_default()
+    }
+}
+
+impl ToSql for EventTime {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&(self.0 - POSTGRES_EPOCH_MICROS).to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
 }
 
 impl Drop for Pending {
@@ -194,12 +241,29 @@ mod tests {
     fn a_pending_record_round_trips_through_an_audit_log() {
         let mut log = AuditLog::new("alice", "authentication", "User login");
         log.resource_id = Some("42".into());
+        // Microseconds, as PostgreSQL keeps them.
+        log.created_at = "2026-11-27T08:00:00.123456Z".parse().unwrap();
         log.metadata.insert("site".into(), "fra1".into());
         let pending = Pending::from_log(log.clone());
         assert_eq!(pending.resource_type(), None);
         assert_eq!(pending.resource_id(), Some("42"));
         assert_eq!(pending.metadata(), Some(r#"{"site":"fra1"}"#));
         assert_eq!(pending.to_log(), log);
+    }
+
+    #[test]
+    fn event_times_keep_microseconds_either_side_of_the_epochs() {
+        for text in [
+            "2026-11-27T08:00:00.123456Z",
+            "1999-12-31T23:59:59.999999Z",
+            "1969-07-20T20:17:40.000001Z",
+        ] {
+            let time: DateTime<Utc> = text.parse().unwrap();
+            assert_eq!(EventTime::from_datetime(time).to_datetime(), time);
+        }
+        let now = Utc::now();
+        let then = EventTime::now().to_datetime();
+        assert!((then - now).num_milliseconds().abs() < 1000);
     }
 
     #[test]
@@ -217,7 +281,7 @@ mod tests {
             None,
             None,
             Severity::Info,
-            Utc::now(),
+            EventTime::now(),
         );
         assert_eq!(pending.message(), "");
         assert_eq!(pending.resource_type(), Some(""));

@@ -22,11 +22,10 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::capture::{json_string, Column, Draft, Members};
-use crate::pending::{Pending, TextColumns};
+use crate::pending::{EventTime, Pending, TextColumns};
 use crate::record::Severity;
 
 /// The metadata key under which a record lists the fix-ups applied to it.
@@ -68,7 +67,7 @@ pub(crate) fn finish(
     draft: &Draft,
     span_metadata: &Members,
     level: tracing::Level,
-    created_at: DateTime<Utc>,
+    created_at: EventTime,
     max_message_bytes: usize,
 ) -> (Pending, u64) {
     let mut notes: Vec<String> = Vec::new();
@@ -353,7 +352,7 @@ mod tests {
             &draft,
             &Members::default(),
             tracing::Level::INFO,
-            Utc::now(),
+            EventTime::now(),
             16,
         );
         (record.to_log(), fixups)
