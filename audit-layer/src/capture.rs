@@ -9,11 +9,13 @@
 //! costs its caller (see BENCHMARKS.md). Values PostgreSQL would refuse (NUL) or that are
 //! over the cap are repaired as they are written, and noted for the record's `_fixups`.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 
+use crate::fields::{CallsitePlan, FieldPlan, Slot};
 use crate::redact::{Redactor, REDACTED};
 use crate::sanitize::{self, FIXUPS_KEY, RENAMED_FIXUPS_KEY};
 
@@ -60,6 +62,16 @@ impl Members {
         } else {
             self.0.clear();
         }
+    }
+
+    /// Starts a member whose `"key":` is already written out.
+    pub(crate) fn raw_key(&mut self, key: &str) {
+        if self.0.is_empty() {
+            self.0.reserve(256);
+        } else {
+            self.0.push(',');
+        }
+        self.0.push_str(key);
     }
 
     /// Appends the members of `other` after these (later members win in jsonb).
@@ -209,6 +221,11 @@ impl Draft {
         *self = merged;
     }
 
+    /// Whether any text this draft holds contains a NUL byte.
+    pub(crate) fn has_nul(&self) -> bool {
+        self.text.as_bytes().contains(&0)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.columns.iter().all(Option::is_none)
             && self.user_id.is_none()
@@ -225,19 +242,13 @@ pub(crate) enum Scope {
     InheritedColumns,
 }
 
-/// A [`Visit`]or that writes fields into a [`Draft`].
+/// A [`Visit`]or that writes fields into a [`Draft`], following its callsite's plan.
 pub(crate) struct Capture<'a> {
     draft: &'a mut Draft,
     redactor: &'a Redactor,
+    plan: &'a CallsitePlan,
     scope: Scope,
     max_value_bytes: usize,
-}
-
-enum Slot {
-    Text(Column),
-    UserId,
-    Metadata,
-    Ignore,
 }
 
 /// A field's value on its way into a column.
@@ -247,49 +258,45 @@ enum ColumnValue<'v> {
     Json(Value),
 }
 
+/// Where one field goes in this capture.
+enum Route<'p> {
+    Ignore,
+    Column(Slot),
+    Metadata(Cow<'p, FieldPlan>),
+}
+
 impl<'a> Capture<'a> {
     pub(crate) fn new(
         draft: &'a mut Draft,
         redactor: &'a Redactor,
+        plan: &'a CallsitePlan,
         scope: Scope,
         max_value_bytes: usize,
     ) -> Self {
         Capture {
             draft,
             redactor,
+            plan,
             scope,
             max_value_bytes,
         }
     }
 
-    fn slot(&self, name: &str) -> Slot {
-        let inherited = match name {
-            "username" => Some(Slot::Text(Column::Username)),
-            "user_id" => Some(Slot::UserId),
-            "ip_address" => Some(Slot::Text(Column::IpAddress)),
-            "resource_type" => Some(Slot::Text(Column::ResourceType)),
-            "resource_id" => Some(Slot::Text(Column::ResourceId)),
-            "resource_name" => Some(Slot::Text(Column::ResourceName)),
-            _ => None,
-        };
-        if let Some(slot) = inherited {
-            return slot;
+    fn route(&self, field: &Field) -> Route<'a> {
+        let plan = self.plan.field(field);
+        if self.scope == Scope::InheritedColumns && !plan.inherited {
+            return Route::Ignore;
         }
-        if self.scope == Scope::InheritedColumns {
-            return Slot::Ignore;
-        }
-        match name {
-            "event_type" => Slot::Text(Column::EventType),
-            "message" => Slot::Text(Column::Message),
-            "severity" => Slot::Text(Column::Severity),
-            _ => Slot::Metadata,
+        match plan.slot {
+            Slot::Metadata => Route::Metadata(plan),
+            slot => Route::Column(slot),
         }
     }
 
     /// Stores a value in its column slot; text is written straight into the draft.
     fn put_column(&mut self, slot: Slot, value: ColumnValue<'_>) {
         match (slot, value) {
-            (Slot::Ignore | Slot::Metadata, _) => {}
+            (Slot::Metadata, _) => {}
             (Slot::UserId, ColumnValue::Str(s)) => {
                 self.draft.user_id = Some(Value::String(s.to_owned()))
             }
@@ -308,25 +315,11 @@ impl<'a> Capture<'a> {
         }
     }
 
-    /// Starts a metadata member for `name`, or writes `[REDACTED]` and returns `false`.
-    fn meta_key(&mut self, name: &'static str) -> bool {
-        let key = if name == FIXUPS_KEY {
-            // Only the layer writes fix-up notes: an event's own field of that name is
-            // kept under another key, so it cannot pose as one.
-            self.draft.notes.push(format!(
-                "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
-            ));
-            RENAMED_FIXUPS_KEY
-        } else {
-            name
-        };
-        if key.contains('\0') {
-            let cleaned = sanitize::clean_key(key, &mut self.draft.notes);
-            self.draft.metadata.key(&cleaned);
-        } else {
-            self.draft.metadata.key(key);
-        }
-        if self.redactor.is_secret(name) {
+    /// Starts the metadata member of a field, or writes `[REDACTED]` and returns `false`.
+    fn meta_key(&mut self, plan: &FieldPlan) -> bool {
+        self.draft.notes.extend(plan.key_notes.iter().cloned());
+        self.draft.metadata.raw_key(&plan.key);
+        if plan.secret {
             json_string(&mut self.draft.metadata.0, REDACTED);
             return false;
         }
@@ -336,10 +329,11 @@ impl<'a> Capture<'a> {
     /// A metadata value given as text, escaped and repaired as it is written.
     fn meta_text(
         &mut self,
-        name: &'static str,
+        plan: &FieldPlan,
+        name: &str,
         write: impl FnOnce(&mut JsonText<'_>) -> fmt::Result,
     ) {
-        if !self.meta_key(name) {
+        if !self.meta_key(plan) {
             return;
         }
         let mut text = JsonText::new(&mut self.draft.metadata.0, self.max_value_bytes);
@@ -348,8 +342,8 @@ impl<'a> Capture<'a> {
     }
 
     /// A metadata value that is a number or boolean, written as JSON text.
-    fn meta_raw(&mut self, name: &'static str, value: &str) {
-        if self.meta_key(name) {
+    fn meta_raw(&mut self, plan: &FieldPlan, value: &str) {
+        if self.meta_key(plan) {
             self.draft.metadata.0.push_str(value);
         }
     }
@@ -433,7 +427,10 @@ pub(crate) fn json_string(out: &mut String, s: &str) {
 /// Writes `s` escaped for a JSON string, with NUL (which jsonb refuses) replaced by U+FFFD;
 /// returns how many NULs were replaced.
 fn escape(out: &mut String, s: &str) -> usize {
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20 && b != b'"' && b != b'\\')
+    });
+    if plain {
         // The common case, checked without branching per byte.
         out.push_str(s);
         return 0;
@@ -495,7 +492,7 @@ impl fmt::Write for JsonText<'_> {
 /// Replaces secrets at any depth of a JSON object.
 fn redact_nested(redactor: &Redactor, map: &mut Map<String, Value>) {
     for (key, value) in map.iter_mut() {
-        if redactor.is_secret_dynamic(key) {
+        if redactor.is_secret(key) {
             *value = Value::String(REDACTED.to_owned());
         } else {
             redact_value(redactor, value);
@@ -513,25 +510,27 @@ fn redact_value(redactor: &Redactor, value: &mut Value) {
 
 impl Visit for Capture<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata if field.name() == "metadata" => {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) if field.name() == "metadata" => {
                 let text = format!("{value:?}");
                 if !self.merge_json(&text) {
-                    self.meta_text(field.name(), |t| t.write_str(&text));
+                    self.meta_text(&plan, field.name(), |t| t.write_str(&text));
                 }
             }
-            Slot::Metadata => self.meta_text(field.name(), |t| write!(t, "{value:?}")),
-            slot => self.put_column(slot, ColumnValue::Debug(value)),
+            Route::Metadata(plan) => {
+                self.meta_text(&plan, field.name(), |t| write!(t, "{value:?}"))
+            }
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Debug(value)),
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata if field.name() == "metadata" && self.merge_json(value) => {}
-            Slot::Metadata => self.meta_text(field.name(), |t| t.write_str(value)),
-            slot => self.put_column(slot, ColumnValue::Str(value)),
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(_) if field.name() == "metadata" && self.merge_json(value) => {}
+            Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| t.write_str(value)),
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Str(value)),
         }
     }
 
@@ -545,10 +544,10 @@ impl Visit for Capture<'_> {
             }
             Ok(())
         };
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata => self.meta_text(field.name(), |t| chain(t)),
-            slot => {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| chain(t)),
+            Route::Column(slot) => {
                 let mut text = String::new();
                 let _ = chain(&mut text);
                 self.put_column(slot, ColumnValue::Str(&text))
@@ -557,18 +556,22 @@ impl Visit for Capture<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), itoa::Buffer::new().format(value)),
-            slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
+            Route::Column(slot) => {
+                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
+            }
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), itoa::Buffer::new().format(value)),
-            slot => self.put_column(slot, ColumnValue::Json(Value::Number(value.into()))),
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
+            Route::Column(slot) => {
+                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
+            }
         }
     }
 
@@ -595,12 +598,12 @@ impl Visit for Capture<'_> {
             // JSON has no NaN or infinity; keep them readable rather than dropping them.
             return self.record_str(field, &value.to_string());
         }
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
+        match self.route(field) {
+            Route::Ignore => {}
             // The shortest round-trip form, as serde_json writes it (`1.0`, `1e300`): valid
             // JSON that reads back as a float.
-            Slot::Metadata => self.meta_raw(field.name(), zmij::Buffer::new().format_finite(value)),
-            slot => {
+            Route::Metadata(plan) => self.meta_raw(&plan, zmij::Buffer::new().format_finite(value)),
+            Route::Column(slot) => {
                 let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
                 self.put_column(slot, ColumnValue::Json(number))
             }
@@ -608,10 +611,10 @@ impl Visit for Capture<'_> {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        match self.slot(field.name()) {
-            Slot::Ignore => {}
-            Slot::Metadata => self.meta_raw(field.name(), if value { "true" } else { "false" }),
-            slot => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, if value { "true" } else { "false" }),
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::capture::{Capture, Draft, Members, Scope, INHERITED_COLUMNS};
+use crate::fields::CallsitePlan;
 use crate::pending::EventTime;
 use crate::queue::RecordSender;
 use crate::redact::Redactor;
@@ -97,11 +98,17 @@ impl AuditLayer {
         }
     }
 
-    fn capture(&self, metadata: &Metadata<'_>, values: impl FnOnce(&mut Capture<'_>)) -> Draft {
+    fn capture(
+        &self,
+        metadata: &'static Metadata<'static>,
+        values: impl FnOnce(&mut Capture<'_>),
+    ) -> Draft {
         let mut draft = Draft::default();
+        let plan = CallsitePlan::of(metadata, &self.redactor);
         let mut capture = Capture::new(
             &mut draft,
             &self.redactor,
+            &plan,
             self.span_scope(metadata),
             self.max_message_bytes,
         );
@@ -142,9 +149,11 @@ where
                 draft,
                 span_metadata,
             } = scratch;
+            let plan = CallsitePlan::of(event.metadata(), &self.redactor);
             event.record(&mut Capture::new(
                 draft,
                 &self.redactor,
+                &plan,
                 Scope::Everything,
                 self.max_message_bytes,
             ));

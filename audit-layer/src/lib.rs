@@ -72,6 +72,7 @@ mod builder;
 mod capture;
 mod copy;
 mod error;
+mod fields;
 mod handle;
 mod layer;
 pub mod migrate;

@@ -1,12 +1,9 @@
-//! Which fields are secrets, decided once per field name.
+//! Which fields are secrets.
 //!
-//! A secret must never reach the table, yet matching every field name against every pattern
-//! on every event would cost more than the rest of the record. Field names are `&'static str`
-//! from callsite metadata, so the answer is cached per thread by the name's address.
+//! A secret must never reach the table. Matching a name against every pattern is not free,
+//! so the layer asks once per callsite field (see `fields`), not once per event; keys of a
+//! JSON `metadata` value are asked each time, as they are not known in advance.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -35,13 +32,6 @@ pub(crate) struct Redactor {
 
 static NEXT_REDACTOR_ID: AtomicUsize = AtomicUsize::new(0);
 
-/// (redactor id, name address, name length) → is a secret.
-type VerdictCache = HashMap<(usize, usize, usize), bool, BuildHasherDefault<AddressHasher>>;
-
-thread_local! {
-    static CACHE: RefCell<VerdictCache> = RefCell::new(HashMap::default());
-}
-
 impl Redactor {
     pub(crate) fn new<I, P>(patterns: I) -> Self
     where
@@ -58,25 +48,13 @@ impl Redactor {
         }
     }
 
-    /// Whether the field named `name` holds a secret.
-    pub(crate) fn is_secret(&self, name: &'static str) -> bool {
-        if self.patterns.is_empty() {
-            return false;
-        }
-        let key = (self.id, name.as_ptr() as usize, name.len());
-        CACHE.with(|cache| {
-            if let Some(&hit) = cache.borrow().get(&key) {
-                return hit;
-            }
-            let verdict = self.matches(name);
-            cache.borrow_mut().insert(key, verdict);
-            verdict
-        })
+    /// Tells this redactor's decisions from another's in caches.
+    pub(crate) fn id(&self) -> usize {
+        self.id
     }
 
-    /// Whether `name`, a key not known at compile time (from a JSON `metadata` field), is a
-    /// secret. Not cached: such keys are not `'static`.
-    pub(crate) fn is_secret_dynamic(&self, name: &str) -> bool {
+    /// Whether a field or key named `name` holds a secret.
+    pub(crate) fn is_secret(&self, name: &str) -> bool {
         !self.patterns.is_empty() && self.matches(name)
     }
 
@@ -91,24 +69,6 @@ fn normalize(s: &str) -> String {
         .filter(|c| *c != '_' && *c != '-')
         .map(|c| c.to_ascii_lowercase())
         .collect()
-}
-
-/// The key is already made of addresses and ids; mixing them is all the hashing needed.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 #[cfg(test)]
@@ -128,24 +88,19 @@ mod tests {
             "apikey",
             "authorization",
         ] {
-            assert!(r.is_secret(leak(name)), "{name} should be a secret");
+            assert!(r.is_secret(name), "{name} should be a secret");
         }
         for name in ["username", "device", "site", "resource_id"] {
-            assert!(!r.is_secret(leak(name)), "{name} is not a secret");
+            assert!(!r.is_secret(name), "{name} is not a secret");
         }
     }
 
     #[test]
-    fn cached_verdicts_do_not_leak_between_redactors() {
-        let name: &'static str = "session_cookie";
+    fn redactors_keep_their_own_patterns() {
         let strict = Redactor::new(["cookie"]);
         let lax = Redactor::new(DEFAULT_SECRET_PATTERNS);
-        assert!(strict.is_secret(name));
-        assert!(!lax.is_secret(name));
-        assert!(strict.is_secret(name));
-    }
-
-    fn leak(s: &str) -> &'static str {
-        Box::leak(s.to_owned().into_boxed_str())
+        assert!(strict.is_secret("session_cookie"));
+        assert!(!lax.is_secret("session_cookie"));
+        assert_ne!(strict.id(), lax.id());
     }
 }
