@@ -9,47 +9,18 @@
 //! building the record, merging span context, sanitizing, queueing. The JSON baseline
 //! writes to /dev/null through non_blocking, which likewise only queues on this thread.
 
+mod support;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use support::caller::{audit_dispatch, json_dispatch, ten_field_audit_event};
 use tracing::{info, info_span};
-use tracing_subscriber::prelude::*;
-
-fn audit_dispatch() -> (tracing::Dispatch, audit_layer::AuditHandle) {
-    let (layer, handle) = audit_layer::AuditLayer::builder()
-        // Never connected to: the writer discards.
-        .database_url("postgres://bench@127.0.0.1:9/none")
-        .queue_capacity(1 << 20)
-        .discard_records_for_benchmarks()
-        .build()
-        .expect("layer");
-    (
-        tracing::Dispatch::new(tracing_subscriber::registry().with(layer)),
-        handle,
-    )
-}
-
-fn ten_field_audit_event(i: u64) {
-    info!(
-        target: "audit",
-        event_type = "onboarding",
-        resource_type = "device",
-        resource_id = "5f0c1a2e",
-        resource_name = "edge-fra1-01",
-        site = "fra1",
-        attempts = 3u64,
-        dry_run = false,
-        duration_ms = 12.5,
-        sequence = black_box(i),
-        request_id = "r-8f2c",
-        "Device onboarded to Nautobot"
-    );
-}
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("caller");
 
-    let (audit, handle) = audit_dispatch();
+    let (audit, handle) = audit_dispatch(1 << 20);
     tracing::dispatcher::with_default(&audit, || {
         let span = info_span!("request", username = "alice", ip_address = "192.0.2.10");
         let _g = span.enter();
@@ -97,17 +68,7 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let sink = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null");
-    let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(1 << 20)
-        .finish(sink);
-    let json = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().json().with_writer(writer)),
-    );
+    let (json, _guard) = json_dispatch(1 << 20);
     tracing::dispatcher::with_default(&json, || {
         let span = info_span!("request", username = "alice", ip_address = "192.0.2.10");
         let _g = span.enter();

@@ -1,6 +1,8 @@
 //! What the benchmark binaries share: their flags and memory readings.
 #![allow(dead_code)]
 
+pub mod caller;
+
 /// The value after `name` on the command line, or `default` (`_` separators allowed).
 pub fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
