@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -122,6 +123,8 @@ impl Column {
 pub(crate) struct Draft {
     text: String,
     columns: [Option<(u32, u32)>; Column::COUNT],
+    /// The `ip_address` column parsed, when it was parsed once for many events (a span's).
+    pub(crate) ip: Option<IpAddr>,
     pub(crate) user_id: Option<Value>,
     pub(crate) metadata: Members,
     /// Fix-up notes made while writing metadata.
@@ -163,6 +166,9 @@ impl Draft {
                 self.text.truncate(start as usize);
             }
         }
+        if column == Column::IpAddress {
+            self.ip = None;
+        }
         let start = self.text.len();
         write(&mut self.text);
         let end = self.text.len();
@@ -181,6 +187,7 @@ impl Draft {
         }
         self.text.clear();
         self.columns = Default::default();
+        self.ip = None;
         self.user_id = None;
         self.metadata.clear();
         self.notes.clear();
@@ -195,6 +202,9 @@ impl Draft {
             if self.columns[column as usize].is_none() {
                 if let Some(value) = span.get(column) {
                     self.set(column, value);
+                    if column == Column::IpAddress {
+                        self.ip = span.ip;
+                    }
                 }
             }
         }
@@ -219,6 +229,11 @@ impl Draft {
         merged.notes = std::mem::take(&mut self.notes);
         merged.notes.extend(later.notes);
         *self = merged;
+    }
+
+    /// Parses the `ip_address` column once, for a span whose events all inherit it.
+    pub(crate) fn parse_ip(&mut self) {
+        self.ip = self.get(Column::IpAddress).and_then(sanitize::ip_of);
     }
 
     /// Whether any text this draft holds contains a NUL byte.

@@ -84,9 +84,14 @@ impl AuditLayer {
         let Some(drafts) = extensions.get_mut::<SpanDrafts>() else {
             return;
         };
-        match drafts.0.iter_mut().find(|(id, _)| *id == self.id) {
-            Some((_, draft)) => draft.update(later),
-            None => drafts.0.push((self.id, later)),
+        // Every event in the span inherits its address: it is parsed once, here.
+        if let Some((_, draft)) = drafts.0.iter_mut().find(|(id, _)| *id == self.id) {
+            draft.update(later);
+            draft.parse_ip();
+        } else {
+            let mut draft = later;
+            draft.parse_ip();
+            drafts.0.push((self.id, draft));
         }
     }
 

@@ -141,18 +141,19 @@ pub(crate) fn finish(
                 None
             }
         });
-    let ip_address = draft
-        .get(Column::IpAddress)
-        .and_then(|raw| match ip_of(raw) {
-            Some(ip) => Some(ip),
-            None => {
-                notes.push(format!(
-                    "ip_address: not an IP address: {}, stored as NULL",
-                    quote(raw)
-                ));
-                None
-            }
-        });
+    let ip_address =
+        draft
+            .get(Column::IpAddress)
+            .and_then(|raw| match draft.ip.or_else(|| ip_of(raw)) {
+                Some(ip) => Some(ip),
+                None => {
+                    notes.push(format!(
+                        "ip_address: not an IP address: {}, stored as NULL",
+                        quote(raw)
+                    ));
+                    None
+                }
+            });
 
     // Metadata was repaired as it was captured; its notes follow the columns' notes.
     notes.extend(draft.notes.iter().cloned());
@@ -344,7 +345,7 @@ fn raw_text(raw: &Value) -> String {
     }
 }
 
-fn ip_of(raw: &str) -> Option<IpAddr> {
+pub(crate) fn ip_of(raw: &str) -> Option<IpAddr> {
     let raw = raw.trim();
     raw.parse::<IpAddr>()
         .ok()
