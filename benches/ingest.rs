@@ -168,35 +168,33 @@ async fn connect_migrated(url: &str) -> tokio_postgres::Client {
     client
 }
 
-fn sample_record(i: u64) -> audit_layer::AuditLog {
-    let mut log =
-        audit_layer::AuditLog::new("bench", "benchmark", "Device configuration backed up");
-    log.ip_address = Some("192.0.2.1".parse().expect("ip"));
-    log.resource_type = Some("device".into());
-    log.resource_id = Some("dev-1".into());
-    log.metadata.insert("thread".into(), (i % 4).into());
-    log.metadata.insert("seq".into(), i.into());
-    log
-}
-
-/// A record's column values, in `RECORD_COLUMNS` order, for both baselines.
-struct RowValues<'a> {
-    r: &'a audit_layer::AuditLog,
-    metadata: tokio_postgres::types::Json<&'a serde_json::Map<String, serde_json::Value>>,
+/// A row as both baselines send it, built before the clock starts: the record's columns,
+/// with the metadata already JSON text, as the layer's queued records carry it.
+struct PrebuiltRow {
+    log: audit_layer::AuditLog,
     severity: &'static str,
+    metadata: JsonbText,
 }
 
-impl<'a> RowValues<'a> {
-    fn of(r: &'a audit_layer::AuditLog) -> Self {
-        RowValues {
-            r,
-            metadata: tokio_postgres::types::Json(&r.metadata),
-            severity: r.severity.as_str(),
+impl PrebuiltRow {
+    fn sample(i: u64) -> Self {
+        let mut log =
+            audit_layer::AuditLog::new("bench", "benchmark", "Device configuration backed up");
+        log.ip_address = Some("192.0.2.1".parse().expect("ip"));
+        log.resource_type = Some("device".into());
+        log.resource_id = Some("dev-1".into());
+        log.metadata.insert("thread".into(), (i % 4).into());
+        log.metadata.insert("seq".into(), i.into());
+        PrebuiltRow {
+            severity: log.severity.as_str(),
+            metadata: JsonbText(serde_json::Value::Object(log.metadata.clone()).to_string()),
+            log,
         }
     }
 
+    /// The column values, in `RECORD_COLUMNS` order.
     fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
-        let r = self.r;
+        let r = &self.log;
         [
             &r.username,
             &r.user_id,
@@ -213,6 +211,28 @@ impl<'a> RowValues<'a> {
     }
 }
 
+/// JSON text sent as `jsonb` as it is (the binary format is a version byte and the text).
+#[derive(Debug)]
+struct JsonbText(String);
+
+impl tokio_postgres::types::ToSql for JsonbText {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 async fn per_record_inserts(url: &str, n: u64) -> Duration {
     let client = connect_migrated(url).await;
     let statement = client
@@ -222,12 +242,11 @@ async fn per_record_inserts(url: &str, n: u64) -> Duration {
         ))
         .await
         .expect("prepare");
+    let rows: Vec<PrebuiltRow> = (0..n).map(PrebuiltRow::sample).collect();
     let started = Instant::now();
-    for i in 0..n {
-        let r = sample_record(i);
-        let values = RowValues::of(&r);
+    for row in &rows {
         client
-            .execute(&statement, &values.params())
+            .execute(&statement, &row.params())
             .await
             .expect("insert");
     }
@@ -237,7 +256,7 @@ async fn per_record_inserts(url: &str, n: u64) -> Duration {
 async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Duration {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
-    let rows: Vec<audit_layer::AuditLog> = (0..n).map(sample_record).collect();
+    let rows: Vec<PrebuiltRow> = (0..n).map(PrebuiltRow::sample).collect();
     let mut clients = Vec::new();
     for _ in 0..connections {
         clients.push(connect_migrated(url).await);
@@ -267,15 +286,13 @@ async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Durati
         let statement = statement.clone();
         let types = types.clone();
         tasks.push(tokio::spawn(async move {
-            let mine: Vec<&audit_layer::AuditLog> =
-                rows.iter().skip(c).step_by(connections).collect();
+            let mine: Vec<&PrebuiltRow> = rows.iter().skip(c).step_by(connections).collect();
             for chunk in mine.chunks(batch) {
                 let sink = client.copy_in(&statement).await.expect("copy");
                 let writer = BinaryCopyInWriter::new(sink, &types);
                 let mut writer = std::pin::pin!(writer);
-                for r in chunk {
-                    let values = RowValues::of(r);
-                    writer.as_mut().write(&values.params()).await.expect("row");
+                for row in chunk {
+                    writer.as_mut().write(&row.params()).await.expect("row");
                 }
                 writer.finish().await.expect("finish");
             }
