@@ -4,10 +4,12 @@
 //! typed JSON (numbers stay numbers, booleans stay booleans). Secrets are replaced here,
 //! before their value is ever formatted into memory the layer keeps.
 //!
-//! Metadata is written straight into one buffer of JSON object members, on the emitting
-//! thread: no map, no key or value allocations per field. That is most of what an event
-//! costs its caller (see BENCHMARKS.md). Values PostgreSQL would refuse (NUL) or that are
-//! over the cap are repaired as they are written, and noted for the record's `_fixups`.
+//! Column values go into one text buffer and metadata into one buffer of JSON object
+//! members, both kept per thread and reused by the layer: no map, and no allocation per
+//! field or per event (allocations were most of what an event cost its caller, see
+//! BENCHMARKS.md). Where each field goes is decided once per callsite (`fields`). Values
+//! PostgreSQL would refuse (NUL) or that are over the cap are repaired as they are
+//! written, and noted for the record's `_fixups`.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -103,6 +105,17 @@ pub(crate) enum Column {
 impl Column {
     const COUNT: usize = 8;
 
+    const ALL: [Column; Column::COUNT] = [
+        Column::Username,
+        Column::EventType,
+        Column::Message,
+        Column::IpAddress,
+        Column::ResourceType,
+        Column::ResourceId,
+        Column::ResourceName,
+        Column::Severity,
+    ];
+
     /// The columns a span may carry for the events inside it (`user_id` aside, which is
     /// not text).
     const INHERITED: [Column; 5] = [
@@ -112,6 +125,33 @@ impl Column {
         Column::ResourceId,
         Column::ResourceName,
     ];
+
+    /// The column a field of this name fills, if any.
+    pub(crate) fn of_field(name: &str) -> Option<Column> {
+        Column::ALL.into_iter().find(|c| c.field_name() == name)
+    }
+
+    /// The name of the field that fills this column (the column's own name).
+    pub(crate) fn field_name(self) -> &'static str {
+        match self {
+            Column::Username => "username",
+            Column::EventType => "event_type",
+            Column::Message => "message",
+            Column::IpAddress => "ip_address",
+            Column::ResourceType => "resource_type",
+            Column::ResourceId => "resource_id",
+            Column::ResourceName => "resource_name",
+            Column::Severity => "severity",
+        }
+    }
+}
+
+/// The field that fills `user_id` (a number, not text, so not a [`Column`]).
+pub(crate) const USER_ID_FIELD: &str = "user_id";
+
+/// Whether a span field of this name is context the events inside the span inherit.
+pub(crate) fn is_inherited_field(name: &str) -> bool {
+    name == USER_ID_FIELD || Column::INHERITED.iter().any(|c| c.field_name() == name)
 }
 
 /// What the column-named fields of an event or span hold, before `sanitize` checks and
@@ -130,16 +170,6 @@ pub(crate) struct Draft {
     /// Fix-up notes made while writing metadata.
     pub(crate) notes: Vec<String>,
 }
-
-/// The columns a span may carry for the events inside it.
-pub(crate) const INHERITED_COLUMNS: &[&str] = &[
-    "username",
-    "user_id",
-    "ip_address",
-    "resource_type",
-    "resource_id",
-    "resource_name",
-];
 
 /// A reused draft whose buffers grew past this is given back to the allocator, so one
 /// huge event does not pin its size in every thread for good.

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use tracing::field::Field;
 use tracing::Metadata;
 
-use crate::capture::{json_string, Column, INHERITED_COLUMNS};
+use crate::capture::{is_inherited_field, json_string, Column, USER_ID_FIELD};
 use crate::redact::Redactor;
 use crate::sanitize::{self, FIXUPS_KEY, RENAMED_FIXUPS_KEY};
 
@@ -42,17 +42,10 @@ pub(crate) struct FieldPlan {
 
 impl FieldPlan {
     fn new(name: &str, redactor: &Redactor) -> FieldPlan {
-        let slot = match name {
-            "username" => Slot::Text(Column::Username),
-            "user_id" => Slot::UserId,
-            "ip_address" => Slot::Text(Column::IpAddress),
-            "resource_type" => Slot::Text(Column::ResourceType),
-            "resource_id" => Slot::Text(Column::ResourceId),
-            "resource_name" => Slot::Text(Column::ResourceName),
-            "event_type" => Slot::Text(Column::EventType),
-            "message" => Slot::Text(Column::Message),
-            "severity" => Slot::Text(Column::Severity),
-            _ => Slot::Metadata,
+        let slot = match Column::of_field(name) {
+            Some(column) => Slot::Text(column),
+            None if name == USER_ID_FIELD => Slot::UserId,
+            None => Slot::Metadata,
         };
         let mut key_notes = Vec::new();
         let key = if name == FIXUPS_KEY {
@@ -70,7 +63,7 @@ impl FieldPlan {
         member.push(':');
         FieldPlan {
             slot,
-            inherited: INHERITED_COLUMNS.contains(&name),
+            inherited: is_inherited_field(name),
             secret: redactor.is_secret(name),
             key: member.into_boxed_str(),
             key_notes: key_notes.into_boxed_slice(),

@@ -17,7 +17,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::{Capture, Draft, Members, Scope, INHERITED_COLUMNS};
+use crate::capture::{is_inherited_field, Capture, Draft, Members, Scope};
 use crate::fields::CallsitePlan;
 use crate::pending::EventTime;
 use crate::queue::RecordSender;
@@ -239,9 +239,10 @@ impl AuditFilter {
             return true;
         }
         metadata.is_span()
-            && INHERITED_COLUMNS
+            && metadata
+                .fields()
                 .iter()
-                .any(|column| metadata.fields().field(column).is_some())
+                .any(|field| is_inherited_field(field.name()))
     }
 }
 

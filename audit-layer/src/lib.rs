@@ -34,10 +34,10 @@
 //!
 //! | step | where | module |
 //! |---|---|---|
-//! | event fields and span fields are read, secrets replaced, metadata written as JSON | emitting thread | `layer`, `capture` |
-//! | values PostgreSQL would refuse are fixed and marked | emitting thread | `sanitize` |
+//! | event fields and span fields are read, secrets replaced, metadata written as JSON, following a plan made once per callsite | emitting thread | `layer`, `capture`, `fields` |
+//! | values PostgreSQL would refuse are fixed and marked; the record becomes one buffer | emitting thread | `sanitize`, `pending` |
 //! | the record is numbered and handed to a bounded queue, never waiting | emitting thread | `queue` |
-//! | records are batched by size and time | writer thread | `writer` |
+//! | records are batched by size and time; their buffers go back for reuse | writer thread | `writer`, `recycle` |
 //! | each batch is written with binary `COPY` and its ledger row; refused records are isolated | writer thread | `copy` |
 //! | batches the database cannot take wait on disk, and are replayed | writer thread | `spool` |
 //!
