@@ -239,10 +239,7 @@ fn clean_chars<'a>(
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
-    let mut value = match nul_free {
-        true => Cow::Borrowed(value),
-        false => strip_nul(value, what, notes),
-    };
+    let mut value = strip_nul(value, nul_free, what, notes);
     // A string of at most n bytes has at most n characters: the common case costs nothing.
     if value.len() > max_chars {
         if let Some((cut, _)) = value.char_indices().nth(max_chars) {
@@ -264,10 +261,7 @@ fn clean_bytes<'a>(
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
-    let mut value = match nul_free {
-        true => Cow::Borrowed(value),
-        false => strip_nul(value, what, notes),
-    };
+    let mut value = strip_nul(value, nul_free, what, notes);
     if value.len() > max_bytes {
         let mut cut = max_bytes;
         while !value.is_char_boundary(cut) {
@@ -287,8 +281,14 @@ fn truncate(value: &mut Cow<'_, str>, at: usize) {
     }
 }
 
-fn strip_nul<'a>(value: &'a str, what: &str, notes: &mut Vec<String>) -> Cow<'a, str> {
-    if !value.contains('\0') {
+/// `value` with NUL bytes replaced (and noted), unless the caller already knows it has none.
+fn strip_nul<'a>(
+    value: &'a str,
+    known_nul_free: bool,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> Cow<'a, str> {
+    if known_nul_free || !value.contains('\0') {
         return Cow::Borrowed(value);
     }
     let count = value.matches('\0').count();
@@ -298,7 +298,7 @@ fn strip_nul<'a>(value: &'a str, what: &str, notes: &mut Vec<String>) -> Cow<'a,
 
 /// A metadata key without NUL bytes (noted when there were some).
 pub(crate) fn clean_key(key: &str, notes: &mut Vec<String>) -> String {
-    strip_nul(key, "metadata key", notes).into_owned()
+    strip_nul(key, false, "metadata key", notes).into_owned()
 }
 
 /// Repairs a metadata value in place; allocates only when something needs repairing.
