@@ -65,31 +65,40 @@ impl Pending {
         created_at: EventTime,
     ) -> Pending {
         let metadata = columns.metadata.unwrap_or(&[]);
-        let parts: [&[&str]; PARTS] = [
-            &[columns.username],
-            &[columns.event_type],
-            &[columns.message],
-            columns.resource_type.as_slice(),
-            columns.resource_id.as_slice(),
-            columns.resource_name.as_slice(),
-            metadata,
+        let optional = [
+            columns.resource_type,
+            columns.resource_id,
+            columns.resource_name,
         ];
-        let len = parts.iter().flat_map(|p| p.iter()).map(|s| s.len()).sum();
+        let len = columns.username.len()
+            + columns.event_type.len()
+            + columns.message.len()
+            + optional.iter().flatten().map(|s| s.len()).sum::<usize>()
+            + metadata.iter().map(|s| s.len()).sum::<usize>();
         let mut text = recycle::buffer(len);
         let mut ends = [0; PARTS];
-        for (end, pieces) in ends.iter_mut().zip(parts) {
-            pieces.iter().for_each(|piece| text.push_str(piece));
-            *end = text.len();
+        for (part, value) in [columns.username, columns.event_type, columns.message]
+            .into_iter()
+            .enumerate()
+        {
+            text.push_str(value);
+            ends[part] = text.len();
         }
-        let present = [
-            (RESOURCE_TYPE, columns.resource_type.is_some()),
-            (RESOURCE_ID, columns.resource_id.is_some()),
-            (RESOURCE_NAME, columns.resource_name.is_some()),
-            (METADATA, columns.metadata.is_some()),
-        ]
-        .into_iter()
-        .filter(|(_, is)| *is)
-        .fold(0u8, |bits, (part, _)| bits | 1 << part);
+        let mut present = 0u8;
+        for (part, value) in (RESOURCE_TYPE..).zip(optional) {
+            if let Some(value) = value {
+                text.push_str(value);
+                present |= 1 << part;
+            }
+            ends[part] = text.len();
+        }
+        for piece in metadata {
+            text.push_str(piece);
+        }
+        ends[METADATA] = text.len();
+        if columns.metadata.is_some() {
+            present |= 1 << METADATA;
+        }
         Pending {
             text,
             ends,

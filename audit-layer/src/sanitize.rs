@@ -232,6 +232,7 @@ fn optional<'a>(
 }
 
 /// Removes NUL bytes and cuts to `max_chars` characters (what `varchar(n)` counts).
+#[inline]
 fn clean_chars<'a>(
     value: &'a str,
     what: &str,
@@ -239,8 +240,23 @@ fn clean_chars<'a>(
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
+    // A string of at most n bytes has at most n characters: the common case costs a
+    // comparison, without a call.
+    if nul_free && value.len() <= max_chars {
+        return Cow::Borrowed(value);
+    }
+    repair_chars(value, what, max_chars, nul_free, notes)
+}
+
+#[cold]
+fn repair_chars<'a>(
+    value: &'a str,
+    what: &str,
+    max_chars: usize,
+    nul_free: bool,
+    notes: &mut Vec<String>,
+) -> Cow<'a, str> {
     let mut value = strip_nul(value, nul_free, what, notes);
-    // A string of at most n bytes has at most n characters: the common case costs nothing.
     if value.len() > max_chars {
         if let Some((cut, _)) = value.char_indices().nth(max_chars) {
             let chars = value.chars().count();
@@ -254,7 +270,22 @@ fn clean_chars<'a>(
 }
 
 /// Removes NUL bytes and cuts to at most `max_bytes` bytes, at a character boundary.
+#[inline]
 fn clean_bytes<'a>(
+    value: &'a str,
+    what: &str,
+    max_bytes: usize,
+    nul_free: bool,
+    notes: &mut Vec<String>,
+) -> Cow<'a, str> {
+    if nul_free && value.len() <= max_bytes {
+        return Cow::Borrowed(value);
+    }
+    repair_bytes(value, what, max_bytes, nul_free, notes)
+}
+
+#[cold]
+fn repair_bytes<'a>(
     value: &'a str,
     what: &str,
     max_bytes: usize,
