@@ -1,12 +1,14 @@
 //! Query and export through auditd's HTTP API on a large table.
 //!
-//! `cargo bench --bench query -- [--rows 10000000] [--requests 200]`
+//! `cargo bench --bench query -- [--rows 10000000] [--requests 200] [--text-index]`
 //!
 //! Loads `--rows` records spread over 90 days (1,000 users, 9 event types, 10,000 devices)
 //! into a fresh database, starts auditd in-process on loopback, then measures p50/p99 of a
 //! filtered page of 100 for the common filters and for a page 100 pages deep (keyset), and
-//! the rows/s and peak memory of an NDJSON export. Uses `DATABASE_URL` when set, otherwise a
-//! throwaway cluster with default durability on this machine.
+//! the rows/s and peak memory of an NDJSON export. With `--text-index`, the optional trigram
+//! index (`auditd text-index`) is built after loading, and its build time printed. Uses
+//! `DATABASE_URL` when set, otherwise a throwaway cluster with default durability on this
+//! machine.
 
 mod support;
 
@@ -155,6 +157,23 @@ async fn main() {
         .await
         .expect("database");
     load(&url, rows).await;
+    if std::env::args().any(|a| a == "--text-index") {
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        let started = Instant::now();
+        let report = audit_layer::text_index::create(&client)
+            .await
+            .expect("trigram index");
+        client
+            .batch_execute("ANALYZE audit_logs")
+            .await
+            .expect("analyze");
+        println!(
+            "query: trigram index on message built over {} partitions in {:.0} s",
+            report.built.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     let pool = audit_layer::pool::connect_pool(
         &url,

@@ -87,6 +87,7 @@ mod retry;
 mod sanitize;
 mod spool;
 mod stats;
+pub mod text_index;
 mod writer;
 
 pub use builder::{AuditLayerBuilder, FilteredAuditLayer};

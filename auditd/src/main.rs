@@ -26,6 +26,11 @@ async fn main() -> Result<()> {
             schema::ensure_partitions(&client, months_ahead, database.db_timeout).await?;
             Ok(())
         }
+        Some(Command::TextIndex { database, remove }) => {
+            logging::init(&cli.log, None)?;
+            let client = schema::connect(&database.database_url, database.db_timeout).await?;
+            schema::text_index(&client, remove).await
+        }
         Some(Command::Demo(args)) => demo::run(args, &cli.log).await,
     }
 }

@@ -1,4 +1,5 @@
-//! The `migrate` and `partitions` commands: the schema work that needs the owner's role.
+//! The `migrate`, `partitions` and `text-index` commands: the schema work that needs the
+//! owner's role.
 
 use std::time::Duration;
 
@@ -52,4 +53,29 @@ pub async fn ensure_partitions(
     .context("partition upkeep failed")?;
     tracing::info!(created, months_ahead, "partitions ensured");
     Ok(created)
+}
+
+/// Creates (or removes) the optional trigram index on `message`. No timeout: building
+/// reads every partition, which takes as long as the table is large; progress is logged
+/// partition by partition.
+pub async fn text_index(client: &Client, remove: bool) -> Result<()> {
+    use audit_layer::text_index;
+    if remove {
+        let existed = text_index::remove(client)
+            .await
+            .context("cannot remove the trigram index")?;
+        tracing::info!(existed, "trigram index removed");
+        return Ok(());
+    }
+    tracing::info!("building the trigram index on audit_logs.message, partition by partition");
+    let report = text_index::create(client)
+        .await
+        .context("cannot build the trigram index")?;
+    tracing::info!(
+        built = report.built.len(),
+        rebuilt_after_interruption = report.rebuilt.len(),
+        complete = text_index::is_complete(client).await?,
+        "trigram index ready; substring search (q) uses it"
+    );
+    Ok(())
 }

@@ -1,0 +1,142 @@
+//! The optional trigram index: built partition by partition, complete, idempotent, finished
+//! after an interruption, inherited by later partitions, and used by substring search.
+
+mod support;
+
+use audit_layer::text_index;
+use support::TestDb;
+
+const PARTITIONS: &str = "SELECT c.relname::text FROM pg_inherits i \
+     JOIN pg_class c ON c.oid = i.inhrelid \
+     WHERE i.inhparent = 'audit_logs'::regclass ORDER BY 1";
+
+/// Partitions with a GIN index attached to the parent trigram index.
+const INDEXED: &str = "SELECT count(*) FROM pg_inherits i \
+     JOIN pg_class c ON c.oid = i.inhrelid \
+     WHERE i.inhparent = 'audit_logs'::regclass AND EXISTS ( \
+       SELECT 1 FROM pg_inherits ii JOIN pg_index x ON x.indexrelid = ii.inhrelid \
+       JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+       WHERE ii.inhparent = 'audit_logs_message_trgm'::regclass \
+         AND x.indrelid = c.oid AND x.indisvalid AND am.amname = 'gin')";
+
+async fn partitions(db: &TestDb) -> Vec<String> {
+    db.client
+        .query(PARTITIONS, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+async fn insert(db: &TestDb, username: &str, message: &str) {
+    db.client
+        .execute(
+            "INSERT INTO audit_logs (username, event_type, message) VALUES ($1, 'test', $2)",
+            &[&username, &message],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
+    let db = TestDb::migrated("text_index_complete").await;
+    insert(&db, "alice", "Device edge-fra1-01 onboarded").await;
+    insert(&db, "bob", "Backup of core-ams2-07 failed").await;
+    assert!(!text_index::is_complete(&db.client).await.unwrap());
+
+    let report = text_index::create(&db.client).await.unwrap();
+    let mut built = report.built.clone();
+    built.sort();
+    assert_eq!(
+        built,
+        partitions(&db).await,
+        "every partition, the default one too"
+    );
+    assert!(report.rebuilt.is_empty());
+    assert!(text_index::is_complete(&db.client).await.unwrap());
+    assert_eq!(db.count(INDEXED).await, partitions(&db).await.len() as i64);
+
+    let again = text_index::create(&db.client).await.unwrap();
+    assert_eq!(again, text_index::TextIndexReport::default());
+
+    // Substring search uses it (the planner would pick a scan on a table this small).
+    db.client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = db
+        .client
+        .query(
+            "EXPLAIN SELECT id FROM audit_logs WHERE message ILIKE '%core-ams2%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|line| line.contains("message_trgm")),
+        "{plan:#?}"
+    );
+    let found = db
+        .count("SELECT count(*) FROM audit_logs WHERE message ILIKE '%core-ams2%'")
+        .await;
+    assert_eq!(found, 1);
+
+    assert!(text_index::remove(&db.client).await.unwrap());
+    assert!(!text_index::is_complete(&db.client).await.unwrap());
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%message_trgm'")
+            .await,
+        0,
+        "removed from every partition"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_build_is_finished_by_the_next_run() {
+    let db = TestDb::migrated("text_index_interrupted").await;
+    insert(&db, "same", "first").await;
+    insert(&db, "same", "second").await;
+    // A concurrent build that fails leaves an INVALID index behind, as a cancelled one
+    // does; this one fails on the duplicate user names.
+    let month = db
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let leftover = format!("{month}_message_trgm");
+    let failed = db
+        .client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
+        ))
+        .await;
+    assert!(failed.is_err());
+
+    let report = text_index::create(&db.client).await.unwrap();
+    assert_eq!(report.rebuilt, vec![leftover]);
+    assert!(text_index::is_complete(&db.client).await.unwrap());
+    assert_eq!(db.count(INDEXED).await, partitions(&db).await.len() as i64);
+}
+
+#[tokio::test]
+async fn partitions_created_later_get_the_index() {
+    let db = TestDb::migrated("text_index_later").await;
+    text_index::create(&db.client).await.unwrap();
+    let before = partitions(&db).await.len();
+    let created = audit_layer::partitions::ensure_partitions(&db.client, 6)
+        .await
+        .unwrap();
+    assert!(created > 0);
+    assert_eq!(partitions(&db).await.len(), before + created as usize);
+    assert!(text_index::is_complete(&db.client).await.unwrap());
+    assert_eq!(db.count(INDEXED).await, partitions(&db).await.len() as i64);
+}
