@@ -8,8 +8,8 @@
 //! moved to a shared pool under one lock; an emitting thread takes buffers from its own
 //! list, refilling it from the pool, likewise under one lock per [`MOVE`] buffers.
 //!
-//! What is kept is bounded: about [`POOL_MAX`] buffers in the pool, `2 × MOVE` per thread, none
-//! larger than [`BUFFER_MAX`] bytes. An emitting thread never waits for the pool (it
+//! What is kept is bounded: about [`POOL_MAX`] buffers in the pool, `2 × MOVE` per thread,
+//! none larger than [`BUFFER_MAX`] bytes. An emitting thread never waits for the pool (it
 //! allocates when the pool is busy), and a buffer that cannot be kept is simply freed.
 
 use std::cell::RefCell;
