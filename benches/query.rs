@@ -216,6 +216,7 @@ async fn main() {
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
             audit_handle: None,
+            commit_notices: None,
         },
         async {
             let _ = stopped.await;

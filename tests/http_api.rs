@@ -566,6 +566,82 @@ async fn the_tail_delivers_rows_committed_out_of_id_order_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_waiting_tail_is_woken_by_the_writers_commit_notice() {
+    // A cluster of its own: the tail only delivers rows below the cluster-wide snapshot
+    // horizon, and other tests' open transactions would hold it back, silently.
+    let (_cluster, url) = support::own_cluster().await;
+    let db = TestDb {
+        client: support::connect(&url).await,
+        url,
+    };
+    // Polling once an hour, and a long poll that may wait 100 s: before that, only the
+    // writer's commit notice can make it look again.
+    let limits = auditd::app::Limits {
+        tail_poll_interval: Duration::from_secs(3600),
+        request_timeout: Duration::from_secs(120),
+        max_tail_wait: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let tokens = auditd::auth::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
+    let server = std::sync::Arc::new(TestServer::start_with(&db, tokens, limits).await);
+    // auditd listens on a connection of its own, started with the server: wait until it
+    // does, or the notice could go out before anyone hears it.
+    let listening = format!("LISTEN {}", audit_layer::COMMIT_CHANNEL);
+    for _ in 0..200 {
+        let listeners = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query = $1",
+                &[&listening],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if listeners > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = server
+        .get_json("/api/v1/logs/tail?wait=0s&event_type=noticed")
+        .await;
+    let cursor = start["next_cursor"].as_str().unwrap().to_owned();
+
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            server
+                .get_json(&format!(
+                    "/api/v1/logs/tail?wait=100s&event_type=noticed&cursor={cursor}"
+                ))
+                .await
+        })
+    };
+    // Let the long poll make its first, empty, query before the record exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    support::emit_and_flush(&db, || {
+        tracing::info!(target: "audit", username = "nina", event_type = "noticed", "Written while a tail waits");
+    })
+    .await;
+
+    // Not a speed check: woken by the notice, the answer comes in milliseconds; without
+    // it, only at the end of the 100 s wait. 30 s tells the two apart on any machine.
+    let page = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the tail answered before its wait ran out: the notice woke it")
+        .unwrap();
+    let messages: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, vec!["Written while a tail waits"], "{page}");
+    std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test]
 async fn the_event_stream_sends_new_rows_and_resumes_after_last_event_id() {
     let db = TestDb::migrated("http_sse").await;
     let server = TestServer::start(&db).await;
@@ -719,6 +795,7 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
         shutdown_grace: Duration::from_secs(1),
         access_audit: None,
         audit_handle: None,
+        commit_notices: None,
     };
     let err = auditd::server::run(listener, pool, options, std::future::pending())
         .await

@@ -52,6 +52,21 @@ const RECORD_BATCH: &str =
 const FENCE_BATCH: &str = "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING rows";
 
+macro_rules! commit_channel {
+    () => {
+        "audit_logs_committed"
+    };
+}
+
+/// The channel on which the writer sends a notice (`NOTIFY`) with each batch it commits.
+///
+/// A reader that follows new records (auditd's tail) can `LISTEN` on it and look at once,
+/// rather than at its next poll. The notice carries no payload: what was committed is read
+/// from the table, so a missed notice delays a reader, never misleads it.
+pub const COMMIT_CHANNEL: &str = commit_channel!();
+
+const NOTIFY_AND_COMMIT: &str = concat!("NOTIFY ", commit_channel!(), "; COMMIT");
+
 const BATCH_ROWS: &str =
     "SELECT rows FROM audit_writer_batches WHERE stream_id = $1 AND batch_id = $2";
 
@@ -230,7 +245,9 @@ async fn copy_batch(
         client
             .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
             .await?;
-        client.batch_execute("COMMIT").await
+        // The notice is delivered with the commit, and only if it happens: readers that
+        // LISTEN (auditd's tail) look at once instead of at their next poll.
+        client.batch_execute(NOTIFY_AND_COMMIT).await
     };
     let result = work.await;
     if result.is_err() && !client.is_closed() {

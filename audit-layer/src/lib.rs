@@ -91,6 +91,7 @@ pub mod text_index;
 mod writer;
 
 pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
+pub use copy::COMMIT_CHANNEL;
 pub use error::Error;
 pub use handle::AuditHandle;
 pub use layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};

@@ -16,6 +16,7 @@ use tracing::Dispatch;
 
 use crate::auth::Tokens;
 use crate::http::{ApiError, Body};
+use crate::listen::CommitNotices;
 use crate::metrics::{Extra, Metrics};
 use crate::params::Params;
 use crate::viewer::{self, Asset};
@@ -70,6 +71,8 @@ pub struct App {
     pub access_audit: Option<Dispatch>,
     /// The access-audit writer, for its counters in /metrics.
     pub audit_handle: Option<Arc<AuditHandle>>,
+    /// Commit notices from the audit writers (`None`: tails rely on polling alone).
+    pub commit_notices: Option<CommitNotices>,
 }
 
 /// The routes the server answers. The OpenAPI document is checked against this table.
@@ -237,6 +240,7 @@ impl App {
         stopping: watch::Receiver<bool>,
         access_audit: Option<Dispatch>,
         audit_handle: Option<Arc<AuditHandle>>,
+        commit_notices: Option<CommitNotices>,
     ) -> Self {
         App {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
@@ -248,6 +252,7 @@ impl App {
             stopping,
             access_audit,
             audit_handle,
+            commit_notices,
         }
     }
 

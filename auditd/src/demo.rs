@@ -117,7 +117,8 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         let pool = serve::query_pool(&url, &serve_args)?;
         // Tokens from AUDITD_TOKENS or AUDITD_TOKEN_FILE apply to the demo too.
         let tokens = serve::load_tokens(&serve_args)?;
-        serve::serve_until_signal(listener, pool, tokens, &serve_args, handle.clone()).await?;
+        serve::serve_until_signal(listener, pool, &url, tokens, &serve_args, handle.clone())
+            .await?;
     }
     serve::shutdown_audit(&handle).await;
     // Close our connection before the throwaway server goes, or it reports the loss.

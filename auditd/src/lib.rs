@@ -20,6 +20,7 @@ pub mod export;
 pub mod filters;
 pub mod health;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod logs;
 pub mod metrics;

@@ -13,7 +13,7 @@ use crate::app::Limits;
 use crate::auth::Tokens;
 use crate::cli::ServeArgs;
 use crate::server::{self, ServerOptions};
-use crate::{logging, upkeep};
+use crate::{listen, logging, upkeep};
 
 /// How long the access-audit writer may take to commit its last records at exit.
 const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
@@ -33,7 +33,7 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let audit_handle = Arc::new(audit_handle);
-    serve_until_signal(listener, pool, tokens, &args, audit_handle.clone()).await?;
+    serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await?;
     shutdown_audit(&audit_handle).await;
     Ok(())
 }
@@ -74,6 +74,7 @@ pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
 pub async fn serve_until_signal(
     listener: TcpListener,
     pool: Pool,
+    database_url: &str,
     tokens: Tokens,
     args: &ServeArgs,
     audit_handle: Arc<audit_layer::AuditHandle>,
@@ -96,6 +97,7 @@ pub async fn serve_until_signal(
         shutdown_grace: args.shutdown_grace,
         access_audit: None,
         audit_handle: Some(audit_handle),
+        commit_notices: Some(listen::commit_notices(database_url)),
     };
     let result = server::run(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {

@@ -29,6 +29,9 @@ pub struct ServerOptions {
     /// Where access records go (`None`: the global subscriber).
     pub access_audit: Option<Dispatch>,
     pub audit_handle: Option<Arc<AuditHandle>>,
+    /// Commit notices ([`crate::listen::commit_notices`]), which wake tails before their
+    /// next poll; `None` to rely on polling.
+    pub commit_notices: Option<crate::listen::CommitNotices>,
 }
 
 /// Serves until `shutdown` completes, then shuts down gracefully.
@@ -55,6 +58,7 @@ pub async fn run(
         stopping,
         options.access_audit,
         options.audit_handle,
+        options.commit_notices,
     ));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -7,6 +7,9 @@
 //! every transaction below it has finished, so no row can still appear behind the cursor
 //! (migration 0002). A transaction still open holds the horizon back; its rows, and those
 //! committed after it, are delivered once it ends — late, never lost.
+//!
+//! Both look again every `tail_poll_interval`, and at once when the audit writer reports a
+//! commit (`listen`): the notice makes a tail fast, the poll makes it certain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use crate::cli::parse_duration;
 use crate::cursor::TailCursor;
 use crate::filters::{Filters, Sql};
 use crate::http::{self, ApiError, ChannelBody};
+use crate::listen;
 use crate::logs::{self, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS};
 use crate::params::{self, Params};
 
@@ -133,6 +137,7 @@ pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError
     let client = app.client().await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut stopping = app.stopping.clone();
+    let mut commits = app.commit_notices.clone();
     let mut cursor = cursor;
     let (rows, next) = loop {
         let (rows, next) = next_rows(&client, &filters, cursor, limit)
@@ -144,6 +149,7 @@ pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError
         cursor = Some(next);
         tokio::select! {
             () = tokio::time::sleep(app.limits.tail_poll_interval) => {}
+            () = listen::next_commit(&mut commits) => {}
             () = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
@@ -177,6 +183,7 @@ pub async fn stream(
     let app = app.clone();
     tokio::spawn(async move {
         let mut stopping = app.stopping.clone();
+        let mut commits = app.commit_notices.clone();
         let mut cursor = cursor;
         let mut sent: u64 = 0;
         let mut idle_since = tokio::time::Instant::now();
@@ -233,6 +240,7 @@ pub async fn stream(
             }
             tokio::select! {
                 () = tokio::time::sleep(app.limits.tail_poll_interval) => {}
+                () = listen::next_commit(&mut commits) => {}
                 _ = stopping.changed() => {}
                 () = tx.closed() => break,
             }

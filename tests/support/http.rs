@@ -75,6 +75,7 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
             audit_handle: Some(audit.clone()),
+            commit_notices: Some(auditd::listen::commit_notices(&db.url)),
         };
         let done = tokio::spawn(server::run(listener, pool, options, async {
             let _ = stopped.await;
