@@ -90,7 +90,13 @@ pub(crate) fn finish(
         &mut notes,
     );
     let message = match draft.get(Column::Message) {
-        Some(m) => clean_bytes(m, "message", max_message_bytes, nul_free, &mut notes),
+        Some(m) => clean(
+            m,
+            "message",
+            Limit::Bytes(max_message_bytes),
+            nul_free,
+            &mut notes,
+        ),
         None => Cow::Borrowed(""),
     };
     let resource_type = optional(
@@ -213,7 +219,7 @@ fn required<'a>(
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
     match value {
-        Some(v) => clean_chars(v, column, max_chars, nul_free, notes),
+        Some(v) => clean(v, column, Limit::Chars(max_chars), nul_free, notes),
         None => {
             notes.push(format!("{column}: missing, stored as {UNKNOWN:?}"));
             Cow::Borrowed(UNKNOWN)
@@ -228,79 +234,65 @@ fn optional<'a>(
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Option<Cow<'a, str>> {
-    value.map(|v| clean_chars(v, column, max_chars, nul_free, notes))
+    value.map(|v| clean(v, column, Limit::Chars(max_chars), nul_free, notes))
 }
 
-/// Removes NUL bytes and cuts to `max_chars` characters (what `varchar(n)` counts).
+/// How long a value may be.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Characters, as `varchar(n)` counts them.
+    Chars(usize),
+    /// Bytes (the message and metadata cap).
+    Bytes(usize),
+}
+
+/// Removes NUL bytes and cuts to the limit, at a character boundary.
 #[inline]
-fn clean_chars<'a>(
+fn clean<'a>(
     value: &'a str,
     what: &str,
-    max_chars: usize,
+    limit: Limit,
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
     // A string of at most n bytes has at most n characters: the common case costs a
     // comparison, without a call.
-    if nul_free && value.len() <= max_chars {
+    let (Limit::Chars(max) | Limit::Bytes(max)) = limit;
+    if nul_free && value.len() <= max {
         return Cow::Borrowed(value);
     }
-    repair_chars(value, what, max_chars, nul_free, notes)
+    repair(value, what, limit, nul_free, notes)
 }
 
 #[cold]
-fn repair_chars<'a>(
+fn repair<'a>(
     value: &'a str,
     what: &str,
-    max_chars: usize,
+    limit: Limit,
     nul_free: bool,
     notes: &mut Vec<String>,
 ) -> Cow<'a, str> {
     let mut value = strip_nul(value, nul_free, what, notes);
-    if value.len() > max_chars {
-        if let Some((cut, _)) = value.char_indices().nth(max_chars) {
-            let chars = value.chars().count();
+    match limit {
+        Limit::Chars(max) if value.len() > max => {
+            if let Some((cut, _)) = value.char_indices().nth(max) {
+                let chars = value.chars().count();
+                truncate(&mut value, cut);
+                notes.push(format!(
+                    "{what}: truncated from {chars} to {max} characters"
+                ));
+            }
+        }
+        Limit::Bytes(max) if value.len() > max => {
+            let mut cut = max;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let bytes = value.len();
             truncate(&mut value, cut);
-            notes.push(format!(
-                "{what}: truncated from {chars} to {max_chars} characters"
-            ));
+            notes.push(format!("{what}: truncated from {bytes} to {cut} bytes"));
         }
-    }
-    value
-}
-
-/// Removes NUL bytes and cuts to at most `max_bytes` bytes, at a character boundary.
-#[inline]
-fn clean_bytes<'a>(
-    value: &'a str,
-    what: &str,
-    max_bytes: usize,
-    nul_free: bool,
-    notes: &mut Vec<String>,
-) -> Cow<'a, str> {
-    if nul_free && value.len() <= max_bytes {
-        return Cow::Borrowed(value);
-    }
-    repair_bytes(value, what, max_bytes, nul_free, notes)
-}
-
-#[cold]
-fn repair_bytes<'a>(
-    value: &'a str,
-    what: &str,
-    max_bytes: usize,
-    nul_free: bool,
-    notes: &mut Vec<String>,
-) -> Cow<'a, str> {
-    let mut value = strip_nul(value, nul_free, what, notes);
-    if value.len() > max_bytes {
-        let mut cut = max_bytes;
-        while !value.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let bytes = value.len();
-        truncate(&mut value, cut);
-        notes.push(format!("{what}: truncated from {bytes} to {cut} bytes"));
+        _ => {}
     }
     value
 }
@@ -336,7 +328,14 @@ pub(crate) fn clean_key(key: &str, notes: &mut Vec<String>) -> String {
 pub(crate) fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: &mut Vec<String>) {
     match value {
         Value::String(s) if s.len() > max_bytes || s.contains('\0') => {
-            *s = clean_bytes(s, &format!("metadata.{key}"), max_bytes, false, notes).into_owned();
+            *s = clean(
+                s,
+                &format!("metadata.{key}"),
+                Limit::Bytes(max_bytes),
+                false,
+                notes,
+            )
+            .into_owned();
         }
         Value::Array(items) => items
             .iter_mut()
@@ -348,7 +347,7 @@ pub(crate) fn clean_json(value: &mut Value, key: &str, max_bytes: usize, notes: 
                     .into_iter()
                     .map(|(k, v)| {
                         (
-                            clean_bytes(&k, &label, max_bytes, false, notes).into_owned(),
+                            clean(&k, &label, Limit::Bytes(max_bytes), false, notes).into_owned(),
                             v,
                         )
                     })
