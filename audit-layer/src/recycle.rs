@@ -9,8 +9,8 @@
 //! list, refilling it from the pool, likewise under one lock per [`MOVE`] buffers.
 //!
 //! What is kept is bounded: about [`POOL_MAX`] buffers in the pool, `2 × MOVE` per thread,
-//! none larger than [`BUFFER_MAX`] bytes. An emitting thread never waits for the pool (it
-//! allocates when the pool is busy), and a buffer that cannot be kept is simply freed.
+//! none larger than [`BUFFER_MAX`] bytes. No thread ever waits for the pool: when it is
+//! busy, a buffer is allocated or freed as usual.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -85,12 +85,14 @@ pub(crate) fn recycle(buffer: String) {
 
 fn spill(local: &mut Vec<String>) {
     let from = local.len().saturating_sub(MOVE);
-    if let Ok(mut pool) = POOL.lock() {
+    // try_lock here too: an emitting thread spills when it drops records (a full queue),
+    // and no thread should wait for the pool; when it is busy the buffers are just freed.
+    if let Ok(mut pool) = POOL.try_lock() {
         if pool.len() < POOL_MAX {
             pool.extend(local.drain(from..));
         }
     }
-    // When the pool was full, the buffers are freed here, outside its lock.
+    // When the pool was full or busy, the buffers are freed here, outside its lock.
     local.truncate(from);
 }
 
@@ -123,13 +125,12 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_keeps_a_bounded_number_and_passes_the_rest_on() {
+    fn a_thread_keeps_a_bounded_number_of_buffers() {
         let kept = || LOCAL.with(|local| local.borrow().len());
         for _ in 0..10 * MOVE {
             recycle(String::with_capacity(16));
         }
         assert!(kept() <= 2 * MOVE, "{} kept", kept());
-        // The pool, shared with other tests' threads, holds what this thread passed on.
-        assert!(!POOL.lock().unwrap().is_empty());
+        assert!(kept() >= MOVE, "{} kept", kept());
     }
 }
