@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use crate::record::{AuditLog, Severity};
+use crate::record::{AuditLog, MetadataView, RecordView, Severity};
 use crate::recycle;
 
 /// The text parts of a [`Pending`] record, borrowed, in the order they are stored.
@@ -170,7 +170,26 @@ impl Pending {
         )
     }
 
-    /// The record as an [`AuditLog`], for the writer's rare paths (spool, rejected records).
+    /// Appends the record's JSON form, as [`AuditLog::write_json_fields`] writes it, with
+    /// the metadata text copied as it is (no map is built).
+    pub(crate) fn write_json_fields(&self, out: &mut Vec<u8>) {
+        RecordView {
+            username: self.username(),
+            user_id: self.user_id,
+            event_type: self.event_type(),
+            message: self.message(),
+            ip_address: self.ip_address,
+            resource_type: self.resource_type(),
+            resource_id: self.resource_id(),
+            resource_name: self.resource_name(),
+            severity: self.severity,
+            metadata: self.metadata().map(MetadataView::Json),
+            created_at: self.created_at.to_datetime(),
+        }
+        .write_json_fields(out);
+    }
+
+    /// The record as an [`AuditLog`], for the writer's rare paths (rejected records).
     pub(crate) fn to_log(&self) -> AuditLog {
         AuditLog {
             username: self.username().to_owned(),

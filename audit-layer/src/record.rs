@@ -157,6 +157,50 @@ impl AuditLog {
     ///
     /// `created_at` is RFC 3339 in UTC with microseconds; an empty `metadata` is `null`.
     pub fn write_json_fields(&self, out: &mut Vec<u8>) {
+        RecordView {
+            username: &self.username,
+            user_id: self.user_id,
+            event_type: &self.event_type,
+            message: &self.message,
+            ip_address: self.ip_address,
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            resource_name: self.resource_name.as_deref(),
+            severity: self.severity,
+            metadata: (!self.metadata.is_empty()).then_some(MetadataView::Map(&self.metadata)),
+            created_at: self.created_at,
+        }
+        .write_json_fields(out);
+    }
+}
+
+/// A record's fields, borrowed from an [`AuditLog`] or from a queued record, for the one
+/// writer of the record's JSON form.
+pub(crate) struct RecordView<'a> {
+    pub(crate) username: &'a str,
+    pub(crate) user_id: Option<i64>,
+    pub(crate) event_type: &'a str,
+    pub(crate) message: &'a str,
+    pub(crate) ip_address: Option<IpAddr>,
+    pub(crate) resource_type: Option<&'a str>,
+    pub(crate) resource_id: Option<&'a str>,
+    pub(crate) resource_name: Option<&'a str>,
+    pub(crate) severity: Severity,
+    /// `None` for no metadata.
+    pub(crate) metadata: Option<MetadataView<'a>>,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+/// Metadata as a map, or as the JSON object text a queued record carries.
+pub(crate) enum MetadataView<'a> {
+    Map(&'a Map<String, Value>),
+    /// A JSON object's text, written as it is.
+    Json(&'a str),
+}
+
+impl RecordView<'_> {
+    /// See [`AuditLog::write_json_fields`].
+    pub(crate) fn write_json_fields(&self, out: &mut Vec<u8>) {
         fn string(out: &mut Vec<u8>, value: &str) {
             // Serializing a str into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, value);
@@ -182,31 +226,33 @@ impl AuditLog {
             &self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         );
         member(out, "username", false);
-        string(out, &self.username);
+        string(out, self.username);
         member(out, "user_id", false);
         match self.user_id {
-            Some(id) => out.extend_from_slice(id.to_string().as_bytes()),
+            Some(id) => out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
         member(out, "event_type", false);
-        string(out, &self.event_type);
+        string(out, self.event_type);
         member(out, "severity", false);
         string(out, self.severity.as_str());
         member(out, "message", false);
-        string(out, &self.message);
+        string(out, self.message);
         optional(
             out,
             "ip_address",
             self.ip_address.map(|ip| ip.to_string()).as_deref(),
         );
-        optional(out, "resource_type", self.resource_type.as_deref());
-        optional(out, "resource_id", self.resource_id.as_deref());
-        optional(out, "resource_name", self.resource_name.as_deref());
+        optional(out, "resource_type", self.resource_type);
+        optional(out, "resource_id", self.resource_id);
+        optional(out, "resource_name", self.resource_name);
         member(out, "metadata", false);
-        if self.metadata.is_empty() {
-            out.extend_from_slice(b"null");
-        } else {
-            let _ = serde_json::to_writer(&mut *out, &self.metadata);
+        match self.metadata {
+            None => out.extend_from_slice(b"null"),
+            Some(MetadataView::Map(map)) => {
+                let _ = serde_json::to_writer(&mut *out, map);
+            }
+            Some(MetadataView::Json(text)) => out.extend_from_slice(text.as_bytes()),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! ```text
 //! u32 little-endian  payload length
 //! u32 little-endian  CRC-32 (IEEE) of the payload
-//! payload            JSON: {"stream_id", "batch_id", "records": [{"seq", "log"}, ...]}
+//! payload            JSON: {"stream_id", "batch_id", "records": [{"seq", "log"}, ...]},
+//!                    each "log" in the form of `AuditLog::to_json`
 //! ```
 //!
 //! Each frame is fsynced before the writer counts its batch as spooled, so a spooled batch
@@ -28,7 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::copy::BatchKey;
 use crate::pending::Pending;
@@ -271,14 +272,25 @@ fn read_frame(path: &Path, offset: u64, size: u64) -> Result<SpooledBatch, Strin
     })
 }
 
+/// The frame payload: JSON, written straight from the queued records (their metadata is
+/// JSON text already), so that spooling keeps up with the writer.
 fn encode(key: BatchKey, records: &[Queued]) -> Vec<u8> {
-    let records: Vec<Value> = records
-        .iter()
-        .map(|r| json!({ "seq": r.seq, "log": r.log.to_log().to_json() }))
-        .collect();
-    json!({ "stream_id": key.stream_id, "batch_id": key.batch_id, "records": records })
-        .to_string()
-        .into_bytes()
+    let mut out = Vec::with_capacity(64 + records.len() * 384);
+    let _ = write!(
+        out,
+        "{{\"stream_id\":{},\"batch_id\":{},\"records\":[",
+        key.stream_id, key.batch_id
+    );
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{{\"seq\":{},\"log\":{{", record.seq);
+        record.log.write_json_fields(&mut out);
+        out.extend_from_slice(b"}}");
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn decode(payload: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
@@ -334,6 +346,38 @@ mod tests {
             spool.consume(b.frame_bytes);
         }
         seqs
+    }
+
+    #[test]
+    fn a_spooled_record_comes_back_with_every_field() {
+        use crate::pending::{EventTime, TextColumns};
+        use crate::record::Severity;
+        let full = Pending::new(
+            TextColumns {
+                username: "alice",
+                event_type: "onboarding",
+                message: "Device \"edge\" onboarded\n",
+                resource_type: Some("device"),
+                resource_id: Some("dev-1"),
+                resource_name: None,
+                // Duplicate keys, as span and event metadata produce: the last wins.
+                metadata: Some(&[r#"{"site":"ams","attempts":3,"site":"fra1","_fixups":["x"]}"#]),
+            },
+            Some(42),
+            Some("2001:db8::1".parse().unwrap()),
+            Severity::Critical,
+            EventTime::now(),
+        );
+        let bare = Pending::from_log(AuditLog::new("u", "e", ""));
+        let records = vec![Queued { seq: 1, log: full }, Queued { seq: 2, log: bare }];
+        let (key_back, back) = decode(&encode(key(9), &records)).expect("decodes");
+        assert_eq!(key_back, key(9));
+        assert_eq!(back.len(), 2);
+        for (original, read) in records.iter().zip(&back) {
+            assert_eq!(read.seq, original.seq);
+            assert_eq!(read.log.to_log(), original.log.to_log());
+        }
+        assert_eq!(back[0].log.to_log().metadata["site"], "fra1");
     }
 
     #[test]
