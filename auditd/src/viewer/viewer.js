@@ -71,13 +71,63 @@ async function api(path, options = {}) {
 
 // ---- filters <-> URL ----
 
-function toRfc3339(local) {
-  // datetime-local values are read as UTC, as the label says.
-  return local ? local + (local.length === 16 ? ":00" : "") + "Z" : "";
+// ---- times: UTC as stored, or the browser's local time ----
+
+const LOCAL_TIME_KEY = "auditd.localTime";
+let localTime = localStorage.getItem(LOCAL_TIME_KEY) === "1";
+
+function pad(n) {
+  return String(n).padStart(2, "0");
+}
+
+// A local date and time as a datetime-local value: 2026-11-27T14:30:00.
+function localInput(date) {
+  return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+    "T" + pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds());
+}
+
+// A record's time as shown: in UTC, or in local time with its offset (+05:30).
+function showTime(rfc3339) {
+  if (!localTime) return rfc3339.replace("T", " ").replace(/\.\d+Z$/, "Z");
+  const date = new Date(rfc3339);
+  if (isNaN(date)) return rfc3339;
+  const offset = -date.getTimezoneOffset();
+  const sign = offset < 0 ? "-" : "+";
+  return localInput(date).replace("T", " ") + sign +
+    pad(Math.floor(Math.abs(offset) / 60)) + ":" + pad(Math.abs(offset) % 60);
+}
+
+// A since/until input as the API wants it: read as UTC or as local time, as labelled.
+function toRfc3339(value) {
+  if (!value) return "";
+  const full = value.length === 16 ? value + ":00" : value;
+  if (!localTime) return full + "Z";
+  const date = new Date(full); // no zone in a datetime-local value: local time
+  return isNaN(date) ? "" : date.toISOString().replace(/\.000Z$/, "Z");
 }
 
 function fromRfc3339(text) {
-  return text ? text.replace(/Z$/, "").replace(/\.\d+$/, "").slice(0, 19) : "";
+  if (!text) return "";
+  if (!localTime) return text.replace(/Z$/, "").replace(/\.\d+$/, "").slice(0, 19);
+  const date = new Date(text);
+  return isNaN(date) ? "" : localInput(date);
+}
+
+function showZone() {
+  for (const label of document.querySelectorAll(".zone")) {
+    label.textContent = localTime ? "local" : "UTC";
+  }
+  $("local-time").checked = localTime;
+}
+
+// Switching keeps the since/until instants, shown in the new zone.
+function setLocalTime(on) {
+  const kept = ["since", "until"].map((name) => toRfc3339(form.elements[name].value));
+  localTime = on;
+  localStorage.setItem(LOCAL_TIME_KEY, on ? "1" : "0");
+  ["since", "until"].forEach((name, i) => { form.elements[name].value = fromRfc3339(kept[i]); });
+  showZone();
+  load();
 }
 
 function filterParams() {
@@ -113,7 +163,7 @@ function rowFor(record) {
   const tr = document.createElement("tr");
   tr.tabIndex = 0;
   tr.dataset.id = record.id;
-  cell(tr, record.created_at.replace("T", " ").replace(/\.\d+Z$/, "Z"), "time");
+  cell(tr, showTime(record.created_at), "time");
   const sev = cell(tr, "");
   const badge = document.createElement("span");
   badge.className = "sev sev-" + record.severity;
@@ -247,8 +297,10 @@ $("live").addEventListener("change", (e) => {
   tailing = e.target.checked;
   if (tailing) { restartTail(); } else if (tailAbort) { tailAbort.abort(); }
 });
+$("local-time").addEventListener("change", (e) => setLocalTime(e.target.checked));
 $("export-csv").addEventListener("click", () => exportAs("csv"));
 $("export-ndjson").addEventListener("click", () => exportAs("ndjson"));
 
+showZone();
 loadFiltersFromUrl();
 load();

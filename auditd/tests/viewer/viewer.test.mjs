@@ -141,3 +141,39 @@ test("the live tail shows a record as soon as it is committed", async () => {
   await page.locator("#results tbody td.message", { hasText: "arrived just now" }).waitFor({ timeout: 15_000 });
   await page.getByLabel("Live tail").uncheck();
 });
+
+test("times show in local time on request, and since/until follow the zone shown", async () => {
+  const context = await browser.newContext({ timezoneId: "Asia/Kolkata" });
+  const local = await context.newPage();
+  local.setDefaultTimeout(15_000);
+  local.on("pageerror", (e) => { throw e; });
+  await local.goto(base + "/?event_type=backup");
+  await local.locator("#token-dialog").waitFor({ state: "visible" });
+  await local.getByLabel("Token", { exact: true }).fill(TOKEN);
+  await local.getByRole("button", { name: "Use token" }).click();
+  const firstTime = local.locator("#results tbody td.time").first();
+  await firstTime.waitFor();
+  const utc = await firstTime.textContent();
+  assert.match(utc, /Z$/, "UTC unless asked otherwise");
+
+  await local.getByLabel("Local time").check();
+  await local.locator("#results tbody td.time", { hasText: "+05:30" }).first().waitFor();
+  const shown = await firstTime.textContent();
+  assert.equal(
+    new Date(shown.replace(" ", "T")).getTime(),
+    new Date(utc.replace(" ", "T")).getTime(),
+    `${shown} is the instant ${utc}`,
+  );
+  assert.equal(await local.locator("thead .zone").textContent(), "local");
+
+  // A since typed in local time goes to the API (and the URL) in UTC.
+  await local.getByLabel("Since (local)").fill("2026-01-01T05:30:15");
+  await local.getByRole("button", { name: "Search" }).click();
+  await local.waitForURL(/since=2026-01-01T00%3A00%3A15Z/);
+
+  // The choice is kept, and the URL's since is shown back in local time.
+  await local.reload();
+  await local.locator("#results tbody td.time", { hasText: "+05:30" }).first().waitFor();
+  assert.equal(await local.getByLabel("Since (local)").inputValue(), "2026-01-01T05:30:15");
+  await context.close();
+});
