@@ -624,3 +624,20 @@ async fn a_span_recorded_many_times_keeps_its_latest_values() {
     assert_eq!(rows[0].ip_address, Some("10.0.39.14".parse().unwrap()));
     assert_eq!(rows[0].resource_id.as_deref(), Some("fixed"));
 }
+
+#[tokio::test]
+async fn repairs_in_span_metadata_are_noted_in_the_records_that_carry_it() {
+    let db = TestDb::migrated("span_fixups").await;
+    let _stats = emit_and_flush(&db, || {
+        let job = info_span!(target: "audit", "job", batch = "nightly\0run");
+        let _j = job.enter();
+        info!(target: "audit", username = "svc", event_type = "backup", "done");
+    })
+    .await;
+    let rows = db.records().await;
+    assert_eq!(rows[0].metadata["batch"], "nightly\u{FFFD}run");
+    assert_eq!(
+        fixups(&rows[0]),
+        vec!["metadata.batch: 1 NUL byte(s) replaced by U+FFFD"]
+    );
+}

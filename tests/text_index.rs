@@ -140,3 +140,38 @@ async fn partitions_created_later_get_the_index() {
     assert!(text_index::is_complete(&db.client).await.unwrap());
     assert_eq!(db.count(INDEXED).await, partitions(&db).await.len() as i64);
 }
+
+#[tokio::test]
+async fn removing_also_drops_what_an_interrupted_build_left() {
+    let db = TestDb::migrated("text_index_leftover").await;
+    insert(&db, "same", "first").await;
+    insert(&db, "same", "second").await;
+    let month = db
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    // An invalid index under the partition index's name, as a cancelled build leaves;
+    // it would slow every write until dropped.
+    let failed = db
+        .client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {month}_message_trgm ON {month} (username)"
+        ))
+        .await;
+    assert!(failed.is_err());
+    assert!(text_index::remove(&db.client).await.unwrap());
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%message_trgm'")
+            .await,
+        0
+    );
+    assert!(
+        !text_index::remove(&db.client).await.unwrap(),
+        "nothing left"
+    );
+}

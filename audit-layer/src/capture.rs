@@ -190,12 +190,8 @@ impl Draft {
     /// Sets a column to what `write` appends to the buffer (a formatted value is written
     /// in place, never into a `String` of its own).
     pub(crate) fn set_with(&mut self, column: Column, write: impl FnOnce(&mut String)) {
-        // A column set twice in a row (a span recorded again and again) reuses its room.
-        if let Some((start, end)) = self.columns[column as usize] {
-            if end as usize == self.text.len() {
-                self.text.truncate(start as usize);
-            }
-        }
+        // A column set again (a field named twice) leaves its old value behind, unused:
+        // rare in an event, and a span recorded again is rebuilt (`update`).
         if column == Column::IpAddress {
             self.ip = None;
         }
@@ -246,7 +242,8 @@ impl Draft {
     /// This span draft with values recorded later (`Span::record`) put over it.
     pub(crate) fn update(&mut self, later: Draft) {
         // Rebuilt rather than patched, so a span recorded many times keeps one copy of
-        // each value.
+        // each column's value (metadata members recorded again are appended; in jsonb the
+        // last one wins).
         let mut merged = Draft::default();
         for column in Column::INHERITED {
             if let Some(value) = later.get(column).or_else(|| self.get(column)) {

@@ -58,14 +58,17 @@ macro_rules! commit_channel {
     };
 }
 
-/// The channel on which the writer sends a notice (`NOTIFY`) with each batch it commits.
+/// The channel on which the writer sends a notice (`NOTIFY`) after each batch it commits.
 ///
 /// A reader that follows new records (auditd's tail) can `LISTEN` on it and look at once,
 /// rather than at its next poll. The notice carries no payload: what was committed is read
 /// from the table, so a missed notice delays a reader, never misleads it.
 pub const COMMIT_CHANNEL: &str = commit_channel!();
 
-const NOTIFY_AND_COMMIT: &str = concat!("NOTIFY ", commit_channel!(), "; COMMIT");
+const NOTIFY: &str = concat!("NOTIFY ", commit_channel!());
+
+/// How long a batch's commit notice may take before it is given up.
+const NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 const BATCH_ROWS: &str =
     "SELECT rows FROM audit_writer_batches WHERE stream_id = $1 AND batch_id = $2";
@@ -245,9 +248,13 @@ async fn copy_batch(
         client
             .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
             .await?;
-        // The notice is delivered with the commit, and only if it happens: readers that
-        // LISTEN (auditd's tail) look at once instead of at their next poll.
-        client.batch_execute(NOTIFY_AND_COMMIT).await
+        client.batch_execute("COMMIT").await?;
+        // Readers that LISTEN (auditd's tail) look at once instead of at their next poll.
+        // Sent after the commit, on its own: a full notification queue (a listener that
+        // stopped reading) must never fail a batch, and batch commits must not queue
+        // behind PostgreSQL's notification lock. A notice lost here only delays a reader.
+        let _ = tokio::time::timeout(NOTIFY_WAIT, client.batch_execute(NOTIFY)).await;
+        Ok(())
     };
     let result = work.await;
     if result.is_err() && !client.is_closed() {

@@ -174,6 +174,8 @@ where
                     if !span_draft.metadata.is_empty() {
                         // Innermost first here; outer spans' members must come first.
                         span_metadata.prepend(&span_draft.metadata);
+                        // What was repaired in them is noted in every record that has them.
+                        draft.notes.extend(span_draft.notes.iter().cloned());
                     }
                 }
             }

@@ -3,9 +3,9 @@
 //! The emitting thread pays for each allocation twice: once to make it, and once more when
 //! the writer thread frees it, because glibc then takes the emitting thread's arena lock.
 //! So a queued record is one buffer, whatever its number of columns, reused once the writer
-//! is done with it ([`recycle`]), and its metadata is JSON text the writer sends to `COPY`
-//! as it is. The public [`AuditLog`] is built from
-//! it only on the rare paths (spool, rejected records).
+//! is done with it ([`recycle`]), and its metadata is JSON text the writer sends to `COPY`,
+//! and to the spool, as it is. The public [`AuditLog`] is built from it only for a record
+//! PostgreSQL refused.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};

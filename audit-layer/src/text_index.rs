@@ -36,6 +36,11 @@ const MISSING: &str = "\
         WHERE ii.inhparent = to_regclass($1) AND x.indrelid = c.oid) \
     ORDER BY c.relname DESC";
 
+/// Every partition of `audit_logs`.
+const PARTITIONS: &str = "\
+    SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+    WHERE i.inhparent = 'audit_logs'::regclass";
+
 /// Whether an index of this name exists next to `audit_logs`, and is valid.
 const INDEX_STATE: &str = "\
     SELECT x.indisvalid FROM pg_class c JOIN pg_index x ON x.indexrelid = c.oid \
@@ -73,7 +78,7 @@ pub async fn create(client: &Client) -> Result<TextIndexReport, Error> {
             break;
         }
         for partition in missing {
-            let index = format!("{partition}_message_trgm");
+            let index = child_index_name(&partition);
             if let Some(valid) = client
                 .query_opt(INDEX_STATE, &[&index])
                 .await?
@@ -108,10 +113,11 @@ pub async fn create(client: &Client) -> Result<TextIndexReport, Error> {
     Ok(report)
 }
 
-/// Drops the trigram index from the table and every partition. Returns whether it existed.
+/// Drops the trigram index from the table and every partition, including indexes an
+/// interrupted [`create`] left unattached or invalid. Returns whether there was any.
 ///
-/// Takes a lock that makes writers wait while the indexes are removed (a moment: nothing
-/// is rebuilt).
+/// Dropping the parent's index takes a lock that makes writers wait a moment (nothing is
+/// rebuilt); the leftovers are dropped `CONCURRENTLY`.
 pub async fn remove(client: &Client) -> Result<bool, Error> {
     let existed = client
         .query_opt(INDEX_STATE, &[&INDEX_NAME])
@@ -120,7 +126,25 @@ pub async fn remove(client: &Client) -> Result<bool, Error> {
     client
         .batch_execute(&format!("DROP INDEX IF EXISTS {}", ident(INDEX_NAME)))
         .await?;
-    Ok(existed)
+    let leftovers: Vec<String> = client
+        .query(PARTITIONS, &[])
+        .await?
+        .iter()
+        .map(|row| child_index_name(&row.get::<_, String>(0)))
+        .collect();
+    let mut removed_leftover = false;
+    for index in leftovers {
+        if client.query_opt(INDEX_STATE, &[&index]).await?.is_some() {
+            client
+                .batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                    ident(&index)
+                ))
+                .await?;
+            removed_leftover = true;
+        }
+    }
+    Ok(existed || removed_leftover)
 }
 
 /// Whether the trigram index exists and serves every partition.
@@ -130,6 +154,23 @@ pub async fn is_complete(client: &Client) -> Result<bool, Error> {
         .await?
         .is_some_and(|row| row.get::<_, bool>(0)))
 }
+
+/// The name of a partition's trigram index: the partition's name with a suffix, cut to
+/// PostgreSQL's 63-byte limit as the server itself would cut it.
+fn child_index_name(partition: &str) -> String {
+    let mut name = format!("{partition}_message_trgm");
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        let mut cut = MAX_IDENTIFIER_BYTES;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    name
+}
+
+/// PostgreSQL's identifier length limit (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// A quoted SQL identifier.
 fn ident(name: &str) -> String {

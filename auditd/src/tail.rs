@@ -137,19 +137,20 @@ pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError
     let client = app.client().await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut stopping = app.stopping.clone();
-    let mut commits = app.commit_notices.clone();
+    let mut commits = listen::follow(&app.commit_notices);
     let mut cursor = cursor;
     let (rows, next) = loop {
         let (rows, next) = next_rows(&client, &filters, cursor, limit)
             .await
             .map_err(|e| ApiError::database(&e))?;
-        if !rows.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() {
+        let looked = tokio::time::Instant::now();
+        if !rows.is_empty() || looked >= deadline || *stopping.borrow() {
             break (rows, next);
         }
         cursor = Some(next);
         tokio::select! {
             () = tokio::time::sleep(app.limits.tail_poll_interval) => {}
-            () = listen::next_commit(&mut commits) => {}
+            () = listen::next_commit(&mut commits, looked) => {}
             () = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
@@ -183,7 +184,7 @@ pub async fn stream(
     let app = app.clone();
     tokio::spawn(async move {
         let mut stopping = app.stopping.clone();
-        let mut commits = app.commit_notices.clone();
+        let mut commits = listen::follow(&app.commit_notices);
         let mut cursor = cursor;
         let mut sent: u64 = 0;
         let mut idle_since = tokio::time::Instant::now();
@@ -199,6 +200,7 @@ pub async fn stream(
             if *stopping.borrow() {
                 break;
             }
+            let looked = tokio::time::Instant::now();
             let (rows, next) = match next_rows(&client, &filters, cursor, MAX_PAGE_ROWS).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -240,7 +242,7 @@ pub async fn stream(
             }
             tokio::select! {
                 () = tokio::time::sleep(app.limits.tail_poll_interval) => {}
-                () = listen::next_commit(&mut commits) => {}
+                () = listen::next_commit(&mut commits, looked) => {}
                 _ = stopping.changed() => {}
                 () = tx.closed() => break,
             }
