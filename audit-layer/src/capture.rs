@@ -359,7 +359,9 @@ impl<'a> Capture<'a> {
 
     /// Starts the metadata member of a field, or writes `[REDACTED]` and returns `false`.
     fn meta_key(&mut self, plan: &FieldPlan) -> bool {
-        self.draft.notes.extend(plan.key_notes.iter().cloned());
+        if !plan.key_notes.is_empty() {
+            self.draft.notes.extend(plan.key_notes.iter().cloned());
+        }
         self.draft.metadata.raw_key(&plan.key);
         if plan.secret {
             json_string(&mut self.draft.metadata.0, REDACTED);
@@ -563,6 +565,10 @@ impl Visit for Capture<'_> {
             Route::Metadata(plan) => {
                 self.meta_text(&plan, field.name(), |t| write!(t, "{value:?}"))
             }
+            // The message and other text columns, formatted straight into the draft.
+            Route::Column(Slot::Text(column)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{value:?}");
+            }),
             Route::Column(slot) => self.put_column(slot, ColumnValue::Debug(value)),
         }
     }
@@ -572,6 +578,8 @@ impl Visit for Capture<'_> {
             Route::Ignore => {}
             Route::Metadata(_) if field.name() == "metadata" && self.merge_json(value) => {}
             Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| t.write_str(value)),
+            // The common case, straight into the draft.
+            Route::Column(Slot::Text(column)) => self.draft.set(column, value),
             Route::Column(slot) => self.put_column(slot, ColumnValue::Str(value)),
         }
     }

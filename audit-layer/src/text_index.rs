@@ -11,6 +11,17 @@
 //! partition has one, PostgreSQL marks the parent's valid, and partitions created later get
 //! theirs with them. A build cut short (a lost connection, a cancelled command) leaves an
 //! invalid index behind, which the next run drops and builds again.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), audit_layer::Error> {
+//! let (client, connection) =
+//!     tokio_postgres::connect("postgres://owner@localhost/app", tokio_postgres::NoTls).await?;
+//! tokio::spawn(connection);
+//! let report = audit_layer::text_index::create(&client).await?;
+//! println!("indexed {} partitions", report.built.len());
+//! assert!(audit_layer::text_index::is_complete(&client).await?);
+//! # Ok(()) }
+//! ```
 
 use tokio_postgres::Client;
 
