@@ -17,13 +17,11 @@
 
 mod support;
 
-use support::peak_rss_mib;
+use support::{connect_migrated, emit_backups, peak_rss_mib};
 
 use std::time::{Duration, Instant};
 
 use pg_provision::{ClusterOptions, Postgres};
-use tokio_postgres::NoTls;
-use tracing::{info, info_span};
 use tracing_subscriber::prelude::*;
 
 struct Args {
@@ -67,13 +65,7 @@ fn main() {
     let url = runtime
         .block_on(server.create_database("bench_ingest"))
         .expect("bench database");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        audit_layer::migrate::migrate(&client)
-            .await
-            .expect("migrate");
-    });
+    runtime.block_on(connect_migrated(&url));
 
     let (layer, handle) = audit_layer::AuditLayer::builder()
         .database_url(&url)
@@ -86,28 +78,7 @@ fn main() {
 
     let per_thread = args.events / args.threads;
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        for thread in 0..args.threads {
-            let dispatch = dispatch.clone();
-            scope.spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
-                    let span = info_span!("request", username = "bench", ip_address = "192.0.2.1");
-                    let _guard = span.enter();
-                    for seq in 0..per_thread {
-                        info!(
-                            target: "audit",
-                            event_type = "benchmark",
-                            resource_type = "device",
-                            resource_id = "dev-1",
-                            thread,
-                            seq,
-                            "Device configuration backed up"
-                        );
-                    }
-                })
-            });
-        }
-    });
+    emit_backups(&dispatch, args.threads, per_thread);
     let emitted = started.elapsed();
     let stats = runtime
         .block_on(handle.shutdown(Duration::from_secs(600)))
@@ -172,15 +143,6 @@ fn main() {
         layer_rate / (args.baseline_records as f64 / per_record.as_secs_f64()),
         layer_rate / seed_rate
     );
-}
-
-async fn connect_migrated(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    audit_layer::migrate::migrate(&client)
-        .await
-        .expect("migrate");
-    client
 }
 
 /// A row as both baselines send it, built before the clock starts: the record's columns,

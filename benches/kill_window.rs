@@ -9,14 +9,13 @@
 
 mod support;
 
-use support::arg;
+use support::{arg, connect_migrated};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pg_provision::{Cluster, ClusterOptions};
-use tokio_postgres::NoTls;
 use tracing::info;
 use tracing_subscriber::prelude::*;
 
@@ -49,14 +48,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let cluster = Cluster::start_new(&ClusterOptions { durable: true }).expect("cluster");
     let url = cluster.url("postgres");
-    let client = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        audit_layer::migrate::migrate(&client)
-            .await
-            .expect("migrate");
-        client
-    });
+    let client = runtime.block_on(connect_migrated(&url));
     let mut losses = Vec::new();
     for run in 0..runs {
         let mut child = Command::new(std::env::current_exe().expect("exe"))

@@ -12,7 +12,7 @@
 
 mod support;
 
-use support::{arg, peak_rss_mib};
+use support::{arg, connect, connect_migrated, peak_rss_mib};
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use pg_provision::{ClusterOptions, Postgres};
-use tokio_postgres::NoTls;
 
 struct Client {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
@@ -91,11 +90,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn load(url: &str, rows: u64) {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    audit_layer::migrate::migrate(&client)
-        .await
-        .expect("migrate");
+    let client = connect_migrated(url).await;
     client
         .execute(
             "SELECT audit_logs_ensure_partitions(now() - interval '3 months', 4)",
@@ -158,8 +153,7 @@ async fn main() {
         .expect("database");
     load(&url, rows).await;
     if std::env::args().any(|a| a == "--text-index") {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
+        let client = connect(&url).await;
         let started = Instant::now();
         let report = audit_layer::text_index::create(&client)
             .await
@@ -193,13 +187,7 @@ async fn main() {
         .create_database("bench_query_access")
         .await
         .expect("database");
-    {
-        let (c, conn) = tokio_postgres::connect(&access_url, NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        audit_layer::migrate::migrate(&c).await.expect("migrate");
-    }
+    connect_migrated(&access_url).await;
     let (layer, audit) = audit_layer::AuditLayer::builder()
         .database_url(&access_url)
         .build()

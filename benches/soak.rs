@@ -8,12 +8,11 @@
 
 mod support;
 
-use support::{arg, rss_mib};
+use support::{arg, connect, connect_migrated, rss_mib};
 
 use std::time::{Duration, Instant};
 
 use pg_provision::{Cluster, ClusterOptions};
-use tokio_postgres::NoTls;
 use tracing::info;
 use tracing_subscriber::prelude::*;
 
@@ -24,13 +23,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let cluster = Cluster::start_new(&ClusterOptions { durable: true }).expect("cluster");
     let url = cluster.url("postgres");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
-        audit_layer::migrate::migrate(&client)
-            .await
-            .expect("migrate");
-    });
+    runtime.block_on(connect_migrated(&url));
     let spool = std::env::temp_dir().join(format!("audit-soak-spool-{}", std::process::id()));
     let (layer, handle) = audit_layer::AuditLayer::builder()
         .database_url(&url)
@@ -89,8 +82,7 @@ fn main() {
         .block_on(handle.shutdown(Duration::from_secs(300)))
         .expect("everything committed at the end");
     let (rows, distinct, max_seq): (i64, i64, i64) = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-        tokio::spawn(connection);
+        let client = connect(&url).await;
         let row = client
             .query_one(
                 "SELECT count(*), count(DISTINCT seq), max(seq) FROM audit_logs \

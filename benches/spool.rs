@@ -10,11 +10,10 @@
 
 mod support;
 
-use support::arg;
+use support::{arg, emit_backups};
 
 use std::time::{Duration, Instant};
 
-use tracing::{info, info_span};
 use tracing_subscriber::prelude::*;
 
 fn main() {
@@ -34,31 +33,7 @@ fn main() {
 
     let started = Instant::now();
     let per_thread = events / threads;
-    let emitters: Vec<_> = (0..threads)
-        .map(|t| {
-            let dispatch = dispatch.clone();
-            std::thread::spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
-                    let span = info_span!("request", username = "alice", ip_address = "192.0.2.10");
-                    let _entered = span.enter();
-                    for i in 0..per_thread {
-                        info!(
-                            target: "audit",
-                            event_type = "backup",
-                            resource_type = "device",
-                            resource_id = "dev-1",
-                            thread = t,
-                            seq = i,
-                            "Device configuration backed up"
-                        );
-                    }
-                })
-            })
-        })
-        .collect();
-    for emitter in emitters {
-        emitter.join().expect("emitter");
-    }
+    emit_backups(&dispatch, threads, per_thread);
     let emitted = per_thread * threads;
     let emitted_in = started.elapsed();
     loop {

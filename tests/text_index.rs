@@ -39,6 +39,31 @@ async fn insert(db: &TestDb, username: &str, message: &str) {
         .unwrap();
 }
 
+/// Leaves an INVALID index under the name of a partition's trigram index, as a cancelled
+/// concurrent build does (this one fails on duplicate user names); returns its name.
+async fn leave_an_invalid_index(db: &TestDb) -> String {
+    insert(db, "same", "first").await;
+    insert(db, "same", "second").await;
+    let month = db
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let leftover = format!("{month}_message_trgm");
+    let failed = db
+        .client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
+        ))
+        .await;
+    assert!(failed.is_err());
+    leftover
+}
+
 #[tokio::test]
 async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
     let db = TestDb::migrated("text_index_complete").await;
@@ -99,27 +124,7 @@ async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
 #[tokio::test]
 async fn an_interrupted_build_is_finished_by_the_next_run() {
     let db = TestDb::migrated("text_index_interrupted").await;
-    insert(&db, "same", "first").await;
-    insert(&db, "same", "second").await;
-    // A concurrent build that fails leaves an INVALID index behind, as a cancelled one
-    // does; this one fails on the duplicate user names.
-    let month = db
-        .client
-        .query_one(
-            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, String>(0);
-    let leftover = format!("{month}_message_trgm");
-    let failed = db
-        .client
-        .batch_execute(&format!(
-            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
-        ))
-        .await;
-    assert!(failed.is_err());
+    let leftover = leave_an_invalid_index(&db).await;
 
     let report = text_index::create(&db.client).await.unwrap();
     assert_eq!(report.rebuilt, vec![leftover]);
@@ -144,26 +149,7 @@ async fn partitions_created_later_get_the_index() {
 #[tokio::test]
 async fn removing_also_drops_what_an_interrupted_build_left() {
     let db = TestDb::migrated("text_index_leftover").await;
-    insert(&db, "same", "first").await;
-    insert(&db, "same", "second").await;
-    let month = db
-        .client
-        .query_one(
-            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, String>(0);
-    // An invalid index under the partition index's name, as a cancelled build leaves;
-    // it would slow every write until dropped.
-    let failed = db
-        .client
-        .batch_execute(&format!(
-            "CREATE UNIQUE INDEX CONCURRENTLY {month}_message_trgm ON {month} (username)"
-        ))
-        .await;
-    assert!(failed.is_err());
+    leave_an_invalid_index(&db).await;
     assert!(text_index::remove(&db.client).await.unwrap());
     assert_eq!(
         db.count("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%message_trgm'")

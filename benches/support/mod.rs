@@ -1,4 +1,5 @@
-//! What the benchmark binaries share: their flags and memory readings.
+//! What the benchmark binaries share: their flags, database connections, the burst of
+//! events the throughput benches emit, and memory readings.
 #![allow(dead_code)]
 
 pub mod caller;
@@ -30,4 +31,53 @@ fn proc_status_mib(field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A connection to `url`, driven in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A connection to `url`, with the schema applied first.
+pub async fn connect_migrated(url: &str) -> tokio_postgres::Client {
+    let client = connect(url).await;
+    audit_layer::migrate::migrate(&client)
+        .await
+        .expect("migrate");
+    client
+}
+
+/// Emits `per_thread` backup events from each of `threads` threads, each inside a request
+/// span (user name and IP address), as fast as they go; returns once all are emitted.
+pub fn emit_backups(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64) {
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let dispatch = dispatch.clone();
+            scope.spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let span = tracing::info_span!(
+                        "request",
+                        username = "bench",
+                        ip_address = "192.0.2.1"
+                    );
+                    let _guard = span.enter();
+                    for seq in 0..per_thread {
+                        tracing::info!(
+                            target: "audit",
+                            event_type = "benchmark",
+                            resource_type = "device",
+                            resource_id = "dev-1",
+                            thread,
+                            seq,
+                            "Device configuration backed up"
+                        );
+                    }
+                });
+            });
+        }
+    });
 }
