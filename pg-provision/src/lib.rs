@@ -164,8 +164,6 @@ impl Cluster {
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(&base)
             .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
-        fs::write(base.join("owner.pid"), std::process::id().to_string())
-            .map_err(|e| err(format!("cannot write in {}: {e}", base.display())))?;
         if as_postgres {
             let (uid, gid) = postgres_user_ids()?;
             std::os::unix::fs::chown(&base, Some(uid), Some(gid))
@@ -326,26 +324,40 @@ fn run_as(
 
 /// Stops and removes clusters left by processes that died without cleaning up.
 fn remove_abandoned_clusters() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+    let Ok(bin_dir) = find_bin_dir() else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("pg-provision-") {
-            continue;
-        }
-        let base = entry.path();
-        let owner = fs::read_to_string(base.join("owner.pid")).unwrap_or_default();
-        let alive = owner
-            .trim()
-            .parse::<u32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            if let Ok(bin_dir) = find_bin_dir() {
-                destroy(&base, &bin_dir, running_as_root());
-            }
-        }
+    for base in abandoned_clusters(&std::env::temp_dir()) {
+        destroy(&base, &bin_dir, running_as_root());
     }
+}
+
+/// The cluster directories in `dir` whose owning process is gone.
+///
+/// The owner is read from the directory's own name (`pg-provision-<pid>-<n>`), never
+/// from a file inside it: a directory another process has just created, and not yet
+/// filled, must not look abandoned, or two processes starting clusters at once would
+/// remove each other's.
+fn abandoned_clusters(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("pg-provision-")) else {
+                return false;
+            };
+            let owner = rest
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok());
+            // A name this crate did not write is left alone.
+            owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 fn find_bin_dir() -> Result<PathBuf, Error> {
@@ -522,6 +534,26 @@ mod tests {
             with_database("host=h user=u dbname=old", "new"),
             "host=h user=u dbname=old dbname=new"
         );
+    }
+
+    #[test]
+    fn only_clusters_of_dead_processes_count_as_abandoned() {
+        let dir = std::env::temp_dir().join(format!("pg-provision-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // No process has a pid at or above the kernel's limit.
+        let dead_pid: u32 = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4_194_304);
+        let live = dir.join(format!("pg-provision-{}-0", std::process::id()));
+        let dead = dir.join(format!("pg-provision-{dead_pid}-0"));
+        let foreign = dir.join("pg-provision-notes");
+        for d in [&live, &dead, &foreign] {
+            fs::create_dir_all(d).unwrap();
+        }
+        // Just created and still empty, as a concurrent start-up leaves it: kept.
+        assert_eq!(abandoned_clusters(&dir), vec![dead]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
