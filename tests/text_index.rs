@@ -4,6 +4,7 @@
 mod support;
 
 use audit_layer::text_index;
+use support::http::TestServer;
 use support::TestDb;
 
 const PARTITIONS: &str = "SELECT c.relname::text FROM pg_inherits i \
@@ -160,4 +161,69 @@ async fn removing_also_drops_what_an_interrupted_build_left() {
         !text_index::remove(&db.client).await.unwrap(),
         "nothing left"
     );
+}
+
+#[tokio::test]
+async fn a_search_narrowed_to_its_rare_part_finds_exactly_the_rows_containing_all_of_it() {
+    let db = TestDb::migrated("text_narrowed").await;
+    // "edge-" is in almost every message; "-42 " in a few, not all of which say "edge-42 ".
+    db.client
+        .batch_execute(
+            "INSERT INTO audit_logs (username, event_type, message) \
+             SELECT 'u' || i, 'backup', 'Device edge-' || i || ' backed up' \
+             FROM generate_series(0, 999) AS i; \
+             INSERT INTO audit_logs (username, event_type, message) VALUES \
+               ('a', 'system', 'Switch core-42 rebooted'), \
+               ('b', 'system', 'Link core-42 edge-7 flapped'), \
+               ('c', 'backup', 'EDGE-42 restored from backup');",
+        )
+        .await
+        .unwrap();
+    text_index::create(&db.client).await.unwrap();
+    let server = TestServer::start_quiet(&db).await;
+    let sampled = async {
+        loop {
+            let (_, _, body) = server.get("/metrics").await;
+            let metrics = String::from_utf8_lossy(&body).into_owned();
+            if !metrics.contains("auditd_text_search_sample_messages 0\n") {
+                return metrics;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let metrics = tokio::time::timeout(std::time::Duration::from_secs(20), sampled)
+        .await
+        .expect("the server samples messages once the trigram index is complete");
+    assert!(
+        metrics.contains("auditd_text_search_sample_messages 1003\n"),
+        "{metrics}"
+    );
+
+    let page = server.get_json("/api/v1/logs?q=edge-42%20&limit=100").await;
+    let found: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = db
+        .client
+        .query(
+            "SELECT message FROM audit_logs WHERE message ILIKE '%edge-42 %' \
+             ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        found,
+        ["EDGE-42 restored from backup", "Device edge-42 backed up"]
+    );
+    assert_eq!(found, expected);
+    let (_, _, body) = server.get("/metrics").await;
+    assert!(String::from_utf8_lossy(&body).contains("auditd_text_searches_narrowed_total 1\n"));
+    server.stop().await;
 }

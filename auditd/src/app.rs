@@ -2,6 +2,7 @@
 //! (authentication, the concurrency bound, the timeout, metrics, the access record).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,12 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Dispatch;
 
 use crate::auth::Tokens;
+use crate::filters::Filters;
 use crate::http::{ApiError, Body};
 use crate::listen::CommitNotices;
 use crate::metrics::{Extra, Metrics};
 use crate::params::Params;
+use crate::text_search::SharedSample;
 use crate::viewer::{self, Asset};
 use crate::{event_stats, export, health, logs, openapi, tail};
 
@@ -41,6 +44,9 @@ pub struct Limits {
     pub stream_keepalive: Duration,
     /// Rows fetched per query while exporting.
     pub export_page_rows: i64,
+    /// How often the message sample that tunes text search is renewed
+    /// ([`crate::text_search`]).
+    pub text_sample_interval: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +59,7 @@ impl Default for Limits {
             max_tail_wait: Duration::from_secs(60),
             stream_keepalive: Duration::from_secs(15),
             export_page_rows: 5000,
+            text_sample_interval: Duration::from_secs(600),
         }
     }
 }
@@ -73,6 +80,9 @@ pub struct App {
     pub audit_handle: Option<Arc<AuditHandle>>,
     /// Commit notices from the audit writers (`None`: tails rely on polling alone).
     pub commit_notices: Option<CommitNotices>,
+    /// Messages sampled to tune text search, renewed by the server.
+    pub text_sample: Arc<SharedSample>,
+    narrowed_text_searches: AtomicU64,
 }
 
 /// The routes the server answers. The OpenAPI document is checked against this table.
@@ -253,7 +263,19 @@ impl App {
             access_audit,
             audit_handle,
             commit_notices,
+            text_sample: Arc::default(),
+            narrowed_text_searches: AtomicU64::new(0),
         }
+    }
+
+    /// The filters of a request, taken out of `params`, with text search tuned to the
+    /// current message sample.
+    pub fn filters(&self, params: &mut Params) -> Result<Filters, ApiError> {
+        let mut filters = Filters::parse(params)?;
+        if filters.narrow_text_search(&self.text_sample.current()) {
+            self.narrowed_text_searches.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(filters)
     }
 
     /// A slot for an export or event stream, held until it ends; or 503.
@@ -539,6 +561,19 @@ impl App {
                 help: "Requests being served now.",
                 value: (self.limits.max_concurrent_requests - self.permits.available_permits())
                     as f64,
+            },
+            Extra {
+                name: "auditd_text_search_sample_messages",
+                kind: "gauge",
+                help:
+                    "Messages in the sample that tunes text search (0 without the trigram index).",
+                value: self.text_sample.current().len() as f64,
+            },
+            Extra {
+                name: "auditd_text_searches_narrowed_total",
+                kind: "counter",
+                help: "Text searches whose index lookup left out parts common in the sample.",
+                value: self.narrowed_text_searches.load(Ordering::Relaxed) as f64,
             },
         ];
         if let Some(handle) = &self.audit_handle {

@@ -6,12 +6,12 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::app::{Access, Answer, App};
-use crate::filters::{Filters, Sql};
+use crate::filters::Sql;
 use crate::http::{self, ApiError};
 use crate::params::Params;
 
 pub async fn stats(app: &App, mut params: Params) -> Result<Answer, ApiError> {
-    let mut filters = Filters::parse(&mut params)?;
+    let mut filters = app.filters(&mut params)?;
     params.finish()?;
     // Without a window, the last 24 hours: a count over all history is rarely what is meant,
     // and never cheap.

@@ -14,7 +14,6 @@ use tokio_postgres::Row;
 
 use crate::app::{Answer, App, Caller, Route};
 use crate::cursor::PageCursor;
-use crate::filters::Filters;
 use crate::http::{ApiError, ChannelBody};
 use crate::logs::{self, Order};
 use crate::params::Params;
@@ -37,7 +36,7 @@ pub async fn export(
     caller: Caller,
     route: &'static Route,
 ) -> Result<Answer, ApiError> {
-    let filters = Filters::parse(&mut params)?;
+    let filters = app.filters(&mut params)?;
     let order = Order::take(&mut params)?;
     let cursor = logs::take_cursor(&mut params)?;
     let format = params

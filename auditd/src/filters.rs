@@ -13,6 +13,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::http::ApiError;
 use crate::params::Params;
+use crate::text_search::{like_containing, MessageSample};
 
 /// SQL text and the values of its `$n` parameters.
 #[derive(Default)]
@@ -61,6 +62,9 @@ pub struct Filters {
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     text: Option<String>,
+    /// What the trigram index is searched for instead of all of `text`
+    /// ([`crate::text_search`]); empty: `text` itself.
+    text_index_patterns: Vec<String>,
     metadata: Vec<(String, Value)>,
 }
 
@@ -145,6 +149,16 @@ impl Filters {
         Ok(f)
     }
 
+    /// Searches the trigram index only for the parts of `q` that are rare in `sample`
+    /// (see [`crate::text_search`]); the rows found are the same. Returns whether the
+    /// search was narrowed.
+    pub fn narrow_text_search(&mut self, sample: &MessageSample) -> bool {
+        if let Some(text) = &self.text {
+            self.text_index_patterns = sample.index_patterns(text);
+        }
+        !self.text_index_patterns.is_empty()
+    }
+
     /// A filter on the time window only (for stats, which default it).
     pub fn window(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
         (self.since, self.until)
@@ -204,9 +218,18 @@ impl Filters {
             sql.push(&format!(" AND created_at < {p}"));
         }
         if let Some(text) = &self.text {
-            let pattern = format!("%{}%", escape_like(text));
-            let p = sql.bind(pattern);
-            sql.push(&format!(" AND message ILIKE {p}"));
+            let p = sql.bind(like_containing(text));
+            if self.text_index_patterns.is_empty() {
+                sql.push(&format!(" AND message ILIKE {p}"));
+            } else {
+                for pattern in &self.text_index_patterns {
+                    let i = sql.bind(pattern.clone());
+                    sql.push(&format!(" AND message ILIKE {i}"));
+                }
+                // The index covers `message`, not `message || ''`: so the whole pattern
+                // is checked on the candidates, and its common trigrams not looked up.
+                sql.push(&format!(" AND (message || '') ILIKE {p}"));
+            }
         }
         for (path, value) in &self.metadata {
             let Value::String(text) = value else { continue };
@@ -270,17 +293,6 @@ fn nest(path: &str, value: Value) -> Value {
     })
 }
 
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -324,6 +336,25 @@ mod tests {
         let (_, sql) = parse("username=x%27%3B+DROP+TABLE+audit_logs%3B--&q=50%25_off").unwrap();
         assert_eq!(sql.text, "true AND username = $1 AND message ILIKE $2");
         assert!(!sql.text.contains("DROP"));
+    }
+
+    #[test]
+    fn a_narrowed_text_search_still_checks_the_whole_pattern() {
+        let mut params = Params::parse(Some("q=edge-4242%20")).unwrap();
+        let mut filters = Filters::parse(&mut params).unwrap();
+        filters.narrow_text_search(&MessageSample::from_messages(
+            (0..1000).map(|i| format!("Device edge-{i} online")),
+        ));
+        let mut sql = Sql::new("true");
+        filters.push_conditions(&mut sql);
+        assert_eq!(
+            sql.text,
+            "true AND message ILIKE $2 AND (message || '') ILIKE $1"
+        );
+        assert_eq!(
+            format!("{:?}", sql.params()),
+            r#"["%edge-4242 %", "%-4242 %"]"#
+        );
     }
 
     #[test]

@@ -31,5 +31,6 @@ pub mod schema;
 pub mod serve;
 pub mod server;
 pub mod tail;
+pub mod text_search;
 pub mod upkeep;
 pub mod viewer;

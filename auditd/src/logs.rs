@@ -119,7 +119,7 @@ pub fn row_cursor(row: &Row) -> Result<PageCursor, ApiError> {
 }
 
 pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
-    let filters = Filters::parse(&mut params)?;
+    let filters = app.filters(&mut params)?;
     let order = Order::take(&mut params)?;
     let limit = params
         .take_parsed("limit", params::limit(MAX_PAGE_ROWS))?

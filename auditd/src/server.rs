@@ -60,6 +60,11 @@ pub async fn run(
         options.audit_handle,
         options.commit_notices,
     ));
+    let sampler = tokio::spawn(crate::text_search::renew_periodically(
+        app.pool.clone(),
+        app.text_sample.clone(),
+        app.limits.text_sample_interval,
+    ));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     tracing::info!(address = %local, "auditd is serving");
@@ -81,6 +86,7 @@ pub async fn run(
         }
     }
     drop(listener);
+    sampler.abort();
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_streams.send(true);
     tokio::select! {

@@ -110,7 +110,7 @@ fn tail_cursor_of(row: &Row) -> TailCursor {
 
 /// Long poll: answers as soon as rows are committed after the cursor, or after `wait`.
 pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError> {
-    let filters = Filters::parse(&mut params)?;
+    let filters = app.filters(&mut params)?;
     let cursor = take_tail_cursor(&mut params, None)?;
     let limit = params
         .take_parsed("limit", params::limit(MAX_PAGE_ROWS))?
@@ -174,7 +174,7 @@ pub async fn stream(
     caller: Caller,
     route: &'static Route,
 ) -> Result<Answer, ApiError> {
-    let filters = Filters::parse(&mut params)?;
+    let filters = app.filters(&mut params)?;
     let cursor = take_tail_cursor(&mut params, last_event_id)?;
     params.finish()?;
 
