@@ -141,6 +141,36 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_writer_batch_comes_back_to_the_emitting_threads() {
+        const BATCH: usize = 8192;
+        // The writer's thread drops a batch of ordinary records...
+        let returned: std::collections::HashSet<usize> = std::thread::spawn(|| {
+            (0..BATCH)
+                .map(|_| {
+                    let buffer = String::with_capacity(384);
+                    let address = buffer.as_ptr() as usize;
+                    recycle(buffer);
+                    address
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        // ...and an emitting thread gets them back, but for the few the writer's own list
+        // kept (freed with its thread) and any another test took meanwhile.
+        let reused = std::thread::spawn(move || {
+            let taken: Vec<String> = (0..BATCH).map(|_| buffer(300)).collect();
+            taken
+                .iter()
+                .filter(|b| returned.contains(&(b.as_ptr() as usize)))
+                .count()
+        })
+        .join()
+        .unwrap();
+        assert!(reused >= BATCH - 4 * MOVE, "{reused} of {BATCH} reused");
+    }
+
+    #[test]
     fn a_thread_keeps_a_bounded_number_of_buffers() {
         let kept = || LOCAL.with(|local| local.borrow().len());
         for _ in 0..10 * MOVE {
