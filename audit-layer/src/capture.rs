@@ -265,7 +265,7 @@ impl Draft {
 
     /// Whether any text this draft holds contains a NUL byte.
     pub(crate) fn has_nul(&self) -> bool {
-        self.text.as_bytes().contains(&0)
+        memchr::memchr(0, self.text.as_bytes()).is_some()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
