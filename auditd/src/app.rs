@@ -23,7 +23,7 @@ use crate::metrics::{Extra, Metrics};
 use crate::params::Params;
 use crate::text_search::SharedSample;
 use crate::viewer::{self, Asset};
-use crate::{event_stats, export, health, logs, openapi, tail};
+use crate::{event_stats, export, export_link, health, logs, openapi, tail};
 
 /// Limits and intervals of the API.
 #[derive(Debug, Clone)]
@@ -96,6 +96,7 @@ pub enum RouteId {
     Logs,
     LogById,
     Export,
+    ExportLink,
     Tail,
     Stream,
     Stats,
@@ -164,6 +165,13 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/logs/export",
         protected: true,
         audited: true,
+    },
+    Route {
+        id: RouteId::ExportLink,
+        path: "/api/v1/logs/export/link",
+        protected: true,
+        // The download it leads to is the read, and is recorded as one.
+        audited: false,
     },
     Route {
         id: RouteId::Tail,
@@ -424,6 +432,7 @@ impl App {
             RouteId::Logs => logs::list(self, params).await,
             RouteId::LogById => logs::by_id(self, id.as_deref().unwrap_or(""), params).await,
             RouteId::Export => export::export(self, params, caller, route).await,
+            RouteId::ExportLink => export_link::issue(self, request.uri().query(), &caller),
             RouteId::Tail => tail::long_poll(self, params).await,
             RouteId::Stream => {
                 let last_event_id = request
@@ -455,14 +464,30 @@ impl App {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        match self.tokens.check(header) {
+        let from_link = || {
+            // A download link stands in for the token that signed it (`export_link`).
+            (route.id == RouteId::Export)
+                .then(|| request.uri().path_and_query())
+                .flatten()
+                .and_then(|target| export_link::signer(&self.tokens, target.as_str()))
+        };
+        match self
+            .tokens
+            .check(header)
+            .map(str::to_owned)
+            .or_else(from_link)
+        {
             Some(name) => Some(Caller {
-                name: name.to_owned(),
+                name,
                 ip: peer.ip(),
             }),
             None => {
                 if route.audited {
-                    self.record_denied(&anonymous, route, header.is_some());
+                    let link = request
+                        .uri()
+                        .query()
+                        .is_some_and(|q| q.contains("link_signature="));
+                    self.record_denied(&anonymous, route, header.is_some() || link);
                 }
                 None
             }

@@ -8,6 +8,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
@@ -72,6 +74,35 @@ impl Tokens {
         self.entries.is_empty()
     }
 
+    /// `message` signed with the secret of the token named `name` (HMAC-SHA-256, as hex),
+    /// so that a link can carry that token's authority without carrying the token.
+    pub fn sign(&self, name: &str, message: &[u8]) -> Option<String> {
+        let mac = self.mac(name, message)?;
+        let mut hex = String::with_capacity(64);
+        for byte in mac.finalize().into_bytes() {
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+        }
+        Some(hex)
+    }
+
+    /// Whether `signature` is [`sign`](Self::sign)'s for `name` and `message`, compared
+    /// in constant time.
+    pub fn verify(&self, name: &str, message: &[u8], signature: &str) -> bool {
+        let Some(tag) = decode_hex(signature) else {
+            return false;
+        };
+        self.mac(name, message)
+            .is_some_and(|mac| mac.verify_slice(&tag).is_ok())
+    }
+
+    fn mac(&self, name: &str, message: &[u8]) -> Option<Hmac<Sha256>> {
+        let (_, secret) = self.entries.iter().find(|(n, _)| n == name)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+        mac.update(message);
+        Some(mac)
+    }
+
     /// The name of the token in an `Authorization` header value, if it is valid.
     pub fn check(&self, authorization: Option<&[u8]>) -> Option<&str> {
         let presented = authorization.and_then(|h| {
@@ -87,6 +118,16 @@ impl Tokens {
         }
         found
     }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Compares without an early exit; only the length (not a secret's content) shows in timing.
@@ -125,6 +166,20 @@ mod tests {
         assert_eq!(tokens.check(Some(b"Bearer 0123456789abcdef01234")), None);
         assert_eq!(tokens.check(Some(b"Basic 0123456789abcdef0123")), None);
         assert_eq!(tokens.check(None), None);
+    }
+
+    #[test]
+    fn signatures_hold_for_their_token_and_message_only() {
+        let tokens =
+            Tokens::parse(["ops:0123456789abcdef0123", "dev:fedcba9876543210fedc"]).unwrap();
+        let signature = tokens.sign("ops", b"/export?q=x").unwrap();
+        assert_eq!(signature.len(), 64);
+        assert!(tokens.verify("ops", b"/export?q=x", &signature));
+        assert!(!tokens.verify("ops", b"/export?q=y", &signature));
+        assert!(!tokens.verify("dev", b"/export?q=x", &signature));
+        assert!(!tokens.verify("ops", b"/export?q=x", &signature[..62]));
+        assert!(!tokens.verify("ops", b"/export?q=x", "not hex"));
+        assert_eq!(tokens.sign("nobody", b"/export?q=x"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 
 use crate::app::{Answer, App, Caller, Route};
 use crate::cursor::PageCursor;
+use crate::filters::Filters;
 use crate::http::{ApiError, ChannelBody};
 use crate::logs::{self, Order};
 use crate::params::Params;
@@ -30,27 +31,60 @@ resource_type,resource_id,resource_name,metadata,cursor\r\n";
 /// Bytes gathered before a chunk is handed to the response.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// What an export was asked for.
+pub struct ExportRequest {
+    filters: Filters,
+    order: Order,
+    cursor: Option<PageCursor>,
+    format: Format,
+    max_rows: Option<u64>,
+}
+
+impl ExportRequest {
+    /// Takes every parameter of an export out of `params`; any other is an error. The
+    /// parameters of a download link ([`crate::export_link`]) are taken and left to it.
+    pub fn parse(app: &App, mut params: Params) -> Result<ExportRequest, ApiError> {
+        let filters = app.filters(&mut params)?;
+        let order = Order::take(&mut params)?;
+        let cursor = logs::take_cursor(&mut params)?;
+        let format = params
+            .take_parsed("format", |v| match v {
+                "ndjson" => Ok(Format::Ndjson),
+                "csv" => Ok(Format::Csv),
+                _ => Err("must be ndjson or csv".to_owned()),
+            })?
+            .unwrap_or(Format::Ndjson);
+        let max_rows = params.take_parsed("limit", |v| match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("must be a positive integer".to_owned()),
+        })?;
+        for name in crate::export_link::PARAMETERS {
+            params.take(name)?;
+        }
+        params.finish()?;
+        Ok(ExportRequest {
+            filters,
+            order,
+            cursor,
+            format,
+            max_rows,
+        })
+    }
+}
+
 pub async fn export(
     app: &Arc<App>,
-    mut params: Params,
+    params: Params,
     caller: Caller,
     route: &'static Route,
 ) -> Result<Answer, ApiError> {
-    let filters = app.filters(&mut params)?;
-    let order = Order::take(&mut params)?;
-    let cursor = logs::take_cursor(&mut params)?;
-    let format = params
-        .take_parsed("format", |v| match v {
-            "ndjson" => Ok(Format::Ndjson),
-            "csv" => Ok(Format::Csv),
-            _ => Err("must be ndjson or csv".to_owned()),
-        })?
-        .unwrap_or(Format::Ndjson);
-    let max_rows = params.take_parsed("limit", |v| match v.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("must be a positive integer".to_owned()),
-    })?;
-    params.finish()?;
+    let ExportRequest {
+        filters,
+        order,
+        cursor,
+        format,
+        max_rows,
+    } = ExportRequest::parse(app, params)?;
 
     // Fail now, with a proper status, rather than after the 200 has gone out.
     let stream_slot = app.stream_slot()?;

@@ -17,6 +17,7 @@ pub mod cursor;
 pub mod demo;
 pub mod event_stats;
 pub mod export;
+pub mod export_link;
 pub mod filters;
 pub mod health;
 pub mod http;

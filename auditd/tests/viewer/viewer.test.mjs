@@ -177,3 +177,22 @@ test("times show in local time on request, and since/until follow the zone shown
   assert.equal(await local.getByLabel("Since (local)").inputValue(), "2026-01-01T05:30:15");
   await context.close();
 });
+
+test("an export downloads straight from the server through a signed link", async () => {
+  await page.goto(base + "/?event_type=backup");
+  await rows().first().waitFor();
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export CSV" }).click(),
+  ]);
+  // The browser fetched the export itself: the page never held it.
+  assert.match(download.url(), /\/api\/v1\/logs\/export\?event_type=backup&format=csv&link_by=viewer&link_expires=\d+&link_signature=[0-9a-f]{64}$/);
+  assert.equal(download.suggestedFilename(), "audit_logs.csv");
+  const { readFile } = await import("node:fs/promises");
+  const lines = (await readFile(await download.path(), "utf8")).trimEnd().split("\r\n");
+  assert.match(lines[0], /^id,created_at,username/);
+  const expected = execFileSync("psql", [dbUrl, "-At", "-c",
+    "SELECT count(*) FROM audit_logs WHERE event_type = 'backup'"]).toString().trim();
+  assert.equal(lines.length - 1, Number(expected));
+  assert.ok(lines.slice(1).every((line) => line.includes(",backup,")), "only backup records");
+});
