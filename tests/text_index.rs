@@ -21,8 +21,13 @@ const INDEXED: &str = "SELECT count(*) FROM pg_inherits i \
          AND x.indrelid = c.oid AND x.indisvalid AND am.amname = 'gin')";
 
 async fn partitions(db: &TestDb) -> Vec<String> {
+    texts(db, PARTITIONS).await
+}
+
+/// The first column of every row `sql` returns.
+async fn texts(db: &TestDb, sql: &str) -> Vec<String> {
     db.client
-        .query(PARTITIONS, &[])
+        .query(sql, &[])
         .await
         .unwrap()
         .iter()
@@ -92,17 +97,11 @@ async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
         .batch_execute("SET enable_seqscan = off")
         .await
         .unwrap();
-    let plan: Vec<String> = db
-        .client
-        .query(
-            "EXPLAIN SELECT id FROM audit_logs WHERE message ILIKE '%core-ams2%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let plan = texts(
+        &db,
+        "EXPLAIN SELECT id FROM audit_logs WHERE message ILIKE '%core-ams2%'",
+    )
+    .await;
     assert!(
         plan.iter().any(|line| line.contains("message_trgm")),
         "{plan:#?}"
@@ -206,18 +205,12 @@ async fn a_search_narrowed_to_its_rare_part_finds_exactly_the_rows_containing_al
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_owned())
         .collect();
-    let expected: Vec<String> = db
-        .client
-        .query(
-            "SELECT message FROM audit_logs WHERE message ILIKE '%edge-42 %' \
-             ORDER BY created_at DESC, id DESC",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let expected = texts(
+        &db,
+        "SELECT message FROM audit_logs WHERE message ILIKE '%edge-42 %' \
+         ORDER BY created_at DESC, id DESC",
+    )
+    .await;
     assert_eq!(
         found,
         ["EDGE-42 restored from backup", "Device edge-42 backed up"]
