@@ -116,8 +116,18 @@ fn spill(local: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    /// The pool is shared by the whole process, and a thread that finds it busy frees
+    /// its buffers instead of waiting (by design): these tests take turns, so that one
+    /// does not count another's buffers or lose its own to another's lock.
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static TURN: Mutex<()> = Mutex::new(());
+        TURN.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn a_recycled_buffer_comes_back_empty_with_its_room() {
+        let _turn = one_at_a_time();
         let mut first = buffer(100);
         first.push_str("old contents");
         let room = first.capacity();
@@ -131,6 +141,7 @@ mod tests {
 
     #[test]
     fn oversized_and_empty_buffers_are_not_kept() {
+        let _turn = one_at_a_time();
         let kept = || LOCAL.with(|local| local.borrow().len());
         let before = kept();
         recycle(String::with_capacity(BUFFER_MAX + 1));
@@ -142,6 +153,7 @@ mod tests {
 
     #[test]
     fn a_whole_writer_batch_comes_back_to_the_emitting_threads() {
+        let _turn = one_at_a_time();
         const BATCH: usize = 8192;
         // The writer's thread drops a batch of ordinary records...
         let returned: std::collections::HashSet<usize> = std::thread::spawn(|| {
@@ -157,9 +169,10 @@ mod tests {
         .join()
         .unwrap();
         // ...and an emitting thread gets them back, but for the few the writer's own list
-        // kept (freed with its thread) and any another test took meanwhile.
+        // kept (freed with its thread) and any another test took meanwhile. It takes more
+        // than a batch, as buffers that other tests left in the shared pool come first.
         let reused = std::thread::spawn(move || {
-            let taken: Vec<String> = (0..BATCH).map(|_| buffer(300)).collect();
+            let taken: Vec<String> = (0..2 * BATCH).map(|_| buffer(300)).collect();
             taken
                 .iter()
                 .filter(|b| returned.contains(&(b.as_ptr() as usize)))
@@ -172,6 +185,7 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_a_bounded_number_of_buffers() {
+        let _turn = one_at_a_time();
         let kept = || LOCAL.with(|local| local.borrow().len());
         for _ in 0..10 * MOVE {
             recycle(String::with_capacity(16));
