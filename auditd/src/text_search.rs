@@ -36,6 +36,11 @@ pub const SAMPLE_SIZE: usize = 2000;
 /// and the sample too small to judge by.
 const MIN_SAMPLE: usize = 200;
 
+/// Parts of `q` judged at most: each is looked for in the whole sample, on the request's
+/// thread, and a `q` of 1,024 bytes could hold hundreds. Parts after these are left to the
+/// check of the whole pattern.
+const MAX_PIECES: usize = 16;
+
 /// A part of `q` found in at least this share of the sample is common: its trigrams
 /// would narrow the candidates by less than they cost.
 const COMMON_SHARE: f64 = 0.25;
@@ -116,7 +121,7 @@ impl MessageSample {
         }
         let mut rare = Vec::new();
         let mut any_common = false;
-        for piece in word_pieces(q) {
+        for piece in word_pieces(q).into_iter().take(MAX_PIECES) {
             let needle = piece.to_lowercase();
             let found = self
                 .lowercase
@@ -247,6 +252,15 @@ mod tests {
         let sample = MessageSample::from_messages((0..300).map(|i| format!("LOGIN by user{i}")));
         assert_eq!(sample.index_patterns("login by user7"), vec!["% user7%"]);
         assert_eq!(sample.index_patterns("Login BY User7"), vec!["% User7%"]);
+    }
+
+    #[test]
+    fn only_the_first_parts_of_a_long_search_are_judged() {
+        let sample = MessageSample::from_messages((0..300).map(|i| format!("at edge edge {i}")));
+        let long = format!("edge {} rare", "edge ".repeat(MAX_PIECES));
+        assert!(sample.index_patterns(&long).is_empty());
+        let short = format!("edge {} rare", "edge ".repeat(MAX_PIECES - 2));
+        assert_eq!(sample.index_patterns(&short), vec!["% rare%"]);
     }
 
     #[test]
