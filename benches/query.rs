@@ -206,6 +206,7 @@ async fn main() {
             access_audit: Some(dispatch),
             audit_handle: None,
             commit_notices: None,
+            tls: None,
         },
         async {
             let _ = stopped.await;

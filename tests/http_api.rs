@@ -796,6 +796,7 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
         access_audit: None,
         audit_handle: None,
         commit_notices: None,
+        tls: None,
     };
     let err = auditd::server::run(listener, pool, options, std::future::pending())
         .await
@@ -1008,4 +1009,109 @@ async fn a_download_link_exports_without_a_header_exactly_what_it_was_issued_for
         )
         .await;
     assert_eq!(refused, 5);
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made with the openssl command.
+fn self_signed_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=auditd test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // An end-entity certificate: rustls refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl command, to make a test certificate");
+    assert!(status.success());
+    (cert, key)
+}
+
+#[tokio::test]
+async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+
+    let dir = std::env::temp_dir().join(format!("auditd-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed_certificate(&dir, "server");
+    let (_, other_key) = self_signed_certificate(&dir, "other");
+    let mismatched = auditd::tls::acceptor(&cert, &other_key).err().unwrap();
+    assert!(
+        format!("{mismatched:#}").contains("do not go together"),
+        "{mismatched:#}"
+    );
+    let missing = auditd::tls::acceptor(&dir.join("none.pem"), &key)
+        .err()
+        .unwrap();
+    assert!(format!("{missing:#}").contains("none.pem"), "{missing:#}");
+
+    let (db, seeded_ids) = seeded().await;
+    let server = TestServer::start_tls(&db, auditd::tls::acceptor(&cert, &key).unwrap()).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the server's certificate");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/api/v1/logs?event_type=backup")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ids(&page), vec![seeded_ids[4]]);
+
+    // Plain HTTP to the TLS port: the handshake fails and no HTTP answer comes back.
+    let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the viewer page and the HTTP API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the schema migrations, then create the partitions ahead of time.
     ///
     /// Needs a role that may create tables (the table owner). Safe to run from several
@@ -128,6 +128,16 @@ pub struct ServeArgs {
     /// Bearer tokens, comma-separated, in the same format as the token file.
     #[arg(long, env = "AUDITD_TOKENS", hide_env_values = true)]
     pub tokens: Option<String>,
+
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first);
+    /// needs --tls-key. Without it auditd serves plain HTTP (fine on loopback or behind
+    /// a TLS-terminating proxy).
+    #[arg(long, env = "AUDITD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "AUDITD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Most database connections for queries.
     #[arg(long, env = "AUDITD_POOL_SIZE", default_value_t = 16)]

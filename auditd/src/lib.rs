@@ -33,5 +33,6 @@ pub mod serve;
 pub mod server;
 pub mod tail;
 pub mod text_search;
+pub mod tls;
 pub mod upkeep;
 pub mod viewer;

@@ -11,7 +11,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => serve::run(cli.serve, &cli.log).await,
-        Some(Command::Serve(args)) => serve::run(args, &cli.log).await,
+        Some(Command::Serve(args)) => serve::run(*args, &cli.log).await,
         Some(Command::Migrate(db)) => {
             logging::init(&cli.log, None)?;
             let client = schema::connect(&db.database_url, db.db_timeout).await?;

@@ -86,6 +86,10 @@ pub async fn serve_until_signal(
             audit_layer::partitions::DEFAULT_MONTHS_AHEAD,
         ))
     });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let options = ServerOptions {
         tokens,
         limits: Limits {
@@ -98,6 +102,7 @@ pub async fn serve_until_signal(
         access_audit: None,
         audit_handle: Some(audit_handle),
         commit_notices: Some(listen::commit_notices(database_url)),
+        tls,
     };
     let result = server::run(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {

@@ -12,9 +12,10 @@ use audit_layer::AuditHandle;
 use deadpool_postgres::Pool;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing::Dispatch;
 
 use crate::app::{App, Limits};
@@ -32,6 +33,8 @@ pub struct ServerOptions {
     /// Commit notices ([`crate::listen::commit_notices`]), which wake tails before their
     /// next poll; `None` to rely on polling.
     pub commit_notices: Option<crate::listen::CommitNotices>,
+    /// Serve HTTPS with this ([`crate::tls::acceptor`]); `None` for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves until `shutdown` completes, then shuts down gracefully.
@@ -67,7 +70,18 @@ pub async fn run(
     ));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    tracing::info!(address = %local, "auditd is serving");
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %local, scheme, "auditd is serving");
+    if options.tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP on a network address: bearer tokens and audit records cross \
+             the network in clear text; use --tls-cert and --tls-key, or a TLS-terminating proxy"
+        );
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -80,7 +94,10 @@ pub async fn run(
                         continue;
                     }
                 };
-                serve_connection(&app, &graceful, stream, peer);
+                match &options.tls {
+                    None => serve_connection(&app, graceful.watcher(), stream, peer),
+                    Some(tls) => serve_tls_connection(&app, graceful.watcher(), tls, stream, peer),
+                }
             }
             () = &mut shutdown => break,
         }
@@ -98,12 +115,33 @@ pub async fn run(
     Ok(())
 }
 
-fn serve_connection(
+/// The longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn serve_tls_connection(
     app: &Arc<App>,
-    graceful: &GracefulShutdown,
+    graceful: Watcher,
+    tls: &TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    let app = app.clone();
+    let handshake = tls.accept(stream);
+    tokio::spawn(async move {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => serve_connection(&app, graceful, stream, peer),
+            // A scanner, a client that does not trust the certificate, plain HTTP sent
+            // to the TLS port: the client's problem, worth a line at debug level only.
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    });
+}
+
+fn serve_connection<S>(app: &Arc<App>, graceful: Watcher, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let app = app.clone();
     let service = service_fn(move |request| {
         let app = app.clone();

@@ -39,11 +39,16 @@ impl TestServer {
     /// what the test reads.
     pub async fn start_quiet(db: &TestDb) -> TestServer {
         let elsewhere = TestDb::migrated("access_records").await;
-        TestServer::start_full(db, &elsewhere.url, ops_token(), Limits::default()).await
+        TestServer::start_full(db, &elsewhere.url, ops_token(), Limits::default(), None).await
+    }
+
+    /// Serves `db` over HTTPS with `tls`, with the token `ops:TOKEN`.
+    pub async fn start_tls(db: &TestDb, tls: tokio_rustls::TlsAcceptor) -> TestServer {
+        TestServer::start_full(db, &db.url, ops_token(), Limits::default(), Some(tls)).await
     }
 
     pub async fn start_with(db: &TestDb, tokens: Tokens, limits: Limits) -> TestServer {
-        TestServer::start_full(db, &db.url, tokens, limits).await
+        TestServer::start_full(db, &db.url, tokens, limits, None).await
     }
 
     /// Serves `db`, writing access records to the database at `access_url`.
@@ -52,6 +57,7 @@ impl TestServer {
         access_url: &str,
         tokens: Tokens,
         limits: Limits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> TestServer {
         let (layer, handle) = builder(access_url).build().expect("access audit layer");
         use tracing_subscriber::prelude::*;
@@ -76,6 +82,7 @@ impl TestServer {
             access_audit: Some(dispatch),
             audit_handle: Some(audit.clone()),
             commit_notices: Some(auditd::listen::commit_notices(&db.url)),
+            tls,
         };
         let done = tokio::spawn(server::run(listener, pool, options, async {
             let _ = stopped.await;
