@@ -8,7 +8,8 @@
 //! and export"). PostgreSQL keeps no statistics on trigrams, so auditd keeps a small
 //! random sample of messages and searches the index only for the parts of `q` that are
 //! rare in it. The whole pattern is still checked on every candidate row, so the rows
-//! found are the same; only the work to find them changes.
+//! found are the same; only the work to find them changes. Only ASCII searches are
+//! narrowed (see [`MessageSample::index_patterns`]).
 //!
 //! ```
 //! use auditd::text_search::MessageSample;
@@ -110,13 +111,17 @@ impl MessageSample {
 
     /// The `ILIKE` patterns to look up in the index for `q`: its parts that are rare in
     /// the sample, each with the separators around it. Empty when the whole pattern
-    /// should be looked up as it is: the sample is too small, or no part of `q` is
-    /// common, or every part is.
+    /// should be looked up as it is: `q` is not ASCII, the sample is too small, or no
+    /// part of `q` is common, or every part is.
     ///
     /// Each pattern is a piece of `q` between `%`s, so every message that contains `q`
-    /// matches it: narrowing the lookup never loses a row.
+    /// matches it: narrowing the lookup never loses a row. That holds because ILIKE
+    /// lower-cases ASCII one character at a time; beyond ASCII, a collation may lower a
+    /// character by its neighbours (a Greek capital sigma at the end of a word, under
+    /// ICU), so a piece cut out of `q` could lower differently from the same characters
+    /// inside it, and a matching row be lost.
     pub fn index_patterns(&self, q: &str) -> Vec<String> {
-        if self.lowercase.len() < MIN_SAMPLE {
+        if self.lowercase.len() < MIN_SAMPLE || !q.is_ascii() {
             return Vec::new();
         }
         let mut rare = Vec::new();
@@ -261,6 +266,13 @@ mod tests {
         assert!(sample.index_patterns(&long).is_empty());
         let short = format!("edge {} rare", "edge ".repeat(MAX_PIECES - 2));
         assert_eq!(sample.index_patterns(&short), vec!["% rare%"]);
+    }
+
+    #[test]
+    fn a_search_beyond_ascii_is_never_narrowed() {
+        let sample = MessageSample::from_messages((0..300).map(|i| format!("edge-{i} ΑΣ")));
+        assert!(sample.index_patterns("edge-ΑΣ.Β ").is_empty());
+        assert_eq!(sample.index_patterns("edge-4242 "), vec!["%-4242 %"]);
     }
 
     #[test]
