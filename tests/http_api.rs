@@ -943,6 +943,15 @@ async fn a_download_link_exports_without_a_header_exactly_what_it_was_issued_for
         .await;
     let url = link["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("/api/v1/logs/export?{query}&link_by=ops&")));
+    // Values a browser would escape itself come back escaped, so the link survives it.
+    let spelled = server
+        .get_json("/api/v1/logs/export/link?q=Device+%27edge")
+        .await;
+    let spelled = spelled["url"].as_str().unwrap();
+    assert!(spelled.starts_with("/api/v1/logs/export?q=Device%20%27edge&link_by=ops&"));
+    let (status, _, body) = server.request(spelled, None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&body).lines().count(), 2);
     assert!(link["expires_at"].as_str().unwrap().ends_with('Z'));
 
     // Followed without a header, as a browser does: the same bytes as the export itself.
@@ -998,7 +1007,7 @@ async fn a_download_link_exports_without_a_header_exactly_what_it_was_issued_for
              AND (metadata->>'status')::int = 200",
         )
         .await;
-    assert_eq!(downloads.len(), 2, "{downloads:?}");
+    assert_eq!(downloads.len(), 3, "{downloads:?}");
     assert!(downloads.iter().all(|r| r.username == "ops"));
     assert!(downloads.iter().all(|r| r.metadata["rows"] == 2));
     let refused = db

@@ -41,8 +41,8 @@ pub const PARAMETERS: [&str; 3] = [BY, EXPIRES, SIGNATURE];
 /// Answers with a link to the export `query` asks for, after checking it as the export
 /// itself would (a bad filter is a 400 now, not a failed download later).
 pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, ApiError> {
-    let query = query.unwrap_or("");
-    let mut params = Params::parse(Some(query))?;
+    let raw = query.unwrap_or("");
+    let mut params = Params::parse(Some(raw))?;
     for name in PARAMETERS {
         if params.take(name)?.is_some() {
             return Err(ApiError::bad_parameter(
@@ -52,6 +52,11 @@ pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, 
         }
     }
     ExportRequest::parse(app, params)?;
+    // Re-encoded with every byte but the unreserved ones escaped: a browser following the
+    // link sends it byte for byte (it would escape a raw `'` or UTF-8 itself, and so
+    // break the signature), and the export reads the same values.
+    let query = canonical(raw)?;
+    let query = query.as_str();
     let (url, expires) = if app.tokens.is_empty() {
         // Nothing to prove: the export needs no token.
         (join(EXPORT_PATH, query), None)
@@ -117,6 +122,21 @@ pub fn signer(tokens: &Tokens, path_and_query: &str) -> Option<String> {
     tokens
         .verify(name, unsigned.as_bytes(), signature)
         .then(|| name.to_owned())
+}
+
+fn canonical(query: &str) -> Result<String, ApiError> {
+    let pairs = query_string::parse(query).map_err(|e| ApiError::bad_parameter("query", e))?;
+    Ok(pairs
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "{}={}",
+                query_string::encode(name),
+                query_string::encode(value)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&"))
 }
 
 fn join(path: &str, query: &str) -> String {
