@@ -49,9 +49,19 @@ impl Tokens {
             if secret.len() < MIN_SECRET_BYTES {
                 bail!("the token named {name:?} is shorter than {MIN_SECRET_BYTES} characters");
             }
-            tokens.entries.push((name, secret.as_bytes().to_vec()));
+            tokens.add(name, secret.as_bytes().to_vec())?;
         }
         Ok(tokens)
+    }
+
+    /// A name is who the access records name and whose secret signs download links, so
+    /// two tokens may not share one.
+    fn add(&mut self, name: String, secret: Vec<u8>) -> Result<()> {
+        if self.entries.iter().any(|(n, _)| *n == name) {
+            bail!("two tokens are named {name:?}: give each its own name");
+        }
+        self.entries.push((name, secret));
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -65,9 +75,12 @@ impl Tokens {
         Tokens::parse_named(list.split(','), "env-token").context("in AUDITD_TOKENS")
     }
 
-    pub fn merge(mut self, other: Tokens) -> Self {
-        self.entries.extend(other.entries);
-        self
+    /// These tokens and `other`'s; an error when a name is in both.
+    pub fn merge(mut self, other: Tokens) -> Result<Self> {
+        for (name, secret) in other.entries {
+            self.add(name, secret)?;
+        }
+        Ok(self)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -180,6 +193,16 @@ mod tests {
         assert!(!tokens.verify("ops", b"/export?q=x", &signature[..62]));
         assert!(!tokens.verify("ops", b"/export?q=x", "not hex"));
         assert_eq!(tokens.sign("nobody", b"/export?q=x"), None);
+    }
+
+    #[test]
+    fn two_tokens_may_not_share_a_name() {
+        let err =
+            Tokens::parse(["ops:0123456789abcdef0123", "ops:fedcba9876543210fedc"]).unwrap_err();
+        assert!(err.to_string().contains("\"ops\""), "{err}");
+        let file = Tokens::parse(["ops:0123456789abcdef0123"]).unwrap();
+        let env = Tokens::parse(["ops:fedcba9876543210fedc"]).unwrap();
+        assert!(file.merge(env).is_err());
     }
 
     #[test]

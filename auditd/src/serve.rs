@@ -57,10 +57,12 @@ pub fn query_pool(url: &str, args: &ServeArgs) -> Result<Pool> {
 pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
     let mut tokens = Tokens::none();
     if let Some(path) = &args.token_file {
-        tokens = tokens.merge(Tokens::from_file(path)?);
+        tokens = tokens.merge(Tokens::from_file(path)?)?;
     }
     if let Some(list) = &args.tokens {
-        tokens = tokens.merge(Tokens::from_list(list)?);
+        tokens = tokens
+            .merge(Tokens::from_list(list)?)
+            .context("AUDITD_TOKENS and the token file")?;
     }
     if tokens.is_empty() {
         tracing::warn!(
