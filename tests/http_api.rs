@@ -1018,6 +1018,13 @@ async fn a_download_link_exports_without_a_header_exactly_what_it_was_issued_for
         )
         .await;
     assert_eq!(refused, 5);
+    let refused_links = db
+        .count(
+            "SELECT count(*) FROM audit_logs WHERE event_type = 'audit_access' \
+             AND severity = 'warning' AND metadata->>'route' = '/api/v1/logs/export/link'",
+        )
+        .await;
+    assert_eq!(refused_links, 1);
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, made with the openssl command.
