@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Dispatch;
 
@@ -69,6 +69,7 @@ pub async fn run(
         app.limits.text_sample_interval,
     ));
     let graceful = GracefulShutdown::new();
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut shutdown = std::pin::pin!(shutdown);
     let scheme = if options.tls.is_some() {
         "https"
@@ -96,7 +97,14 @@ pub async fn run(
                 };
                 match &options.tls {
                     None => serve_connection(&app, graceful.watcher(), stream, peer),
-                    Some(tls) => serve_tls_connection(&app, graceful.watcher(), tls, stream, peer),
+                    Some(tls) => serve_tls_connection(
+                        &app,
+                        graceful.watcher(),
+                        tls,
+                        &handshakes,
+                        stream,
+                        peer,
+                    ),
                 }
             }
             () = &mut shutdown => break,
@@ -118,17 +126,33 @@ pub async fn run(
 /// The longest a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TLS handshakes in progress at once; a connection beyond them is closed at once, so
+/// that clients which connect and stall cannot pile up work.
+const MAX_HANDSHAKES: usize = 256;
+
 fn serve_tls_connection(
     app: &Arc<App>,
     graceful: Watcher,
     tls: &TlsAcceptor,
+    handshakes: &Arc<Semaphore>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+        tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+        return;
+    };
     let app = app.clone();
-    let handshake = tls.accept(stream);
+    let mut stopping = app.stopping.clone();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
     tokio::spawn(async move {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let finished = tokio::select! {
+            finished = handshake => finished,
+            // Shutting down: a connection not yet set up is not waited for.
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        drop(slot);
+        match finished {
             Ok(Ok(stream)) => serve_connection(&app, graceful, stream, peer),
             // A scanner, a client that does not trust the certificate, plain HTTP sent
             // to the TLS port: the client's problem, worth a line at debug level only.
