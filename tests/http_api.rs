@@ -1131,3 +1131,33 @@ async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_export_running_at_shutdown_is_cut_short_visibly_and_still_recorded() {
+    let db = TestDb::migrated("http_export_shutdown").await;
+    seed_for_export(&db, 50_000).await;
+    let server = TestServer::start(&db).await;
+    // A client that reads nothing: the export stalls with its channel and socket full.
+    let response = server
+        .send("/api/v1/logs/export?event_type=export", Some(TOKEN), &[])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shutdown ends the export at once; the connection, which cannot move while the
+    // client reads nothing, is given the grace period (5 s here).
+    server.stop().await;
+    // What the client has is visibly incomplete: the body fails rather than ends.
+    use http_body_util::BodyExt;
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the body ends");
+    assert!(read.is_err(), "a cut export must not look complete");
+    // And the read was recorded, with the 503 of an export cut short.
+    let records = db
+        .records_where("event_type = 'audit_access' AND metadata->>'route' = '/api/v1/logs/export'")
+        .await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].metadata["status"], 503);
+    let rows = records[0].metadata["rows"].as_u64().unwrap();
+    assert!(rows > 0 && rows < 50_000, "{rows} rows");
+}

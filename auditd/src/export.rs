@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 use crate::app::{Answer, App, Caller, Route};
 use crate::cursor::PageCursor;
 use crate::filters::Filters;
-use crate::http::{ApiError, ChannelBody};
+use crate::http::{ApiError, ChannelBody, ChunkSender};
 use crate::logs::{self, Order};
 use crate::params::Params;
 
@@ -89,9 +89,10 @@ pub async fn export(
     // Fail now, with a proper status, rather than after the 200 has gone out.
     let stream_slot = app.stream_slot()?;
     let client = app.client().await?;
-    let (tx, body) = ChannelBody::channel(4);
+    let (tx, body) = ChannelBody::until_finished(4);
     let app = app.clone();
     tokio::spawn(async move {
+        let mut stopping = app.stopping.clone();
         let mut cursor = cursor;
         let mut sent: u64 = 0;
         let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
@@ -107,12 +108,16 @@ pub async fn export(
             if want == 0 {
                 break StatusCode::OK;
             }
+            if *stopping.borrow() {
+                // Shutting down: end now, recorded, rather than be dropped unrecorded.
+                break StatusCode::SERVICE_UNAVAILABLE;
+            }
             let sql = logs::page_sql(&filters, order, cursor, want);
             let rows = match client.query(&sql.text, &sql.params()).await {
                 Ok(rows) => rows,
                 Err(e) => {
-                    // The status line is gone: all that is left is to cut the body short
-                    // (below), so the client sees a truncated export it can resume.
+                    // The status line is gone: all that is left is to cut the body short,
+                    // so the client sees a truncated export it can resume.
                     ApiError::database(&e);
                     break StatusCode::SERVICE_UNAVAILABLE;
                 }
@@ -130,10 +135,8 @@ pub async fn export(
                 sent += 1;
                 if chunk.len() >= CHUNK_BYTES {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-                    if tx.send(Ok(Bytes::from(full))).await.is_err() {
-                        // The client went away (nginx calls this 499).
-                        stopped =
-                            Some(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST));
+                    if let Err(status) = deliver(&tx, full.into(), &mut stopping).await {
+                        stopped = Some(status);
                         break;
                     }
                 }
@@ -145,17 +148,17 @@ pub async fn export(
                 break StatusCode::OK;
             }
         };
-        if !chunk.is_empty() {
-            let _ = tx.send(Ok(Bytes::from(chunk))).await;
-        }
-        if outcome.is_server_error() {
-            // Cut the response short: the client must not take this for the whole export.
-            let _ = tx
-                .send(Err(std::io::Error::other(
-                    "the export failed midway; resume from the last cursor received",
-                )))
-                .await;
-        }
+        // The rest, then the end; without the end the body is cut short (`until_finished`).
+        let finished = async {
+            if !chunk.is_empty() {
+                deliver(&tx, chunk.into(), &mut stopping).await?;
+            }
+            deliver(&tx, Bytes::new(), &mut stopping).await
+        };
+        let outcome = match outcome {
+            StatusCode::OK => finished.await.err().unwrap_or(StatusCode::OK),
+            failed => failed,
+        };
         drop(client);
         drop(stream_slot);
         app.metrics.rows_served(route.path, sent);
@@ -178,6 +181,24 @@ pub async fn export(
     headers.insert(CONTENT_DISPOSITION, HeaderValue::from_static(file));
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
     Ok(Answer::plain(response))
+}
+
+/// Hands a chunk to the response (an empty one ends it, see `until_finished`): `Err` with
+/// the status to record when the client went away (nginx's 499) or the server began to
+/// shut down first.
+async fn deliver(
+    tx: &ChunkSender,
+    chunk: Bytes,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StatusCode> {
+    tokio::select! {
+        sent = tx.send(Ok(chunk)) => sent.map_err(|_| client_gone()),
+        _ = stopping.wait_for(|stop| *stop) => Err(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+fn client_gone() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {

@@ -134,6 +134,8 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 /// client never makes the server buffer more than the channel holds.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    /// Ends cleanly only on an empty chunk ([`ChannelBody::until_finished`]).
+    needs_end: bool,
 }
 
 /// The producing side of a [`ChannelBody`].
@@ -143,7 +145,24 @@ impl ChannelBody {
     /// The sender for the producing task, and the body for the response.
     pub fn channel(chunks: usize) -> (ChunkSender, Body) {
         let (tx, rx) = mpsc::channel(chunks);
-        (tx, ChannelBody { rx }.boxed())
+        let body = ChannelBody {
+            rx,
+            needs_end: false,
+        };
+        (tx, body.boxed())
+    }
+
+    /// As [`channel`](Self::channel), for a body that must arrive whole or be seen to be
+    /// cut: it ends cleanly only when the task sends an empty chunk. If the task stops
+    /// without one (a failure, a shutdown, a panic), the body fails, so hyper closes the
+    /// connection without the final chunk and the client knows it has only a part.
+    pub fn until_finished(chunks: usize) -> (ChunkSender, Body) {
+        let (tx, rx) = mpsc::channel(chunks);
+        let body = ChannelBody {
+            rx,
+            needs_end: true,
+        };
+        (tx, body.boxed())
     }
 }
 
@@ -155,8 +174,14 @@ impl HttpBody for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
+        let needs_end = self.needs_end;
+        self.rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(Ok(data)) if needs_end && data.is_empty() => None,
+            Some(result) => Some(result.map(Frame::data)),
+            None if needs_end => Some(Err(std::io::Error::other(
+                "the response was cut short; resume from the last cursor received",
+            ))),
+            None => None,
+        })
     }
 }
