@@ -68,6 +68,7 @@ impl Members {
     }
 
     /// Starts a member whose `"key":` is already written out.
+    #[inline(always)]
     pub(crate) fn raw_key(&mut self, key: &str) {
         if self.0.is_empty() {
             self.0.reserve(256);
@@ -324,6 +325,7 @@ impl<'a> Capture<'a> {
         }
     }
 
+    #[inline(always)]
     fn route(&self, field: &Field) -> Route<'a> {
         let plan = self.plan.field(field);
         if self.scope == Scope::InheritedColumns && !plan.inherited {
@@ -358,6 +360,7 @@ impl<'a> Capture<'a> {
     }
 
     /// Starts the metadata member of a field, or writes `[REDACTED]` and returns `false`.
+    #[inline(always)]
     fn meta_key(&mut self, plan: &FieldPlan) -> bool {
         if !plan.key_notes.is_empty() {
             self.draft.notes.extend(plan.key_notes.iter().cloned());
@@ -386,6 +389,7 @@ impl<'a> Capture<'a> {
     }
 
     /// A metadata value that is a number or boolean, written as JSON text.
+    #[inline(always)]
     fn meta_raw(&mut self, plan: &FieldPlan, value: &str) {
         if self.meta_key(plan) {
             self.draft.metadata.0.push_str(value);
