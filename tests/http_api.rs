@@ -1135,7 +1135,8 @@ async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
 #[tokio::test]
 async fn an_export_running_at_shutdown_is_cut_short_visibly_and_still_recorded() {
     let db = TestDb::migrated("http_export_shutdown").await;
-    seed_for_export(&db, 50_000).await;
+    // About 33 MB of NDJSON: more than loopback's socket buffers hold, so it stalls.
+    seed_for_export(&db, 100_000).await;
     let server = TestServer::start(&db).await;
     // A client that reads nothing: the export stalls with its channel and socket full.
     let response = server
@@ -1159,5 +1160,5 @@ async fn an_export_running_at_shutdown_is_cut_short_visibly_and_still_recorded()
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].metadata["status"], 503);
     let rows = records[0].metadata["rows"].as_u64().unwrap();
-    assert!(rows > 0 && rows < 50_000, "{rows} rows");
+    assert!(rows > 0 && rows < 100_000, "{rows} rows");
 }
