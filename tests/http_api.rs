@@ -790,7 +790,7 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
     let pool = audit_layer::pool::connect_pool(&db.url, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let options = auditd::server::ServerOptions {
-        tokens: auditd::auth::Tokens::none(),
+        tokens: auditd::auth::TokenStore::new(auditd::auth::Tokens::none()),
         limits: auditd::app::Limits::default(),
         shutdown_grace: Duration::from_secs(1),
         access_audit: None,
@@ -1060,31 +1060,17 @@ fn self_signed_certificate(
     (cert, key)
 }
 
-#[tokio::test]
-async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// GET `path` over HTTPS from a client that trusts only the certificate in `trusted`.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    trusted: &std::path::Path,
+    path: &str,
+) -> Result<(StatusCode, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
     use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
-
-    let dir = std::env::temp_dir().join(format!("auditd-tls-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = self_signed_certificate(&dir, "server");
-    let (_, other_key) = self_signed_certificate(&dir, "other");
-    let mismatched = auditd::tls::acceptor(&cert, &other_key).err().unwrap();
-    assert!(
-        format!("{mismatched:#}").contains("do not go together"),
-        "{mismatched:#}"
-    );
-    let missing = auditd::tls::acceptor(&dir.join("none.pem"), &key)
-        .err()
-        .unwrap();
-    assert!(format!("{missing:#}").contains("none.pem"), "{missing:#}");
-
-    let (db, seeded_ids) = seeded().await;
-    let server = TestServer::start_tls(&db, auditd::tls::acceptor(&cert, &key).unwrap()).await;
-
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .add(rustls::pki_types::CertificateDer::from_pem_file(trusted).unwrap())
         .unwrap();
     let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -1093,27 +1079,75 @@ async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
         .connect("127.0.0.1".try_into().unwrap(), tcp)
         .await
-        .expect("a TLS handshake with the server's certificate");
+        .map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = hyper::Request::get("/api/v1/logs?event_type=backup")
+    let request = hyper::Request::get(path)
         .header("host", "localhost")
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    use http_body_util::BodyExt;
+    let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn over_tls_the_api_answers_a_renewed_certificate_is_taken_up_and_plain_http_gets_no_answer()
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!("auditd-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed_certificate(&dir, "server");
+    let (other_cert, other_key) = self_signed_certificate(&dir, "other");
+    let mismatched = auditd::tls::Certificate::load(&cert, &other_key)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{mismatched:#}").contains("do not go together"),
+        "{mismatched:#}"
+    );
+    let missing = auditd::tls::Certificate::load(&dir.join("none.pem"), &key)
+        .err()
+        .unwrap();
+    assert!(format!("{missing:#}").contains("none.pem"), "{missing:#}");
+
+    let (db, seeded_ids) = seeded().await;
+    let certificate = auditd::tls::Certificate::load(&cert, &key).unwrap();
+    let server = TestServer::start_tls(&db, certificate.acceptor().unwrap()).await;
+    let (status, body) = https_get(server.addr, &cert, "/api/v1/logs?event_type=backup")
+        .await
+        .expect("a TLS handshake with the server's certificate");
+    assert_eq!(status, StatusCode::OK);
     let page: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(ids(&page), vec![seeded_ids[4]]);
+    assert!(https_get(server.addr, &other_cert, "/healthz")
+        .await
+        .is_err());
+
+    // Renewed on disk (here: replaced by the other one), then reloaded as SIGHUP does.
+    std::fs::copy(&other_cert, &cert).unwrap();
+    std::fs::copy(&other_key, &key).unwrap();
+    certificate.reload().unwrap();
+    let (status, _) = https_get(server.addr, &other_cert, "/healthz")
+        .await
+        .expect("new connections get the renewed certificate");
+    assert_eq!(status, StatusCode::OK);
+    // A broken file is refused and the certificate in use stays.
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(certificate.reload().is_err());
+    assert!(https_get(server.addr, &other_cert, "/healthz")
+        .await
+        .is_ok());
 
     // Plain HTTP to the TLS port: the handshake fails and no HTTP answer comes back.
     let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -1130,6 +1164,30 @@ async fn over_tls_the_api_answers_and_plain_http_gets_no_answer() {
     );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn replaced_tokens_are_in_force_for_the_next_request() {
+    let (db, _) = seeded().await;
+    let server = TestServer::start(&db).await;
+    let (status, _, _) = server.get("/api/v1/logs").await;
+    assert_eq!(status, StatusCode::OK);
+    let rotated = "rotated-token-0123456789";
+    server
+        .tokens
+        .replace(auditd::auth::Tokens::parse([format!("ops2:{rotated}").as_str()]).unwrap());
+    let (status, _, _) = server.get("/api/v1/logs").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old token is gone");
+    let (status, _, _) = server.request("/api/v1/logs", Some(rotated), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+    let names: Vec<String> = db
+        .records_where("event_type = 'audit_access' AND severity = 'info'")
+        .await
+        .into_iter()
+        .map(|r| r.username)
+        .collect();
+    assert_eq!(names, ["ops", "ops2"]);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tracing::Dispatch;
 
-use crate::auth::Tokens;
+use crate::auth::TokenStore;
 use crate::filters::Filters;
 use crate::http::{ApiError, Body};
 use crate::listen::CommitNotices;
@@ -67,7 +67,7 @@ impl Default for Limits {
 /// Everything a request handler may use.
 pub struct App {
     pub pool: Pool,
-    pub tokens: Tokens,
+    pub tokens: Arc<TokenStore>,
     pub limits: Limits,
     pub metrics: Metrics,
     permits: Arc<Semaphore>,
@@ -253,7 +253,7 @@ impl Answer {
 impl App {
     pub fn new(
         pool: Pool,
-        tokens: Tokens,
+        tokens: Arc<TokenStore>,
         limits: Limits,
         stopping: watch::Receiver<bool>,
         access_audit: Option<Dispatch>,
@@ -457,7 +457,8 @@ impl App {
             name: "anonymous".to_owned(),
             ip: peer.ip(),
         };
-        if !route.protected || self.tokens.is_empty() {
+        let tokens = self.tokens.current();
+        if !route.protected || tokens.is_empty() {
             return Some(anonymous);
         }
         let header = request
@@ -469,14 +470,9 @@ impl App {
             (route.id == RouteId::Export)
                 .then(|| request.uri().path_and_query())
                 .flatten()
-                .and_then(|target| export_link::signer(&self.tokens, target.as_str()))
+                .and_then(|target| export_link::signer(&tokens, target.as_str()))
         };
-        match self
-            .tokens
-            .check(header)
-            .map(str::to_owned)
-            .or_else(from_link)
-        {
+        match tokens.check(header).map(str::to_owned).or_else(from_link) {
             Some(name) => Some(Caller {
                 name,
                 ip: peer.ip(),

@@ -6,6 +6,7 @@
 //! token came close.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, KeyInit, Mac};
@@ -87,6 +88,11 @@ impl Tokens {
         self.entries.is_empty()
     }
 
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// `message` signed with the secret of the token named `name` (HMAC-SHA-256, as hex),
     /// so that a link can carry that token's authority without carrying the token.
     pub fn sign(&self, name: &str, message: &[u8]) -> Option<String> {
@@ -141,6 +147,32 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// The tokens in force, replaced while serving when auditd reloads them (SIGHUP).
+#[derive(Debug)]
+pub struct TokenStore(RwLock<Arc<Tokens>>);
+
+impl TokenStore {
+    pub fn new(tokens: Tokens) -> Arc<TokenStore> {
+        Arc::new(TokenStore(RwLock::new(Arc::new(tokens))))
+    }
+
+    /// The tokens as they are now.
+    pub fn current(&self) -> Arc<Tokens> {
+        match self.0.read() {
+            Ok(tokens) => tokens.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `tokens` in force for every request from now on.
+    pub fn replace(&self, tokens: Tokens) {
+        match self.0.write() {
+            Ok(mut current) => *current = Arc::new(tokens),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(tokens),
+        }
+    }
 }
 
 /// Compares without an early exit; only the length (not a secret's content) shows in timing.

@@ -57,7 +57,8 @@ pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, 
     // break the signature), and the export reads the same values.
     let query = canonical(raw)?;
     let query = query.as_str();
-    let (url, expires) = if app.tokens.is_empty() {
+    let tokens = app.tokens.current();
+    let (url, expires) = if tokens.is_empty() {
         // Nothing to prove: the export needs no token.
         (join(EXPORT_PATH, query), None)
     } else {
@@ -72,8 +73,7 @@ pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, 
                 ),
             ),
         );
-        let signature = app
-            .tokens
+        let signature = tokens
             .sign(&caller.name, unsigned.as_bytes())
             .ok_or_else(|| {
                 ApiError::new(

@@ -1,5 +1,6 @@
 //! The `serve` command: from flags to a running server, and a clean stop.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,13 @@ use audit_layer::pool::{connect_pool, PoolOptions};
 use audit_layer::AuditLayer;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::Limits;
-use crate::auth::Tokens;
+use crate::auth::{TokenStore, Tokens};
 use crate::cli::ServeArgs;
 use crate::server::{self, ServerOptions};
+use crate::tls::Certificate;
 use crate::{listen, logging, upkeep};
 
 /// How long the access-audit writer may take to commit its last records at exit.
@@ -72,7 +75,8 @@ pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
     Ok(tokens)
 }
 
-/// Serves (with partition upkeep alongside) until SIGINT or SIGTERM.
+/// Serves (with partition upkeep alongside) until SIGINT or SIGTERM; on SIGHUP, reads
+/// the tokens and the TLS certificate again.
 pub async fn serve_until_signal(
     listener: TcpListener,
     pool: Pool,
@@ -88,10 +92,21 @@ pub async fn serve_until_signal(
             audit_layer::partitions::DEFAULT_MONTHS_AHEAD,
         ))
     });
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Certificate::load(cert, key)?),
         _ => None,
     };
+    let tls = certificate
+        .as_ref()
+        .map(Certificate::acceptor)
+        .transpose()?;
+    let tokens = TokenStore::new(tokens);
+    let reloads = tokio::spawn(reload_on_hangup(
+        args.clone(),
+        listener.local_addr()?,
+        tokens.clone(),
+        certificate,
+    ));
     let options = ServerOptions {
         tokens,
         limits: Limits {
@@ -110,7 +125,52 @@ pub async fn serve_until_signal(
     if let Some(upkeep) = upkeep {
         upkeep.abort();
     }
+    reloads.abort();
     result
+}
+
+/// On each SIGHUP, reads the tokens (file and `AUDITD_TOKENS`) and the TLS certificate
+/// again. What fails to load is reported and the old stays in force, so a typo in the
+/// token file never locks everyone out.
+async fn reload_on_hangup(
+    args: ServeArgs,
+    local: SocketAddr,
+    tokens: Arc<TokenStore>,
+    certificate: Option<Arc<Certificate>>,
+) {
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading needs a restart");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the tokens and the TLS certificate");
+        match load_tokens(&args) {
+            Ok(fresh) if fresh.is_empty() && !local.ip().is_loopback() => tracing::error!(
+                "tokens not reloaded: none are configured now, and {local} is not loopback"
+            ),
+            Ok(fresh) => {
+                let count = fresh.len();
+                tokens.replace(fresh);
+                tracing::info!(tokens = count, "tokens reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "tokens not reloaded; the old stay"
+            ),
+        }
+        if let Some(certificate) = &certificate {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "TLS certificate not reloaded; the old stays"
+                ),
+            }
+        }
+    }
 }
 
 pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {

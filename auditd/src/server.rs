@@ -19,11 +19,12 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Dispatch;
 
 use crate::app::{App, Limits};
-use crate::auth::Tokens;
+use crate::auth::TokenStore;
 
 /// How the server behaves, beyond its listener and pool.
 pub struct ServerOptions {
-    pub tokens: Tokens,
+    /// The bearer tokens; replaceable while serving (`TokenStore::replace`).
+    pub tokens: Arc<TokenStore>,
     pub limits: Limits,
     /// Longest wait for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
@@ -33,7 +34,7 @@ pub struct ServerOptions {
     /// Commit notices ([`crate::listen::commit_notices`]), which wake tails before their
     /// next poll; `None` to rely on polling.
     pub commit_notices: Option<crate::listen::CommitNotices>,
-    /// Serve HTTPS with this ([`crate::tls::acceptor`]); `None` for plain HTTP.
+    /// Serve HTTPS with this ([`crate::tls::Certificate::acceptor`]); `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -47,7 +48,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
-    if options.tokens.is_empty() && !local.ip().is_loopback() {
+    if options.tokens.current().is_empty() && !local.ip().is_loopback() {
         bail!(
             "refusing to serve the audit log on {local} without bearer tokens: configure \
              --token-file or AUDITD_TOKENS, or listen on a loopback address"

@@ -2,21 +2,79 @@
 //! clear text when there is no TLS-terminating proxy in front of auditd.
 //!
 //! The certificate chain and private key are PEM files (`--tls-cert`, `--tls-key`), read
-//! once at start-up: a certificate renewed on disk takes effect at the next restart.
-//! rustls with the ring provider speaks TLS 1.2 and 1.3 and offers HTTP/1.1 by ALPN.
+//! at start-up and again by [`Certificate::reload`] (auditd calls it on SIGHUP), so a
+//! renewed certificate is taken up without a restart; connections already open keep the
+//! one they began with. rustls with the ring provider speaks TLS 1.2 and 1.3 and offers
+//! HTTP/1.1 by ALPN.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context, Result};
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-/// The acceptor for `cert` (the server's certificate first, then its chain) and `key`
-/// (PKCS#8, PKCS#1 or SEC1), with errors that name the file at fault.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+/// The server's certificate and key as last read from their files.
+#[derive(Debug)]
+pub struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificate {
+    /// Reads `cert` (the server's certificate first, then its chain) and `key` (PKCS#8,
+    /// PKCS#1 or SEC1), with errors that name the file at fault.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Certificate>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let current = read(cert, key, &provider)?;
+        Ok(Arc::new(Certificate {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            provider,
+            current: RwLock::new(Arc::new(current)),
+        }))
+    }
+
+    /// Reads the files again; on an error the certificate in use stays.
+    pub fn reload(&self) -> Result<()> {
+        let fresh = Arc::new(read(&self.cert, &self.key, &self.provider)?);
+        match self.current.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The acceptor for new connections: each handshake uses the certificate of the
+    /// moment.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+}
+
+fn read(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
     let chain = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("cannot read the TLS certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -33,13 +91,6 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
             key.display()
         )
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the TLS certificate and private key do not go together")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    CertifiedKey::from_der(chain, key, provider)
+        .context("the TLS certificate and private key do not go together")
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditd::app::Limits;
-use auditd::auth::Tokens;
+use auditd::auth::{TokenStore, Tokens};
 use auditd::server::{self, ServerOptions};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -27,6 +27,8 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub audit: Arc<audit_layer::AuditHandle>,
+    /// The tokens in force, which a test may replace (as SIGHUP does).
+    pub tokens: Arc<TokenStore>,
 }
 
 impl TestServer {
@@ -59,6 +61,7 @@ impl TestServer {
         limits: Limits,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> TestServer {
+        let tokens = TokenStore::new(tokens);
         let (layer, handle) = builder(access_url).build().expect("access audit layer");
         use tracing_subscriber::prelude::*;
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
@@ -76,7 +79,7 @@ impl TestServer {
         let audit = Arc::new(handle);
         let (stop, stopped) = oneshot::channel::<()>();
         let options = ServerOptions {
-            tokens,
+            tokens: tokens.clone(),
             limits,
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
@@ -92,6 +95,7 @@ impl TestServer {
             stop: Some(stop),
             done: Some(done),
             audit,
+            tokens,
         }
     }
 
