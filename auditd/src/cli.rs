@@ -34,6 +34,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the viewer page and the HTTP API (the default).
+    ///
+    /// SIGINT or SIGTERM stops it gracefully; SIGHUP reads the tokens and the TLS
+    /// certificate again.
     Serve(Box<ServeArgs>),
     /// Apply the schema migrations, then create the partitions ahead of time.
     ///
