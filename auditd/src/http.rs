@@ -144,12 +144,7 @@ pub type ChunkSender = mpsc::Sender<Result<Bytes, std::io::Error>>;
 impl ChannelBody {
     /// The sender for the producing task, and the body for the response.
     pub fn channel(chunks: usize) -> (ChunkSender, Body) {
-        let (tx, rx) = mpsc::channel(chunks);
-        let body = ChannelBody {
-            rx,
-            needs_end: false,
-        };
-        (tx, body.boxed())
+        ChannelBody::with_end(chunks, false)
     }
 
     /// As [`channel`](Self::channel), for a body that must arrive whole or be seen to be
@@ -157,12 +152,12 @@ impl ChannelBody {
     /// without one (a failure, a shutdown, a panic), the body fails, so hyper closes the
     /// connection without the final chunk and the client knows it has only a part.
     pub fn until_finished(chunks: usize) -> (ChunkSender, Body) {
+        ChannelBody::with_end(chunks, true)
+    }
+
+    fn with_end(chunks: usize, needs_end: bool) -> (ChunkSender, Body) {
         let (tx, rx) = mpsc::channel(chunks);
-        let body = ChannelBody {
-            rx,
-            needs_end: true,
-        };
-        (tx, body.boxed())
+        (tx, ChannelBody { rx, needs_end }.boxed())
     }
 }
 
