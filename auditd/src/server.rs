@@ -118,7 +118,7 @@ pub async fn run(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(options.shutdown_grace) => {
-            tracing::warn!(grace = ?options.shutdown_grace, "connections still open after the grace period; closing them");
+            tracing::warn!(grace = ?options.shutdown_grace, "connections still open after the grace period are cut when auditd exits");
         }
     }
     Ok(())
