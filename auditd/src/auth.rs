@@ -154,6 +154,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 pub struct TokenStore(RwLock<Arc<Tokens>>);
 
 impl TokenStore {
+    /// A store holding `tokens`, shared by the server and whatever reloads them.
     pub fn new(tokens: Tokens) -> Arc<TokenStore> {
         Arc::new(TokenStore(RwLock::new(Arc::new(tokens))))
     }
