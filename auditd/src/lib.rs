@@ -4,11 +4,15 @@
 //! |---|---|
 //! | [`server`] | accepts connections, graceful shutdown |
 //! | [`app`] | the route table; what every request goes through |
+//! | [`tls`] | HTTPS: the certificate, reloadable |
 //! | [`logs`], [`export`], [`tail`], [`event_stats`], [`health`], [`openapi`] | the routes |
+//! | [`export_link`] | signed download links for exports |
+//! | [`listen`] | the writers' commit notices, which wake the tails |
 //! | [`viewer`] | the page for people, embedded |
-//! | [`filters`], [`params`], [`cursor`] | turning query parameters into parameterised SQL |
-//! | [`auth`], [`metrics`] | bearer tokens; Prometheus metrics |
-//! | [`cli`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands |
+//! | [`filters`], [`params`], [`cursor`], [`query_string`] | turning query parameters into parameterised SQL |
+//! | [`text_search`] | the message sample that keeps substring search to the trigram index's useful work |
+//! | [`auth`], [`metrics`] | bearer tokens (reloadable); Prometheus metrics |
+//! | [`cli`], [`serve`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands; serving until a signal |
 
 pub mod app;
 pub mod auth;
