@@ -66,9 +66,13 @@ impl Default for Limits {
 
 /// Everything a request handler may use.
 pub struct App {
+    /// The database pool for queries.
     pub pool: Pool,
+    /// The bearer tokens in force, replaceable while serving.
     pub tokens: Arc<TokenStore>,
+    /// The timeouts, bounds and intervals in force.
     pub limits: Limits,
+    /// Request, latency and row counters, rendered at /metrics.
     pub metrics: Metrics,
     permits: Arc<Semaphore>,
     stream_permits: Arc<Semaphore>,
@@ -88,22 +92,38 @@ pub struct App {
 /// The routes the server answers. The OpenAPI document is checked against this table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteId {
+    /// A file of the viewer page.
     Viewer(crate::viewer::Asset),
+    /// Liveness: the process answers.
     Healthz,
+    /// Readiness: the database answers too.
     Readyz,
+    /// Prometheus metrics.
     Metrics,
+    /// The OpenAPI document.
     OpenApi,
+    /// A page of records.
     Logs,
+    /// One record, by id.
     LogById,
+    /// Every matching record, streamed as NDJSON or CSV.
     Export,
+    /// A signed download link for an export.
     ExportLink,
+    /// Long poll for records committed after a cursor.
     Tail,
+    /// Server-Sent Events of records as they are committed.
     Stream,
+    /// Record counts by event type and severity.
     Stats,
 }
 
+/// A row of the route table: a path, and how requests to it are handled.
 pub struct Route {
+    /// Which handler serves it.
     pub id: RouteId,
+    /// The request path (`{id}` stands for a record id); also the route's label in metrics
+    /// and access records.
     pub path: &'static str,
     /// Needs a bearer token (when tokens are configured).
     pub protected: bool,
@@ -111,6 +131,7 @@ pub struct Route {
     pub audited: bool,
 }
 
+/// The route table: every path the server answers (see `route_for`).
 pub const ROUTES: &[Route] = &[
     Route {
         id: RouteId::Viewer(Asset::Page),
@@ -225,23 +246,31 @@ fn timeout_error(limit: Duration) -> ApiError {
 /// Who made a request: for the access record.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The name of the caller's token, or `anonymous`.
     pub name: String,
+    /// The peer's address.
     pub ip: std::net::IpAddr,
 }
 
 /// What a handler returns besides the response: what to write in the access record.
 pub struct Answer {
+    /// The response to send.
     pub response: Response<Body>,
     /// `Some` for reads to record now; streams record themselves when they end.
     pub access: Option<Access>,
 }
 
+/// What the access record of a read says besides who made it.
 pub struct Access {
+    /// The filters applied, as JSON.
     pub filters: Value,
+    /// How many records were served.
     pub rows: u64,
 }
 
 impl Answer {
+    /// A response with no access details: for unaudited routes, for streams (which record
+    /// themselves when they end) and for failures (recorded without filters).
     pub fn plain(response: Response<Body>) -> Self {
         Answer {
             response,
@@ -251,6 +280,7 @@ impl Answer {
 }
 
 impl App {
+    /// The shared state of a server; the concurrency bounds come from `limits`.
     pub fn new(
         pool: Pool,
         tokens: Arc<TokenStore>,

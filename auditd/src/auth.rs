@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+/// The configured bearer tokens: each a name (what access records show) and a secret.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     entries: Vec<(String, Vec<u8>)>,
@@ -65,6 +66,7 @@ impl Tokens {
         Ok(())
     }
 
+    /// Reads a token file, one entry per line; bare secrets are named `file-token-N`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
@@ -72,6 +74,7 @@ impl Tokens {
             .with_context(|| format!("in the token file {}", path.display()))
     }
 
+    /// Parses comma-separated entries (`AUDITD_TOKENS`); bare secrets are named `env-token-N`.
     pub fn from_list(list: &str) -> Result<Self> {
         Tokens::parse_named(list.split(','), "env-token").context("in AUDITD_TOKENS")
     }
@@ -84,6 +87,7 @@ impl Tokens {
         Ok(self)
     }
 
+    /// Whether there are none, which leaves protected routes open (allowed on loopback only).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

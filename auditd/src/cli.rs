@@ -24,13 +24,16 @@ pub struct Cli {
     #[arg(long, env = "AUDITD_LOG", default_value = "info", global = true)]
     pub log: String,
 
+    /// The subcommand; without one, auditd serves.
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// The flags of `serve`, for running without a subcommand.
     #[command(flatten)]
     pub serve: ServeArgs,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the viewer page and the HTTP API (the default).
@@ -48,6 +51,7 @@ pub enum Command {
     /// Rows that already landed in audit_logs_default for those months are moved into
     /// their partition. Run it from cron if no auditd runs continuously.
     Partitions {
+        /// The database to work on.
         #[command(flatten)]
         database: DatabaseArgs,
         /// How many months after the current one get a partition.
@@ -61,6 +65,7 @@ pub enum Command {
     /// Idempotent; a build cut short is finished by the next run. Needs the table owner's
     /// role and the pg_trgm extension (PostgreSQL contrib).
     TextIndex {
+        /// The database to work on.
         #[command(flatten)]
         database: DatabaseArgs,
         /// Remove the index instead.
@@ -75,6 +80,7 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// The connection flags of the schema commands.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL, like postgres://user:password@host:5432/dbname.
@@ -86,6 +92,7 @@ pub struct DatabaseArgs {
     pub db_timeout: Duration,
 }
 
+/// The flags of `auditd demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// The database to fill; without it, a throwaway cluster is started.
@@ -105,6 +112,7 @@ pub struct DemoArgs {
     pub listen: SocketAddr,
 }
 
+/// The flags of `auditd serve`, also accepted without the subcommand.
 #[derive(Debug, Clone, Parser)]
 pub struct ServeArgs {
     /// PostgreSQL connection URL for the queries, like postgres://auditd:secret@db:5432/app.

@@ -11,18 +11,23 @@ use chrono::{DateTime, Utc};
 /// After this row, in listing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageCursor {
+    /// When the row was created.
     pub created_at: DateTime<Utc>,
+    /// The row's id, which orders rows created at the same time.
     pub id: i64,
 }
 
 /// After this row, in commit order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TailCursor {
+    /// The transaction that inserted the row.
     pub tx_id: i64,
+    /// The row's id, which orders rows of the same transaction.
     pub id: i64,
 }
 
 impl PageCursor {
+    /// The opaque text handed to clients.
     pub fn encode(&self) -> String {
         to_hex(&format!(
             "p1:{}:{}",
@@ -31,6 +36,7 @@ impl PageCursor {
         ))
     }
 
+    /// Reads what `encode` wrote; `None` for anything else, a tail cursor included.
     pub fn decode(text: &str) -> Option<Self> {
         let (micros, id) = two_numbers(text, "p1")?;
         Some(PageCursor {
@@ -41,10 +47,12 @@ impl PageCursor {
 }
 
 impl TailCursor {
+    /// The opaque text handed to clients.
     pub fn encode(&self) -> String {
         to_hex(&format!("t1:{}:{}", self.tx_id, self.id))
     }
 
+    /// Reads what `encode` wrote; `None` for anything else, a page cursor included.
     pub fn decode(text: &str) -> Option<Self> {
         let (tx_id, id) = two_numbers(text, "t1")?;
         Some(TailCursor { tx_id, id })

@@ -31,6 +31,8 @@ const DEVICES: &[(&str, &str)] = &[
     ("access-lon1-12", "27e8f3a9"),
 ];
 
+/// Runs `auditd demo`: writes the sample flows, shows what was stored, then serves it until
+/// a signal (unless `--exit`). Without a database URL it starts a throwaway cluster.
 pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
     // Diagnostics start once the audit layer can be installed with them, so progress up to
     // then goes straight to stderr.

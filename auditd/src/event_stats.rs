@@ -10,6 +10,7 @@ use crate::filters::Sql;
 use crate::http::{self, ApiError};
 use crate::params::Params;
 
+/// Answers `GET /api/v1/stats`; without `since` and `until`, the window is the last 24 hours.
 pub async fn stats(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     let mut filters = app.filters(&mut params)?;
     params.finish()?;

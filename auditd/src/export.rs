@@ -72,6 +72,8 @@ impl ExportRequest {
     }
 }
 
+/// Answers `GET /api/v1/logs/export`: a task streams the rows and records the access when
+/// it ends.
 pub async fn export(
     app: &Arc<App>,
     params: Params,

@@ -18,11 +18,13 @@ use crate::text_search::{like_containing, MessageSample};
 /// SQL text and the values of its `$n` parameters.
 #[derive(Default)]
 pub struct Sql {
+    /// The SQL, with `$n` placeholders.
     pub text: String,
     params: Vec<Box<dyn ToSql + Sync + Send>>,
 }
 
 impl Sql {
+    /// SQL starting with `text`, without parameters.
     pub fn new(text: &str) -> Self {
         Sql {
             text: text.to_owned(),
@@ -36,10 +38,12 @@ impl Sql {
         format!("${}", self.params.len())
     }
 
+    /// Appends SQL text; values go through `bind` instead.
     pub fn push(&mut self, text: &str) {
         self.text.push_str(text);
     }
 
+    /// The parameter values, as tokio-postgres queries take them.
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
@@ -164,6 +168,7 @@ impl Filters {
         (self.since, self.until)
     }
 
+    /// Sets both ends of the time window (stats fill in a default one).
     pub fn set_window(&mut self, since: DateTime<Utc>, until: DateTime<Utc>) {
         self.since = Some(since);
         self.until = Some(until);
@@ -293,6 +298,7 @@ fn nest(path: &str, value: Value) -> Value {
     })
 }
 
+/// Parses an RFC 3339 time, as `since` and `until` take.
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))

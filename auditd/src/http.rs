@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 /// cleanly, so the client can tell a truncated answer from a complete one.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// The content type of JSON responses.
 pub const JSON: &str = "application/json";
 
 /// A complete body.
@@ -50,13 +51,18 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 /// An API error: what went wrong, and which parameter when one is to blame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The response status.
     pub status: StatusCode,
+    /// A stable code for programs, like `invalid_parameter`.
     pub code: &'static str,
+    /// The explanation, for people.
     pub message: String,
+    /// The query parameter to blame, if one is.
     pub parameter: Option<String>,
 }
 
 impl ApiError {
+    /// A 400 that blames `parameter`.
     pub fn bad_parameter(parameter: &str, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -66,6 +72,7 @@ impl ApiError {
         }
     }
 
+    /// An error that blames no parameter.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -75,6 +82,7 @@ impl ApiError {
         }
     }
 
+    /// A 503 for too many `what` at once; the response asks to retry after a second.
     pub fn overloaded(what: &str) -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +91,7 @@ impl ApiError {
         )
     }
 
+    /// A 404 saying what was not found.
     pub fn not_found(what: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
@@ -106,6 +115,7 @@ impl ApiError {
         }
     }
 
+    /// The JSON error response: `{"error":{"code","message"[,"parameter"]}}`.
     pub fn into_response(self) -> Response<Body> {
         let overloaded = self.code == "overloaded";
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });

@@ -14,6 +14,8 @@
 //! | [`auth`], [`metrics`] | bearer tokens (reloadable); Prometheus metrics |
 //! | [`cli`], [`serve`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands; serving until a signal |
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod auth;
 pub mod cli;

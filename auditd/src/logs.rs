@@ -10,17 +10,22 @@ use crate::filters::{Filters, Sql};
 use crate::http::{self, ApiError};
 use crate::params::{self, Params};
 
+/// Records per page when `limit` is not given.
 pub const DEFAULT_PAGE_ROWS: i64 = 100;
+/// The largest `limit` a page may ask for.
 pub const MAX_PAGE_ROWS: i64 = 1000;
 
 /// Listing order: by `(created_at, id)`, descending (newest first) unless asked otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
+    /// Newest first (`order=desc`, the default).
     Newest,
+    /// Oldest first (`order=asc`).
     Oldest,
 }
 
 impl Order {
+    /// Takes the `order` parameter out of `params`; newest first when absent.
     pub fn take(params: &mut Params) -> Result<Order, ApiError> {
         Ok(params
             .take_parsed("order", |v| match v {
@@ -32,6 +37,7 @@ impl Order {
     }
 }
 
+/// Takes the `cursor` parameter out of `params`; an error when it is not a page cursor.
 pub fn take_cursor(params: &mut Params) -> Result<Option<PageCursor>, ApiError> {
     params.take_parsed("cursor", |v| {
         PageCursor::decode(v).ok_or_else(|| "not a cursor given by this API".to_owned())
@@ -109,6 +115,7 @@ pub fn page_body(rows: &[Row], next_cursor: Option<&str>) -> Result<Vec<u8>, Api
     Ok(body)
 }
 
+/// The page cursor of a row, from its `created_at` and `id`.
 pub fn row_cursor(row: &Row) -> Result<PageCursor, ApiError> {
     Ok(PageCursor {
         created_at: row
@@ -118,6 +125,7 @@ pub fn row_cursor(row: &Row) -> Result<PageCursor, ApiError> {
     })
 }
 
+/// Answers `GET /api/v1/logs`: a page of matching records and the cursor of the next.
 pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     let filters = app.filters(&mut params)?;
     let order = Order::take(&mut params)?;
@@ -151,6 +159,7 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     })
 }
 
+/// Answers `GET /api/v1/logs/{id}`: one record, or 404.
 pub async fn by_id(app: &App, id: &str, params: Params) -> Result<Answer, ApiError> {
     params.finish()?;
     let id: i64 = id

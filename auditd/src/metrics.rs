@@ -19,13 +19,17 @@ struct Histogram {
 
 /// A value read at scrape time (pool state, writer counters).
 pub struct Extra<'a> {
+    /// The metric's name.
     pub name: &'a str,
     /// `gauge` or `counter`.
     pub kind: &'a str,
+    /// The `# HELP` text.
     pub help: &'a str,
+    /// The value now.
     pub value: f64,
 }
 
+/// Counters kept as requests are served: requests, latency and rows, by route.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
@@ -34,6 +38,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a request by route and status, and adds its latency to the route's histogram.
     pub fn observe(&self, route: &'static str, status: u16, elapsed: Duration) {
         if let Ok(mut requests) = self.requests.lock() {
             *requests.entry((route, status)).or_default() += 1;
@@ -51,6 +56,7 @@ impl Metrics {
         }
     }
 
+    /// Adds `rows` to the records served by `route`.
     pub fn rows_served(&self, route: &'static str, rows: u64) {
         if let Ok(mut served) = self.rows.lock() {
             *served.entry(route).or_default() += rows;

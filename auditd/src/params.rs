@@ -3,6 +3,7 @@
 
 use crate::http::ApiError;
 
+/// A request's query parameters that no route has taken yet.
 pub struct Params {
     pairs: Vec<(String, String)>,
 }
@@ -12,6 +13,7 @@ pub struct Params {
 const MAX_VALUE_BYTES: usize = 1024;
 
 impl Params {
+    /// Decodes a query string (`None`: no parameters); a value over 1024 bytes is an error.
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
         let pairs = crate::query_string::parse(query.unwrap_or(""))
             .map_err(|e| ApiError::bad_parameter("query", e))?;

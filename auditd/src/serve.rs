@@ -21,6 +21,7 @@ use crate::{listen, logging, upkeep};
 /// How long the access-audit writer may take to commit its last records at exit.
 const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
 
+/// Runs `auditd serve` until SIGINT or SIGTERM, then lets the access-audit writer commit.
 pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     let Some(url) = args.database_url.clone().filter(|u| !u.trim().is_empty()) else {
         bail!("no database: set DATABASE_URL or --database-url (see auditd --help)");
@@ -57,6 +58,7 @@ pub fn query_pool(url: &str, args: &ServeArgs) -> Result<Pool> {
     .context("invalid database configuration")
 }
 
+/// The tokens of `--token-file` and `--tokens` together; warns when there are none.
 pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
     let mut tokens = Tokens::none();
     if let Some(path) = &args.token_file {
@@ -173,6 +175,7 @@ async fn reload_on_hangup(
     }
 }
 
+/// Gives the access-audit writer up to 10 s to commit what it holds, and logs the outcome.
 pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {
     match handle.shutdown(AUDIT_SHUTDOWN).await {
         Ok(stats) => tracing::info!(written = stats.written, "audit records committed"),

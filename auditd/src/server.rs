@@ -25,11 +25,13 @@ use crate::auth::TokenStore;
 pub struct ServerOptions {
     /// The bearer tokens; replaceable while serving (`TokenStore::replace`).
     pub tokens: Arc<TokenStore>,
+    /// The timeouts, bounds and intervals of the API.
     pub limits: Limits,
     /// Longest wait for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// Where access records go (`None`: the global subscriber).
     pub access_audit: Option<Dispatch>,
+    /// The access-audit writer, whose counters /metrics shows.
     pub audit_handle: Option<Arc<AuditHandle>>,
     /// Commit notices ([`crate::listen::commit_notices`]), which wake tails before their
     /// next poll; `None` to rely on polling.

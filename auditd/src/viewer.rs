@@ -22,11 +22,15 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The viewer's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asset {
+    /// The HTML page, at `/`.
     Page,
+    /// The script, at `/viewer.js`.
     Script,
+    /// The stylesheet, at `/viewer.css`.
     Style,
 }
 
+/// A viewer file, with its Content-Security-Policy and headers against framing and sniffing.
 pub fn serve(asset: Asset) -> Response<Body> {
     let (content_type, text) = match asset {
         Asset::Page => ("text/html; charset=utf-8", PAGE),
