@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::fs;
 use std::net::TcpListener;
