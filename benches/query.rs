@@ -200,7 +200,7 @@ async fn main() {
         listener,
         pool,
         ServerOptions {
-            tokens: auditd::auth::TokenStore::new(Tokens::none()),
+            tokens: std::sync::Arc::new(auditd::auth::TokenStore::new(Tokens::none())),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),

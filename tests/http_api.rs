@@ -790,7 +790,7 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
     let pool = audit_layer::pool::connect_pool(&db.url, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let options = auditd::server::ServerOptions {
-        tokens: auditd::auth::TokenStore::new(auditd::auth::Tokens::none()),
+        tokens: std::sync::Arc::new(auditd::auth::TokenStore::new(auditd::auth::Tokens::none())),
         limits: auditd::app::Limits::default(),
         shutdown_grace: Duration::from_secs(1),
         access_audit: None,

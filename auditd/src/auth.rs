@@ -6,11 +6,12 @@
 //! token came close.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+
+use crate::replaceable::Replaceable;
 
 /// The configured bearer tokens: each a name (what access records show) and a secret.
 #[derive(Debug, Clone, Default)]
@@ -154,31 +155,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The tokens in force, replaced while serving when auditd reloads them (SIGHUP).
-#[derive(Debug)]
-pub struct TokenStore(RwLock<Arc<Tokens>>);
-
-impl TokenStore {
-    /// A store holding `tokens`, shared by the server and whatever reloads them.
-    pub fn new(tokens: Tokens) -> Arc<TokenStore> {
-        Arc::new(TokenStore(RwLock::new(Arc::new(tokens))))
-    }
-
-    /// The tokens as they are now.
-    pub fn current(&self) -> Arc<Tokens> {
-        match self.0.read() {
-            Ok(tokens) => tokens.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Puts `tokens` in force for every request from now on.
-    pub fn replace(&self, tokens: Tokens) {
-        match self.0.write() {
-            Ok(mut current) => *current = Arc::new(tokens),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(tokens),
-        }
-    }
-}
+pub type TokenStore = Replaceable<Tokens>;
 
 /// Compares without an early exit; only the length (not a secret's content) shows in timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

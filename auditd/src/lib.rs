@@ -12,6 +12,7 @@
 //! | [`filters`], [`params`], [`cursor`], [`query_string`] | turning query parameters into parameterised SQL |
 //! | [`text_search`] | the message sample that keeps substring search to the trigram index's useful work |
 //! | [`auth`], [`metrics`] | bearer tokens (reloadable); Prometheus metrics |
+//! | [`replaceable`] | what a reload replaces while requests read it |
 //! | [`cli`], [`serve`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands; serving until a signal |
 
 #![warn(missing_docs)]
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod query_string;
+pub mod replaceable;
 pub mod schema;
 pub mod serve;
 pub mod server;

@@ -102,7 +102,7 @@ pub async fn serve_until_signal(
         .as_ref()
         .map(Certificate::acceptor)
         .transpose()?;
-    let tokens = TokenStore::new(tokens);
+    let tokens = Arc::new(TokenStore::new(tokens));
     let reloads = tokio::spawn(reload_on_hangup(
         args.clone(),
         listener.local_addr()?,

@@ -24,11 +24,13 @@
 //! assert!(sample.index_patterns("edge-").is_empty());
 //! ```
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use tokio_postgres::Client;
+
+use crate::replaceable::Replaceable;
 
 /// Messages sampled at random when there are more.
 pub const SAMPLE_SIZE: usize = 2000;
@@ -188,25 +190,7 @@ pub fn like_containing(text: &str) -> String {
 }
 
 /// The sample requests read, and that [`renew_periodically`] replaces.
-#[derive(Debug, Default)]
-pub struct SharedSample(RwLock<Arc<MessageSample>>);
-
-impl SharedSample {
-    /// The sample as it is now.
-    pub fn current(&self) -> Arc<MessageSample> {
-        match self.0.read() {
-            Ok(sample) => sample.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn replace(&self, sample: MessageSample) {
-        match self.0.write() {
-            Ok(mut current) => *current = Arc::new(sample),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(sample),
-        }
-    }
-}
+pub type SharedSample = Replaceable<MessageSample>;
 
 /// Takes a sample now and then every `interval`, until the task is dropped. A failure
 /// (the database restarting) keeps the previous sample and is reported; searches stay

@@ -8,7 +8,7 @@
 //! HTTP/1.1 by ALPN.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -19,13 +19,15 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use crate::replaceable::Replaceable;
+
 /// The server's certificate and key as last read from their files.
 #[derive(Debug)]
 pub struct Certificate {
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<CertifiedKey>>,
+    current: Replaceable<CertifiedKey>,
 }
 
 impl Certificate {
@@ -38,17 +40,14 @@ impl Certificate {
             cert: cert.to_owned(),
             key: key.to_owned(),
             provider,
-            current: RwLock::new(Arc::new(current)),
+            current: Replaceable::new(current),
         }))
     }
 
     /// Reads the files again; on an error the certificate in use stays.
     pub fn reload(&self) -> Result<()> {
-        let fresh = Arc::new(read(&self.cert, &self.key, &self.provider)?);
-        match self.current.write() {
-            Ok(mut current) => *current = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        self.current
+            .replace(read(&self.cert, &self.key, &self.provider)?);
         Ok(())
     }
 
@@ -67,10 +66,7 @@ impl Certificate {
 
 impl ResolvesServerCert for Certificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(match self.current.read() {
-            Ok(current) => current.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        })
+        Some(self.current.current())
     }
 }
 

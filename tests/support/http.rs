@@ -61,7 +61,7 @@ impl TestServer {
         limits: Limits,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> TestServer {
-        let tokens = TokenStore::new(tokens);
+        let tokens = Arc::new(TokenStore::new(tokens));
         let (layer, handle) = builder(access_url).build().expect("access audit layer");
         use tracing_subscriber::prelude::*;
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
