@@ -129,6 +129,9 @@ pub struct Route {
     pub protected: bool,
     /// Reads audit records, so each request is itself audited.
     pub audited: bool,
+    /// Grants reads of audit records (the reading routes, and the link route that signs
+    /// them), so a request refused for its token is recorded.
+    pub records_refusals: bool,
 }
 
 /// The route table: every path the server answers (see `route_for`).
@@ -138,54 +141,63 @@ pub const ROUTES: &[Route] = &[
         path: "/",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Viewer(Asset::Script),
         path: "/viewer.js",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Viewer(Asset::Style),
         path: "/viewer.css",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Healthz,
         path: "/healthz",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Readyz,
         path: "/readyz",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Metrics,
         path: "/metrics",
         protected: true,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::OpenApi,
         path: "/api/v1/openapi.json",
         protected: false,
         audited: false,
+        records_refusals: false,
     },
     Route {
         id: RouteId::Logs,
         path: "/api/v1/logs",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
     Route {
         id: RouteId::Export,
         path: "/api/v1/logs/export",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
     Route {
         id: RouteId::ExportLink,
@@ -193,30 +205,35 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         // The download it leads to is the read, and is recorded as one.
         audited: false,
+        records_refusals: true,
     },
     Route {
         id: RouteId::Tail,
         path: "/api/v1/logs/tail",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
     Route {
         id: RouteId::Stream,
         path: "/api/v1/logs/stream",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
     Route {
         id: RouteId::LogById,
         path: "/api/v1/logs/{id}",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
     Route {
         id: RouteId::Stats,
         path: "/api/v1/stats",
         protected: true,
         audited: true,
+        records_refusals: true,
     },
 ];
 
@@ -508,8 +525,7 @@ impl App {
                 ip: peer.ip(),
             }),
             None => {
-                // The link route grants reads, so guesses at it are recorded like reads'.
-                if route.audited || route.id == RouteId::ExportLink {
+                if route.records_refusals {
                     let link = request
                         .uri()
                         .query()
