@@ -156,7 +156,7 @@ async fn main() {
     if text_index {
         let client = connect(&url).await;
         let started = Instant::now();
-        let report = audit_layer::text_index::create(&client)
+        let report = audit_layer::schema::text_index::create(&client)
             .await
             .expect("trigram index");
         client

@@ -145,7 +145,7 @@ async fn records_emitted_while_the_database_is_down_are_written_once_it_is_up() 
     let url = cluster.url("postgres");
     {
         let client = connect(&url).await;
-        audit_layer::migrate::migrate(&client).await.unwrap();
+        audit_layer::schema::migrate(&client).await.unwrap();
     }
     cluster.stop("fast").unwrap();
 

@@ -3,7 +3,7 @@
 
 mod support;
 
-use audit_layer::migrate::{self, Migration, MIGRATIONS};
+use audit_layer::schema::{self, Migration, MIGRATIONS};
 use audit_layer::Error;
 use support::{connect, TestDb};
 
@@ -15,13 +15,13 @@ async fn concurrent_migrations_apply_each_version_exactly_once() {
         let url = db.url.clone();
         tasks.push(tokio::spawn(async move {
             let client = connect(&url).await;
-            migrate::migrate(&client).await
+            schema::migrate(&client).await
         }));
     }
     let mut applied_by = 0;
     for task in tasks {
         let report = task.await.unwrap().expect("every process succeeds");
-        assert_eq!(report.version, migrate::latest_version());
+        assert_eq!(report.version, schema::latest_version());
         if !report.applied.is_empty() {
             applied_by += 1;
         }
@@ -37,7 +37,7 @@ async fn concurrent_migrations_apply_each_version_exactly_once() {
 #[tokio::test]
 async fn migrating_again_changes_nothing() {
     let db = TestDb::migrated("idempotent").await;
-    let report = migrate::migrate(&db.client).await.unwrap();
+    let report = schema::migrate(&db.client).await.unwrap();
     assert!(report.applied.is_empty());
     assert_eq!(report.partitions_created, 0);
 }
@@ -47,20 +47,20 @@ async fn a_database_migrated_by_a_newer_binary_is_refused() {
     let db = TestDb::empty("too_new").await;
     let mut newer: Vec<Migration> = MIGRATIONS.to_vec();
     newer.push(Migration {
-        version: migrate::latest_version() + 1,
+        version: schema::latest_version() + 1,
         name: "9999_from_the_future.sql",
         sql: "CREATE TABLE from_the_future (x int)",
     });
-    migrate::migrate_to(&db.client, &newer).await.unwrap();
+    schema::migrate_to(&db.client, &newer).await.unwrap();
 
-    let err = migrate::migrate(&db.client).await.unwrap_err();
+    let err = schema::migrate(&db.client).await.unwrap_err();
     assert!(
         matches!(err, Error::SchemaTooNew { database, known } if database == known + 1),
         "{err}"
     );
     assert!(err.to_string().contains("upgrade this binary"), "{err}");
     assert!(matches!(
-        migrate::schema_version(&db.client).await,
+        schema::schema_version(&db.client).await,
         Err(Error::SchemaTooNew { .. })
     ));
 }
@@ -74,7 +74,7 @@ async fn an_edited_migration_is_refused() {
         )
         .await
         .unwrap();
-    let err = migrate::migrate(&db.client).await.unwrap_err();
+    let err = schema::migrate(&db.client).await.unwrap_err();
     assert!(
         matches!(err, Error::MigrationChanged { version: 1, .. }),
         "{err}"

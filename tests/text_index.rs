@@ -3,7 +3,7 @@
 
 mod support;
 
-use audit_layer::text_index;
+use audit_layer::schema::text_index;
 use support::http::TestServer;
 use support::TestDb;
 
@@ -137,7 +137,7 @@ async fn partitions_created_later_get_the_index() {
     let db = TestDb::migrated("text_index_later").await;
     text_index::create(&db.client).await.unwrap();
     let before = partitions(&db).await.len();
-    let created = audit_layer::partitions::ensure_partitions(&db.client, 6)
+    let created = audit_layer::schema::ensure_partitions(&db.client, 6)
         .await
         .unwrap();
     assert!(created > 0);

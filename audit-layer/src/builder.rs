@@ -12,17 +12,14 @@ use tracing_subscriber::filter::Filtered;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::copy::Sink;
+use crate::capture::{Redactor, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SECRET_PATTERNS};
+use crate::delivery::{Sink, Spool, Writer, WriterConfig};
 use crate::error::Error;
 use crate::handle::AuditHandle;
 use crate::layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
 use crate::pool::{connect_pool, PoolOptions};
 use crate::queue::{OverflowPolicy, RecordSender, Sequence};
-use crate::redact::{Redactor, DEFAULT_SECRET_PATTERNS};
-use crate::sanitize::DEFAULT_MAX_MESSAGE_BYTES;
-use crate::spool::Spool;
 use crate::stats::Counters;
-use crate::writer::{Writer, WriterConfig};
 
 /// Spool segments are this big at most, so replayed space is given back as replay goes.
 const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;

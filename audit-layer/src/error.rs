@@ -1,7 +1,6 @@
 //! The errors of this crate.
 
 use std::fmt;
-use std::time::Duration;
 
 /// Everything that can go wrong when building, migrating, flushing or shutting down.
 ///
@@ -18,13 +17,6 @@ pub enum Error {
     Db(tokio_postgres::Error),
     /// No connection could be had from the pool.
     Pool(deadpool_postgres::PoolError),
-    /// An operation did not finish in time.
-    Timeout {
-        /// What was being done.
-        what: &'static str,
-        /// How long it was given.
-        after: Duration,
-    },
     /// The database carries a migration this binary does not know: it was migrated by a
     /// newer version. Running an older binary against it could write what the new schema
     /// forbids, so it is refused.
@@ -57,7 +49,6 @@ impl fmt::Display for Error {
             Error::Spawn(e) => write!(f, "cannot start the audit writer thread: {e}"),
             Error::Db(e) => write!(f, "database error: {}", describe_db_error(e)),
             Error::Pool(e) => write!(f, "no database connection: {e}"),
-            Error::Timeout { what, after } => write!(f, "{what} timed out after {after:?}"),
             Error::SchemaTooNew { database, known } => write!(
                 f,
                 "the database schema is at migration {database}, but this binary only knows \
@@ -95,8 +86,17 @@ impl From<deadpool_postgres::PoolError> for Error {
 }
 
 /// A tokio-postgres error with the server's message, SQLSTATE and detail when there are
-/// some (its own `Display` says only "db error").
-pub(crate) fn describe_db_error(e: &tokio_postgres::Error) -> String {
+/// some (its own `Display` says only "db error"); otherwise the error and its causes.
+///
+/// ```
+/// # async fn run() {
+/// match tokio_postgres::connect("host=/nonexistent user=nobody", tokio_postgres::NoTls).await {
+///     Ok(_) => {}
+///     Err(e) => eprintln!("{}", audit_layer::describe_db_error(&e)),
+/// }
+/// # }
+/// ```
+pub fn describe_db_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());

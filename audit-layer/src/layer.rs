@@ -17,12 +17,10 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::{is_inherited_field, Capture, Draft, Members, Scope};
-use crate::fields::CallsitePlan;
-use crate::pending::EventTime;
-use crate::queue::RecordSender;
-use crate::redact::Redactor;
-use crate::sanitize;
+use crate::capture::{
+    self, is_inherited_field, CallsitePlan, Capture, Draft, Members, Redactor, Scope,
+};
+use crate::queue::{EventTime, RecordSender};
 use crate::stats::Counters;
 
 /// The tracing target that marks audit events, as in `info!(target: "audit", ...)`.
@@ -179,7 +177,7 @@ where
                     }
                 }
             }
-            sanitize::finish(
+            capture::finish(
                 draft,
                 span_metadata,
                 *event.metadata().level(),

@@ -32,14 +32,14 @@
 //!
 //! # How a record travels
 //!
-//! | step | where | module |
+//! The modules are folders by the stage a record is in:
+//!
+//! | stage | where | module |
 //! |---|---|---|
-//! | event fields and span fields are read, secrets replaced, metadata written as JSON, following a plan made once per callsite | emitting thread | `layer`, `capture`, `fields` |
-//! | values PostgreSQL would refuse are fixed and marked; the record becomes one buffer | emitting thread | `sanitize`, `pending` |
-//! | the record is numbered and handed to a bounded queue, never waiting | emitting thread | `queue` |
-//! | records are batched by size and time; their buffers go back for reuse | writer thread | `writer`, `recycle` |
-//! | each batch is written with binary `COPY` and its ledger row; refused records are isolated | writer thread | `copy` |
-//! | batches the database cannot take wait on disk, and are replayed | writer thread | `spool` |
+//! | event fields and span fields are read, secrets replaced, metadata written as JSON, following a plan made once per callsite; values PostgreSQL would refuse are fixed and noted; the record becomes one buffer | emitting thread | `layer`, `capture/` |
+//! | the record is numbered and handed to a bounded queue, never waiting; its buffer later comes back for reuse | emitting thread → writer thread | `queue/` |
+//! | records are batched by size and time and written with binary `COPY` and a ledger row, exactly once; refused records are isolated; batches the database cannot take wait on disk | writer thread | `delivery/` |
+//! | the schema applied, partitions kept ahead, the optional text index | whoever owns the table | [`schema`] |
 //!
 //! Fields named like a column (`username`, `user_id`, `event_type`, `ip_address`,
 //! `resource_type`, `resource_id`, `resource_name`, `severity`) fill that column; the
@@ -70,33 +70,25 @@
 
 mod builder;
 mod capture;
-mod copy;
+mod delivery;
 mod error;
-mod fields;
 mod handle;
 mod layer;
-pub mod migrate;
-pub mod partitions;
-mod pending;
 pub mod pool;
 mod queue;
 mod record;
-mod recycle;
-mod redact;
-mod retry;
-mod sanitize;
-mod spool;
+pub mod schema;
 mod stats;
-pub mod text_index;
-mod writer;
 
 pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
-pub use copy::COMMIT_CHANNEL;
-pub use error::Error;
+pub use capture::{
+    column_limits, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SECRET_PATTERNS, FIXUPS_KEY, REDACTED,
+    RENAMED_FIXUPS_KEY, UNKNOWN,
+};
+pub use delivery::COMMIT_CHANNEL;
+pub use error::{describe_db_error, Error};
 pub use handle::AuditHandle;
 pub use layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
 pub use queue::OverflowPolicy;
 pub use record::{AuditLog, Severity, UnknownSeverity, RECORD_COLUMNS};
-pub use redact::{DEFAULT_SECRET_PATTERNS, REDACTED};
-pub use sanitize::{column_limits, DEFAULT_MAX_MESSAGE_BYTES, FIXUPS_KEY, UNKNOWN};
 pub use stats::Stats;

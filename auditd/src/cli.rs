@@ -55,7 +55,7 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
         /// How many months after the current one get a partition.
-        #[arg(long, env = "AUDITD_MONTHS_AHEAD", default_value_t = audit_layer::partitions::DEFAULT_MONTHS_AHEAD)]
+        #[arg(long, env = "AUDITD_MONTHS_AHEAD", default_value_t = audit_layer::schema::DEFAULT_MONTHS_AHEAD)]
         months_ahead: i32,
     },
     /// Create the optional trigram index that makes substring search (`q`) fast.

@@ -23,7 +23,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client> {
 
 /// Applies pending migrations and creates partitions ahead of time.
 pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {
-    let report = tokio::time::timeout(timeout, audit_layer::migrate::migrate(client))
+    let report = tokio::time::timeout(timeout, audit_layer::schema::migrate(client))
         .await
         .with_context(|| format!("migrations did not finish within {timeout:?}"))?
         .context("migrations failed")?;
@@ -46,7 +46,7 @@ pub async fn ensure_partitions(
 ) -> Result<i32> {
     let created = tokio::time::timeout(
         timeout,
-        audit_layer::partitions::ensure_partitions(client, months_ahead),
+        audit_layer::schema::ensure_partitions(client, months_ahead),
     )
     .await
     .with_context(|| format!("partition upkeep did not finish within {timeout:?}"))?
@@ -59,7 +59,7 @@ pub async fn ensure_partitions(
 /// reads every partition, which takes as long as the table is large; progress is logged
 /// partition by partition.
 pub async fn text_index(client: &Client, remove: bool) -> Result<()> {
-    use audit_layer::text_index;
+    use audit_layer::schema::text_index;
     if remove {
         let existed = text_index::remove(client)
             .await

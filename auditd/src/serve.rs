@@ -91,7 +91,7 @@ pub async fn serve_until_signal(
         tokio::spawn(upkeep::run(
             pool.clone(),
             args.upkeep_interval,
-            audit_layer::partitions::DEFAULT_MONTHS_AHEAD,
+            audit_layer::schema::DEFAULT_MONTHS_AHEAD,
         ))
     });
     let certificate = match (&args.tls_cert, &args.tls_key) {

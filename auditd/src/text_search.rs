@@ -70,7 +70,7 @@ impl MessageSample {
     /// (without it there is nothing to tune). Reads catalogs and `audit_logs` only, so a
     /// read-only role can take it.
     pub async fn take(client: &Client) -> Result<MessageSample> {
-        if !audit_layer::text_index::is_complete(client).await? {
+        if !audit_layer::schema::text_index::is_complete(client).await? {
             return Ok(MessageSample::default());
         }
         // Row counts as of the last (auto)vacuum or analyze; -1 means never counted.

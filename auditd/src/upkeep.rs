@@ -13,7 +13,7 @@ pub async fn run(pool: Pool, interval: Duration, months_ahead: i32) {
         ticker.tick().await;
         let attempt = async {
             let client = pool.get().await.map_err(|e| e.to_string())?;
-            audit_layer::partitions::ensure_partitions(&client, months_ahead)
+            audit_layer::schema::ensure_partitions(&client, months_ahead)
                 .await
                 .map_err(|e| e.to_string())
         };

@@ -45,7 +45,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// A connection to `url`, with the schema applied first.
 pub async fn connect_migrated(url: &str) -> tokio_postgres::Client {
     let client = connect(url).await;
-    audit_layer::migrate::migrate(&client)
+    audit_layer::schema::migrate(&client)
         .await
         .expect("migrate");
     client

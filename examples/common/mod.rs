@@ -21,7 +21,7 @@ pub async fn database() -> Result<ExampleDb, Error> {
     let url = server.url().to_owned();
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(connection);
-    audit_layer::migrate::migrate(&client).await?;
+    audit_layer::schema::migrate(&client).await?;
     Ok(ExampleDb {
         url,
         _server: server,

@@ -32,7 +32,7 @@ impl TestDb {
     /// A new database with the schema applied.
     pub async fn migrated(name: &str) -> TestDb {
         let db = TestDb::empty(name).await;
-        audit_layer::migrate::migrate(&db.client)
+        audit_layer::schema::migrate(&db.client)
             .await
             .expect("migrations apply");
         db
@@ -130,7 +130,7 @@ pub async fn own_cluster() -> (pg_provision::Cluster, String) {
     .expect("cluster start-up")
     .expect("own cluster");
     let url = cluster.url("postgres");
-    audit_layer::migrate::migrate(&connect(&url).await)
+    audit_layer::schema::migrate(&connect(&url).await)
         .await
         .expect("migrations apply");
     (cluster, url)

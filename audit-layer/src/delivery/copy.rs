@@ -17,9 +17,9 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
+use super::retry::{classify, FailureKind};
 use crate::error::describe_db_error;
 use crate::queue::Queued;
-use crate::retry::{classify, FailureKind};
 
 const COPY_STATEMENT: &str = concat!(
     "COPY audit_logs (",

@@ -17,9 +17,9 @@
 //! let (client, connection) =
 //!     tokio_postgres::connect("postgres://owner@localhost/app", tokio_postgres::NoTls).await?;
 //! tokio::spawn(connection);
-//! let report = audit_layer::text_index::create(&client).await?;
+//! let report = audit_layer::schema::text_index::create(&client).await?;
 //! println!("indexed {} partitions", report.built.len());
-//! assert!(audit_layer::text_index::is_complete(&client).await?);
+//! assert!(audit_layer::schema::text_index::is_complete(&client).await?);
 //! # Ok(()) }
 //! ```
 
@@ -64,7 +64,7 @@ const INDEX_STATE: &str = "\
 /// Needs the table owner's role and `pg_trgm` (in PostgreSQL's contrib, installed with the
 /// server on most systems; a trusted extension, so the database owner may create it). Each
 /// partition's build reads the whole partition: expect minutes on tens of millions of rows.
-/// Progress is logged (tracing target `audit_layer::text_index`) as each partition is done.
+/// Progress is logged (tracing target `audit_layer::schema::text_index`) as each partition is done.
 pub async fn create(client: &Client) -> Result<TextIndexReport, Error> {
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")

@@ -1,11 +1,13 @@
 //! Which fields are secrets.
 //!
 //! A secret must never reach the table. Matching a name against every pattern is not free,
-//! so the layer asks once per callsite field (see `fields`), not once per event; keys of a
+//! so the layer asks once per callsite field (see `plan`), not once per event; keys of a
 //! JSON `metadata` value are asked each time, as they are not known in advance.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use serde_json::{Map, Value};
 
 /// The value stored in place of a secret.
 pub const REDACTED: &str = "[REDACTED]";
@@ -56,6 +58,26 @@ impl Redactor {
     /// Whether a field or key named `name` holds a secret.
     pub(crate) fn is_secret(&self, name: &str) -> bool {
         !self.patterns.is_empty() && self.matches(name)
+    }
+
+    /// Replaces the values of secret keys at any depth of a JSON object (a
+    /// `metadata = %json` value, whose keys are not known per callsite).
+    pub(crate) fn redact_json(&self, map: &mut Map<String, Value>) {
+        for (key, value) in map.iter_mut() {
+            if self.is_secret(key) {
+                *value = Value::String(REDACTED.to_owned());
+            } else {
+                self.redact_nested(value);
+            }
+        }
+    }
+
+    fn redact_nested(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => self.redact_json(map),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_nested(v)),
+            _ => {}
+        }
     }
 
     fn matches(&self, name: &str) -> bool {

@@ -21,16 +21,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::copy::{BatchKey, Fate};
-use crate::copy::{Failure, Sink};
+use super::copy::{BatchKey, Fate};
+use super::copy::{Failure, Sink};
+use super::retry::{is_connection_problem, Backoff, FailureKind};
+use super::spool::{Corruption, Spool};
 use crate::error::Error;
-use crate::migrate;
-use crate::pending::Pending;
+use crate::queue::Pending;
 use crate::queue::{Ack, Message};
 use crate::queue::{Queued, Sequence};
 use crate::record::{AuditLog, Severity};
-use crate::retry::{is_connection_problem, Backoff, FailureKind};
-use crate::spool::{Corruption, Spool};
+use crate::schema;
 use crate::stats::Counters;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -551,7 +551,7 @@ impl Shared {
         loop {
             let attempt = async {
                 let client = self.sink.client().await.map_err(Some)?;
-                match tokio::time::timeout(timeout, migrate::migrate(&client)).await {
+                match tokio::time::timeout(timeout, schema::migrate(&client)).await {
                     Ok(Ok(report)) => Ok(report),
                     Ok(Err(e)) => Err(Some(Failure {
                         maybe_committed: false,

@@ -14,9 +14,10 @@ use std::rc::Rc;
 use tracing::field::Field;
 use tracing::Metadata;
 
-use crate::capture::{is_inherited_field, json_string, Column, USER_ID_FIELD};
-use crate::redact::Redactor;
-use crate::sanitize::{self, FIXUPS_KEY, RENAMED_FIXUPS_KEY};
+use super::draft::{is_inherited_field, Column, USER_ID_FIELD};
+use super::fixups;
+use super::json::json_string;
+use super::redact::Redactor;
 
 /// Where a field's value goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +49,7 @@ impl FieldPlan {
             None => Slot::Metadata,
         };
         let mut key_notes = Vec::new();
-        let key = if name == FIXUPS_KEY {
-            // Only the layer writes fix-up notes: an event's own field of that name is
-            // kept under another key, so it cannot pose as one.
-            key_notes.push(format!(
-                "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
-            ));
-            RENAMED_FIXUPS_KEY.to_owned()
-        } else {
-            sanitize::clean_key(name, &mut key_notes)
-        };
+        let key = fixups::metadata_key(name, &mut key_notes);
         let mut member = String::with_capacity(key.len() + 3);
         json_string(&mut member, &key);
         member.push(':');
@@ -149,6 +141,7 @@ impl Hasher for AddressHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::fixups::{FIXUPS_KEY, RENAMED_FIXUPS_KEY};
 
     #[test]
     fn a_plan_names_the_column_the_secret_and_the_key() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pending::Pending;
+use super::pending::Pending;
 use crate::stats::Counters;
 
 /// A record and its number in this layer's stream.

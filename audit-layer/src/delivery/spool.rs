@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::copy::BatchKey;
-use crate::pending::Pending;
+use super::copy::BatchKey;
+use crate::queue::Pending;
 use crate::queue::Queued;
 use crate::record::AuditLog;
 
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_spooled_record_comes_back_with_every_field() {
-        use crate::pending::{EventTime, TextColumns};
+        use crate::queue::{EventTime, TextColumns};
         use crate::record::Severity;
         let full = Pending::new(
             TextColumns {

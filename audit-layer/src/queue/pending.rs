@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use super::recycle;
 use crate::record::{AuditLog, MetadataView, RecordView, Severity};
-use crate::recycle;
 
 /// The text parts of a [`Pending`] record, borrowed, in the order they are stored.
 #[derive(Debug, Clone, Copy)]

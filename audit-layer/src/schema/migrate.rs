@@ -1,4 +1,4 @@
-//! The schema: numbered SQL files from `migrations/`, embedded in the binary.
+//! Applying the schema: the numbered SQL files of `audit-migrations`, in order.
 //!
 //! Applying is safe when several processes start at once: everything happens in one
 //! transaction that first takes an advisory lock, so one process applies and the others
@@ -8,38 +8,10 @@
 
 use tokio_postgres::Client;
 
+use audit_migrations::{Migration, MIGRATIONS};
+
+use super::partitions;
 use crate::error::Error;
-use crate::partitions;
-
-/// One embedded migration.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    /// Its number, from the file name; applied in increasing order.
-    pub version: i32,
-    /// Its name, from the file name.
-    pub name: &'static str,
-    /// The SQL it runs.
-    pub sql: &'static str,
-}
-
-/// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_audit_logs.sql",
-        sql: include_str!("../../migrations/0001_audit_logs.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_commit_order.sql",
-        sql: include_str!("../../migrations/0002_commit_order.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_exactly_once.sql",
-        sql: include_str!("../../migrations/0003_exactly_once.sql"),
-    },
-];
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0061_7564_6974;
@@ -58,7 +30,7 @@ pub struct MigrationReport {
 
 /// The highest migration version this binary knows.
 pub fn latest_version() -> i32 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
+    audit_migrations::latest_version()
 }
 
 /// Brings the schema up to date, then makes sure partitions exist ahead of time.
@@ -187,26 +159,4 @@ fn checksum_of(sql: &str) -> i64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash as i64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_migration_file_is_embedded_in_order() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .expect("migrations directory")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(files, embedded);
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1);
-            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
-        }
-    }
 }

@@ -1,0 +1,300 @@
+//! Reading tracing fields into a draft record: the [`Visit`] implementation.
+//!
+//! Fields named like a column fill that column; every other field goes into `metadata` as
+//! typed JSON (numbers stay numbers, booleans stay booleans). Secrets are replaced here,
+//! before their value is ever formatted into memory the layer keeps.
+//!
+//! Column values go into one text buffer and metadata into one buffer of JSON object
+//! members, both kept per thread and reused by the layer: no map, and no allocation per
+//! field or per event (allocations were most of what an event cost its caller, see
+//! BENCHMARKS.md). Where each field goes is decided once per callsite (`plan`). Values
+//! PostgreSQL would refuse (NUL) or that are over the cap are repaired as they are
+//! written, and noted for the record's `_fixups`.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use serde_json::Value;
+use tracing::field::{Field, Visit};
+
+use super::draft::Draft;
+use super::fixups;
+use super::json::{json_string, JsonText};
+use super::plan::{CallsitePlan, FieldPlan, Slot};
+use super::redact::{Redactor, REDACTED};
+
+/// Which fields a [`Capture`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// An audit event, or a span with the audit target: every field.
+    Everything,
+    /// Any other span: only the columns it may pass on to events.
+    InheritedColumns,
+}
+
+/// A [`Visit`]or that writes fields into a [`Draft`], following its callsite's plan.
+pub(crate) struct Capture<'a> {
+    draft: &'a mut Draft,
+    redactor: &'a Redactor,
+    plan: &'a CallsitePlan,
+    scope: Scope,
+    max_value_bytes: usize,
+}
+
+/// A field's value on its way into a column.
+enum ColumnValue<'v> {
+    Str(&'v str),
+    Debug(&'v dyn fmt::Debug),
+    Json(Value),
+}
+
+/// Where one field goes in this capture.
+enum Route<'p> {
+    Ignore,
+    Column(Slot),
+    Metadata(Cow<'p, FieldPlan>),
+}
+
+impl<'a> Capture<'a> {
+    pub(crate) fn new(
+        draft: &'a mut Draft,
+        redactor: &'a Redactor,
+        plan: &'a CallsitePlan,
+        scope: Scope,
+        max_value_bytes: usize,
+    ) -> Self {
+        Capture {
+            draft,
+            redactor,
+            plan,
+            scope,
+            max_value_bytes,
+        }
+    }
+
+    #[inline(always)]
+    fn route(&self, field: &Field) -> Route<'a> {
+        let plan = self.plan.field(field);
+        if self.scope == Scope::InheritedColumns && !plan.inherited {
+            return Route::Ignore;
+        }
+        match plan.slot {
+            Slot::Metadata => Route::Metadata(plan),
+            slot => Route::Column(slot),
+        }
+    }
+
+    /// Stores a value in its column slot; text is written straight into the draft.
+    fn put_column(&mut self, slot: Slot, value: ColumnValue<'_>) {
+        match (slot, value) {
+            (Slot::Metadata, _) => {}
+            (Slot::UserId, ColumnValue::Str(s)) => {
+                self.draft.user_id = Some(Value::String(s.to_owned()))
+            }
+            (Slot::UserId, ColumnValue::Debug(d)) => {
+                self.draft.user_id = Some(Value::String(format!("{d:?}")))
+            }
+            (Slot::UserId, ColumnValue::Json(v)) => self.draft.user_id = Some(v),
+            (Slot::Text(column), ColumnValue::Str(s)) => self.draft.set(column, s),
+            (Slot::Text(column), ColumnValue::Debug(d)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{d:?}");
+            }),
+            (Slot::Text(column), ColumnValue::Json(Value::String(s))) => self.draft.set(column, &s),
+            (Slot::Text(column), ColumnValue::Json(v)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{v}");
+            }),
+        }
+    }
+
+    /// Starts the metadata member of a field, or writes `[REDACTED]` and returns `false`.
+    #[inline(always)]
+    fn meta_key(&mut self, plan: &FieldPlan) -> bool {
+        if !plan.key_notes.is_empty() {
+            self.draft.notes.extend(plan.key_notes.iter().cloned());
+        }
+        self.draft.metadata.raw_key(&plan.key);
+        if plan.secret {
+            json_string(&mut self.draft.metadata.0, REDACTED);
+            return false;
+        }
+        true
+    }
+
+    /// A metadata value given as text, escaped and repaired as it is written.
+    fn meta_text(
+        &mut self,
+        plan: &FieldPlan,
+        name: &str,
+        write: impl FnOnce(&mut JsonText<'_>) -> fmt::Result,
+    ) {
+        if !self.meta_key(plan) {
+            return;
+        }
+        let mut text = JsonText::new(&mut self.draft.metadata.0, self.max_value_bytes);
+        let _ = write(&mut text);
+        text.finish(name, &mut self.draft.notes);
+    }
+
+    /// A metadata value that is a number or boolean, written as JSON text.
+    #[inline(always)]
+    fn meta_raw(&mut self, plan: &FieldPlan, value: &str) {
+        if self.meta_key(plan) {
+            self.draft.metadata.0.push_str(value);
+        }
+    }
+
+    /// `metadata = %json`: the original design's way of passing a dict. An object is
+    /// merged member by member (secrets redacted at any depth); anything else is kept as text.
+    fn merge_json(&mut self, text: &str) -> bool {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        self.redactor.redact_json(&mut map);
+        for (key, mut value) in map {
+            fixups::clean_json(
+                &mut value,
+                &key,
+                self.max_value_bytes,
+                &mut self.draft.notes,
+            );
+            let key = fixups::metadata_key(&key, &mut self.draft.notes);
+            self.draft.metadata.key(&key);
+            let _ = write!(self.draft.metadata.0, "{value}");
+        }
+        true
+    }
+}
+
+impl Visit for Capture<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) if field.name() == "metadata" => {
+                let text = format!("{value:?}");
+                if !self.merge_json(&text) {
+                    self.meta_text(&plan, field.name(), |t| t.write_str(&text));
+                }
+            }
+            Route::Metadata(plan) => {
+                self.meta_text(&plan, field.name(), |t| write!(t, "{value:?}"))
+            }
+            // The message and other text columns, formatted straight into the draft.
+            Route::Column(Slot::Text(column)) => self.draft.set_with(column, |text| {
+                let _ = write!(text, "{value:?}");
+            }),
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Debug(value)),
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(_) if field.name() == "metadata" && self.merge_json(value) => {}
+            Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| t.write_str(value)),
+            // The common case, straight into the draft.
+            Route::Column(Slot::Text(column)) => self.draft.set(column, value),
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Str(value)),
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let chain = |out: &mut dyn fmt::Write| -> fmt::Result {
+            write!(out, "{value}")?;
+            let mut source = value.source();
+            while let Some(cause) = source {
+                write!(out, ": {cause}")?;
+                source = cause.source();
+            }
+            Ok(())
+        };
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| chain(t)),
+            Route::Column(slot) => {
+                let mut text = String::new();
+                let _ = chain(&mut text);
+                self.put_column(slot, ColumnValue::Str(&text))
+            }
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
+            Route::Column(slot) => {
+                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
+            }
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
+            Route::Column(slot) => {
+                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
+            }
+        }
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        match i64::try_from(value) {
+            Ok(v) => self.record_i64(field, v),
+            Err(_) => match u64::try_from(value) {
+                Ok(v) => self.record_u64(field, v),
+                // Beyond what JSON numbers carry exactly: keep every digit as text.
+                Err(_) => self.record_str(field, &value.to_string()),
+            },
+        }
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        match u64::try_from(value) {
+            Ok(v) => self.record_u64(field, v),
+            Err(_) => self.record_str(field, &value.to_string()),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if !value.is_finite() {
+            // JSON has no NaN or infinity; keep them readable rather than dropping them.
+            return self.record_str(field, &value.to_string());
+        }
+        match self.route(field) {
+            Route::Ignore => {}
+            // The shortest round-trip form, as serde_json writes it (`1.0`, `1e300`): valid
+            // JSON that reads back as a float.
+            Route::Metadata(plan) => self.meta_raw(&plan, zmij::Buffer::new().format_finite(value)),
+            Route::Column(slot) => {
+                let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
+                self.put_column(slot, ColumnValue::Json(number))
+            }
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        match self.route(field) {
+            Route::Ignore => {}
+            Route::Metadata(plan) => self.meta_raw(&plan, if value { "true" } else { "false" }),
+            Route::Column(slot) => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    #[test]
+    fn floats_stay_floats() {
+        // Metadata floats are written by zmij; jsonb and serde_json must read them back
+        // as floats, not integers, and 1e300 must not become 300 digits.
+        let mut buffer = zmij::Buffer::new();
+        assert_eq!(buffer.format_finite(1.0), "1.0");
+        assert_eq!(buffer.format_finite(0.5), "0.5");
+        let big = buffer.format_finite(1e300).to_owned();
+        assert!(big.len() < 10, "{big}");
+        assert!(serde_json::from_str::<Value>(&big).unwrap().is_f64());
+    }
+}
