@@ -16,9 +16,9 @@ use support::{arg, connect, connect_migrated, peak_rss_mib};
 
 use std::time::{Duration, Instant};
 
-use auditd::app::Limits;
-use auditd::auth::Tokens;
-use auditd::server::{self, ServerOptions};
+use auditd::Limits;
+use auditd::ServerOptions;
+use auditd::Tokens;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -196,11 +196,11 @@ async fn main() {
     use tracing_subscriber::prelude::*;
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server::run(
+    let serving = tokio::spawn(auditd::serve(
         listener,
         pool,
         ServerOptions {
-            tokens: std::sync::Arc::new(auditd::auth::TokenStore::new(Tokens::none())),
+            tokens: std::sync::Arc::new(auditd::TokenStore::new(Tokens::none())),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),

@@ -576,13 +576,13 @@ async fn a_waiting_tail_is_woken_by_the_writers_commit_notice() {
     };
     // Polling once an hour, and a long poll that may wait 100 s: before that, only the
     // writer's commit notice can make it look again.
-    let limits = auditd::app::Limits {
+    let limits = auditd::Limits {
         tail_poll_interval: Duration::from_secs(3600),
         request_timeout: Duration::from_secs(120),
         max_tail_wait: Duration::from_secs(120),
         ..Default::default()
     };
-    let tokens = auditd::auth::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
+    let tokens = auditd::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
     let server = std::sync::Arc::new(TestServer::start_with(&db, tokens, limits).await);
     // auditd listens on a connection of its own, started with the server: wait until it
     // does, or the notice could go out before anyone hears it.
@@ -789,16 +789,16 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
     let db = TestDb::migrated("http_refuse").await;
     let pool = audit_layer::pool::connect_pool(&db.url, &Default::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let options = auditd::server::ServerOptions {
-        tokens: std::sync::Arc::new(auditd::auth::TokenStore::new(auditd::auth::Tokens::none())),
-        limits: auditd::app::Limits::default(),
+    let options = auditd::ServerOptions {
+        tokens: std::sync::Arc::new(auditd::TokenStore::new(auditd::Tokens::none())),
+        limits: auditd::Limits::default(),
         shutdown_grace: Duration::from_secs(1),
         access_audit: None,
         audit_handle: None,
         commit_notices: None,
         tls: None,
     };
-    let err = auditd::server::run(listener, pool, options, std::future::pending())
+    let err = auditd::serve(listener, pool, options, std::future::pending())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("without bearer tokens"), "{err}");
@@ -807,13 +807,13 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
 #[tokio::test]
 async fn requests_beyond_the_concurrency_bound_get_503_at_once() {
     let db = TestDb::migrated("http_overload").await;
-    let limits = auditd::app::Limits {
+    let limits = auditd::Limits {
         max_concurrent_requests: 1,
         ..Default::default()
     };
     let server = TestServer::start_with(
         &db,
-        auditd::auth::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap(),
+        auditd::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap(),
         limits,
     )
     .await;
@@ -855,10 +855,10 @@ async fn the_openapi_document_describes_every_route_and_parameter_the_server_tak
         .keys()
         .map(String::as_str)
         .collect();
-    let served: HashSet<&str> = auditd::app::ROUTES.iter().map(|r| r.path).collect();
+    let served: HashSet<&str> = auditd::ROUTES.iter().map(|r| r.path).collect();
     assert_eq!(documented, served, "documented paths vs the router's table");
 
-    for route in auditd::app::ROUTES {
+    for route in auditd::ROUTES {
         let operation = &doc["paths"][route.path]["get"];
         assert!(operation.is_object(), "{}: no GET operation", route.path);
         let secured = operation
@@ -878,9 +878,9 @@ async fn the_openapi_document_describes_every_route_and_parameter_the_server_tak
                 "format" => "csv".to_owned(),
                 "wait" => "0s".to_owned(),
                 "cursor" if route.path.ends_with("/stream") || route.path.ends_with("/tail") => {
-                    auditd::cursor::TailCursor { tx_id: 1, id: 1 }.encode()
+                    auditd::TailCursor { tx_id: 1, id: 1 }.encode()
                 }
-                "cursor" => auditd::cursor::PageCursor {
+                "cursor" => auditd::PageCursor {
                     created_at: chrono::Utc::now(),
                     id: 1,
                 }
@@ -903,7 +903,7 @@ async fn the_openapi_document_describes_every_route_and_parameter_the_server_tak
                     })
                     .unwrap_or_else(|| panic!("{}: {name} has no example", route.path)),
             };
-            let mut url = format!("{path}?{name}={}", auditd::query_string::encode(&value));
+            let mut url = format!("{path}?{name}={}", auditd::encode_query_value(&value));
             if route.path.ends_with("/tail") && name != "wait" {
                 url.push_str("&wait=0s");
             }
@@ -981,7 +981,7 @@ async fn a_download_link_exports_without_a_header_exactly_what_it_was_issued_for
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{tampered}");
     }
     // Signed with the right secret, but expired.
-    let tokens = auditd::auth::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
+    let tokens = auditd::Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
     let unsigned = format!("/api/v1/logs/export?{query}&link_by=ops&link_expires=1000000000");
     let signature = tokens.sign("ops", unsigned.as_bytes()).unwrap();
     let expired = format!("{unsigned}&link_signature={signature}");
@@ -1109,20 +1109,18 @@ async fn over_tls_the_api_answers_a_renewed_certificate_is_taken_up_and_plain_ht
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = self_signed_certificate(&dir, "server");
     let (other_cert, other_key) = self_signed_certificate(&dir, "other");
-    let mismatched = auditd::tls::Certificate::load(&cert, &other_key)
-        .err()
-        .unwrap();
+    let mismatched = auditd::Certificate::load(&cert, &other_key).err().unwrap();
     assert!(
         format!("{mismatched:#}").contains("do not go together"),
         "{mismatched:#}"
     );
-    let missing = auditd::tls::Certificate::load(&dir.join("none.pem"), &key)
+    let missing = auditd::Certificate::load(&dir.join("none.pem"), &key)
         .err()
         .unwrap();
     assert!(format!("{missing:#}").contains("none.pem"), "{missing:#}");
 
     let (db, seeded_ids) = seeded().await;
-    let certificate = auditd::tls::Certificate::load(&cert, &key).unwrap();
+    let certificate = auditd::Certificate::load(&cert, &key).unwrap();
     let server = TestServer::start_tls(&db, certificate.acceptor().unwrap()).await;
     let (status, body) = https_get(server.addr, &cert, "/api/v1/logs?event_type=backup")
         .await
@@ -1175,7 +1173,7 @@ async fn replaced_tokens_are_in_force_for_the_next_request() {
     let rotated = "rotated-token-0123456789";
     server
         .tokens
-        .replace(auditd::auth::Tokens::parse([format!("ops2:{rotated}").as_str()]).unwrap());
+        .replace(auditd::Tokens::parse([format!("ops2:{rotated}").as_str()]).unwrap());
     let (status, _, _) = server.get("/api/v1/logs").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old token is gone");
     let (status, _, _) = server.request("/api/v1/logs", Some(rotated), &[]).await;

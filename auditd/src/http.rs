@@ -26,20 +26,28 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// A response with a complete body and a content type.
+/// A response with a complete body and a content type, never cached (audit records, and
+/// answers about them, stay out of caches).
 pub fn response(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
+    cached_response(status, content_type, "no-store", body)
+}
+
+/// A response with a complete body, a content type and a `Cache-Control` policy.
+pub fn cached_response(
+    status: StatusCode,
+    content_type: &'static str,
+    cache_control: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
     response
 }
 
@@ -96,11 +104,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
 
-    /// A database failure: logged in full, answered without internals.
+    /// A database failure: logged in full ([`log_query_failure`]), answered without
+    /// internals.
     pub fn database(error: &tokio_postgres::Error) -> Self {
-        let timed_out = error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
-        tracing::warn!(error = %describe(error), "query failed");
-        if timed_out {
+        log_query_failure(error);
+        if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "query_timeout",
@@ -132,12 +140,10 @@ impl ApiError {
     }
 }
 
-/// A tokio-postgres error with the server's message (its `Display` says only "db error").
-pub fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
-    }
+/// Logs a failed query with everything the server said: for a failure that can no longer
+/// be answered with a status (a stream already under way), and for every one that is.
+pub fn log_query_failure(error: &tokio_postgres::Error) {
+    tracing::warn!(error = %audit_layer::describe_db_error(error), "query failed");
 }
 
 /// A body fed chunk by chunk from a task; a full channel slows the task down, so a slow

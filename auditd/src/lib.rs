@@ -1,46 +1,70 @@
-//! auditd: the audit log daemon, as a library so that tests can run its server in-process.
+//! auditd: the audit log daemon, as a library so that tests and benches can run its server
+//! in-process.
 //!
-//! | module | what it does |
+//! A request travels through these folders, in this order:
+//!
+//! | step | module |
 //! |---|---|
-//! | [`server`] | accepts connections, graceful shutdown |
-//! | [`app`] | the route table; what every request goes through |
-//! | [`tls`] | HTTPS: the certificate, reloadable |
-//! | [`logs`], [`export`], [`tail`], [`event_stats`], [`health`], [`openapi`] | the routes |
-//! | [`export_link`] | signed download links for exports |
-//! | [`listen`] | the writers' commit notices, which wake the tails |
-//! | [`viewer`] | the page for people, embedded |
-//! | [`filters`], [`params`], [`cursor`], [`query_string`] | turning query parameters into parameterised SQL |
-//! | [`text_search`] | the message sample that keeps substring search to the trigram index's useful work |
-//! | [`auth`], [`metrics`] | bearer tokens (reloadable); Prometheus metrics |
-//! | [`replaceable`] | what a reload replaces while requests read it |
-//! | [`cli`], [`serve`], [`schema`], [`upkeep`], [`demo`], [`logging`] | the command line and its commands; serving until a signal |
+//! | connections accepted (plain or TLS), served by hyper, shut down gracefully | `server/` |
+//! | the route found; method, token, bound on reads at once, timeout; metrics after | `router/` |
+//! | the handler of the route: a plain async function taking what it needs | `handlers/` |
+//! | parameters into parameterised SQL; rows back into JSON and CSV; cursors; commit notices | `query/` |
+//! | the answer, and the access record every read leaves (`audit_access`) | `access` |
+//!
+//! Beside them: `state` (what handlers share), `auth/` (bearer tokens and signed download
+//! links), `metrics` (the request counters), `commands/` (the command line: `serve`,
+//! `migrate`, `partitions`, `text-index`, `demo`), and small codecs (`hex`,
+//! `query_string`, `duration`).
+//!
+//! Serving in-process, as the tests do:
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//!
+//! let pool = audit_layer::pool::connect_pool(
+//!     "postgres://auditd@localhost/app",
+//!     &audit_layer::pool::PoolOptions::default(),
+//! )?;
+//! let tokens = auditd::Tokens::parse(["ops:a-secret-of-16-chars-or-more"])?;
+//! let options = auditd::ServerOptions {
+//!     tokens: Arc::new(auditd::TokenStore::new(tokens)),
+//!     limits: auditd::Limits::default(),
+//!     shutdown_grace: std::time::Duration::from_secs(10),
+//!     access_audit: None,
+//!     audit_handle: None,
+//!     commit_notices: None,
+//!     tls: None,
+//! };
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! auditd::serve(listener, pool, options, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
-pub mod app;
-pub mod auth;
-pub mod cli;
-pub mod cursor;
-pub mod demo;
-pub mod event_stats;
-pub mod export;
-pub mod export_link;
-pub mod filters;
-pub mod health;
-pub mod http;
-pub mod listen;
-pub mod logging;
-pub mod logs;
-pub mod metrics;
-pub mod openapi;
-pub mod params;
-pub mod query_string;
-pub mod replaceable;
-pub mod schema;
-pub mod serve;
-pub mod server;
-pub mod tail;
-pub mod text_search;
-pub mod tls;
-pub mod upkeep;
-pub mod viewer;
+mod access;
+mod auth;
+pub mod commands;
+mod duration;
+mod handlers;
+mod hex;
+mod http;
+mod metrics;
+mod query;
+mod query_string;
+mod replaceable;
+mod router;
+mod server;
+mod state;
+
+pub use auth::{TokenStore, Tokens};
+pub use duration::parse_duration;
+pub use query::{commit_notices, CommitNotices, PageCursor, TailCursor};
+pub use query_string::encode as encode_query_value;
+pub use router::{Route, RouteId, ROUTES};
+pub use server::{serve, Certificate, ServerOptions};
+pub use state::Limits;

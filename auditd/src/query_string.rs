@@ -1,5 +1,7 @@
 //! Decoding `application/x-www-form-urlencoded` query strings.
 
+use crate::hex;
+
 /// The `name=value` pairs of a query string, percent-decoded, `+` as space, in order.
 /// Invalid UTF-8 after decoding is an error naming the parameter.
 pub fn parse(query: &str) -> Result<Vec<(String, String)>, String> {
@@ -23,31 +25,22 @@ fn decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len()
-                && hex(bytes[i + 1]).is_some()
-                && hex(bytes[i + 2]).is_some() =>
-            {
-                let (hi, lo) = (
-                    hex(bytes[i + 1]).unwrap_or(0),
-                    hex(bytes[i + 2]).unwrap_or(0),
-                );
-                out.push(hi << 4 | lo);
-                i += 2;
-            }
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex::digit),
+                bytes.get(i + 2).copied().and_then(hex::digit),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                // A `%` not followed by two hex digits stands for itself.
+                _ => out.push(b'%'),
+            },
             other => out.push(other),
         }
         i += 1;
     }
     String::from_utf8(out)
-}
-
-fn hex(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Percent-encodes a value for use in a query string (for links and cursors in tests).
@@ -58,7 +51,10 @@ pub fn encode(text: &str) -> String {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(byte as char)
             }
-            _ => out.push_str(&format!("%{byte:02X}")),
+            _ => {
+                out.push('%');
+                hex::push_upper(&mut out, byte);
+            }
         }
     }
     out

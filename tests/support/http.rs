@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditd::app::Limits;
-use auditd::auth::{TokenStore, Tokens};
-use auditd::server::{self, ServerOptions};
+use auditd::Limits;
+use auditd::ServerOptions;
+use auditd::{TokenStore, Tokens};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -84,10 +84,10 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
             audit_handle: Some(audit.clone()),
-            commit_notices: Some(auditd::listen::commit_notices(&db.url)),
+            commit_notices: Some(auditd::commit_notices(&db.url)),
             tls,
         };
-        let done = tokio::spawn(server::run(listener, pool, options, async {
+        let done = tokio::spawn(auditd::serve(listener, pool, options, async {
             let _ = stopped.await;
         }));
         TestServer {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::cli::{DemoArgs, ServeArgs};
-use crate::{logging, schema, serve};
+use super::cli::{DemoArgs, ServeArgs};
+use super::{logging, schema, serve};
 
 const DB_TIMEOUT: Duration = Duration::from_secs(30);
 

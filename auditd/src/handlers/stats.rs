@@ -5,10 +5,10 @@ use chrono::{Duration, Utc};
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
-use crate::app::{Access, Answer, App};
-use crate::filters::Sql;
+use crate::access::{Access, Answer};
 use crate::http::{self, ApiError};
-use crate::params::Params;
+use crate::query::{Params, Sql};
+use crate::state::App;
 
 /// Answers `GET /api/v1/stats`; without `since` and `until`, the window is the last 24 hours.
 pub async fn stats(app: &App, mut params: Params) -> Result<Answer, ApiError> {

@@ -8,6 +8,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::hex;
+
 /// After this row, in listing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageCursor {
@@ -47,6 +49,15 @@ impl PageCursor {
 }
 
 impl TailCursor {
+    /// The later of two positions in commit order.
+    pub fn max_with(self, other: TailCursor) -> TailCursor {
+        if (self.tx_id, self.id) >= (other.tx_id, other.id) {
+            self
+        } else {
+            other
+        }
+    }
+
     /// The opaque text handed to clients.
     pub fn encode(&self) -> String {
         to_hex(&format!("t1:{}:{}", self.tx_id, self.id))
@@ -71,18 +82,15 @@ fn two_numbers(hex: &str, tag: &str) -> Option<(i64, i64)> {
 }
 
 fn to_hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
+    hex::encode(text.as_bytes())
 }
 
-fn from_hex(hex: &str) -> Option<String> {
-    if !hex.len().is_multiple_of(2) || hex.len() > 128 {
+fn from_hex(text: &str) -> Option<String> {
+    // No cursor is longer: refuse before decoding.
+    if text.len() > 128 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(hex::decode(text)?).ok()
 }
 
 #[cfg(test)]

@@ -9,48 +9,11 @@ use std::net::IpAddr;
 use audit_layer::Severity;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use tokio_postgres::types::ToSql;
 
+use super::params::Params;
+use super::sql::Sql;
+use super::text_search::{like_containing, MessageSample};
 use crate::http::ApiError;
-use crate::params::Params;
-use crate::text_search::{like_containing, MessageSample};
-
-/// SQL text and the values of its `$n` parameters.
-#[derive(Default)]
-pub struct Sql {
-    /// The SQL, with `$n` placeholders.
-    pub text: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl Sql {
-    /// SQL starting with `text`, without parameters.
-    pub fn new(text: &str) -> Self {
-        Sql {
-            text: text.to_owned(),
-            params: Vec::new(),
-        }
-    }
-
-    /// Adds a parameter and returns its placeholder.
-    pub fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.params.push(Box::new(value));
-        format!("${}", self.params.len())
-    }
-
-    /// Appends SQL text; values go through `bind` instead.
-    pub fn push(&mut self, text: &str) {
-        self.text.push_str(text);
-    }
-
-    /// The parameter values, as tokio-postgres queries take them.
-    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
-    }
-}
 
 /// Which rows a request asks for.
 #[derive(Debug, Default, Clone)]
@@ -67,7 +30,7 @@ pub struct Filters {
     until: Option<DateTime<Utc>>,
     text: Option<String>,
     /// What the trigram index is searched for instead of all of `text`
-    /// ([`crate::text_search`]); empty: `text` itself.
+    /// ([`super::text_search`]); empty: `text` itself.
     text_index_patterns: Vec<String>,
     metadata: Vec<(String, Value)>,
 }
@@ -77,22 +40,6 @@ enum IpFilter {
     Address(IpAddr),
     Network(String),
 }
-
-/// The filter parameters, for the OpenAPI document's test to compare against.
-pub const FILTER_PARAMETERS: &[&str] = &[
-    "username",
-    "user_id",
-    "event_type",
-    "severity",
-    "min_severity",
-    "resource_type",
-    "resource_id",
-    "resource_name",
-    "ip_address",
-    "since",
-    "until",
-    "q",
-];
 
 impl Filters {
     /// Takes the filter parameters out of `params`.
@@ -154,7 +101,7 @@ impl Filters {
     }
 
     /// Searches the trigram index only for the parts of `q` that are rare in `sample`
-    /// (see [`crate::text_search`]); the rows found are the same. Returns whether the
+    /// (see [`super::text_search`]); the rows found are the same. Returns whether the
     /// search was narrowed.
     pub fn narrow_text_search(&mut self, sample: &MessageSample) -> bool {
         if let Some(text) = &self.text {

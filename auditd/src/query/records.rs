@@ -1,14 +1,23 @@
-//! `GET /api/v1/logs` and `GET /api/v1/logs/{id}`: pages of records, newest first by default.
+//! Reading records: the SQL of a page and of the commit-order tail, the cursors that say
+//! where each left off, and a row as the JSON every route answers with. Listing, export and
+//! both tails share these, so a record looks the same and a cursor means the same
+//! wherever it comes from.
+//!
+//! Identity values are not handed out in commit order: a batch holding ids 100..199 can
+//! commit after one holding 200..299, so "id > last seen" skips rows. The tails follow
+//! `(tx_id, id)` instead, and only up to the horizon `pg_snapshot_xmin(pg_current_snapshot())`:
+//! every transaction below it has finished, so no row can still appear behind the cursor
+//! (migration 0002). A transaction still open holds the horizon back; its rows, and those
+//! committed after it, are delivered once it ends: late, never lost.
 
 use audit_layer::{AuditLog, RECORD_COLUMNS};
-use hyper::StatusCode;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
-use crate::app::{Access, Answer, App};
-use crate::cursor::PageCursor;
-use crate::filters::{Filters, Sql};
-use crate::http::{self, ApiError};
-use crate::params::{self, Params};
+use super::cursor::{PageCursor, TailCursor};
+use super::filters::Filters;
+use super::params::Params;
+use super::sql::Sql;
+use crate::http::ApiError;
 
 /// Records per page when `limit` is not given.
 pub const DEFAULT_PAGE_ROWS: i64 = 100;
@@ -63,6 +72,11 @@ pub fn page_sql(filters: &Filters, order: Order, cursor: Option<PageCursor>, lim
         " ORDER BY created_at {direction}, id {direction} LIMIT {limit}"
     ));
     sql
+}
+
+/// The query for one record by its id (`$1`).
+pub fn by_id_sql() -> String {
+    format!("SELECT id, {RECORD_COLUMNS} FROM audit_logs WHERE id = $1")
 }
 
 /// Appends a record as a JSON object, `{"id":...,<fields>[,"cursor":"..."]}`; returns
@@ -125,60 +139,75 @@ pub fn row_cursor(row: &Row) -> Result<PageCursor, ApiError> {
     })
 }
 
-/// Answers `GET /api/v1/logs`: a page of matching records and the cursor of the next.
-pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
-    let filters = app.filters(&mut params)?;
-    let order = Order::take(&mut params)?;
-    let limit = params
-        .take_parsed("limit", params::limit(MAX_PAGE_ROWS))?
-        .unwrap_or(DEFAULT_PAGE_ROWS);
-    let cursor = take_cursor(&mut params)?;
-    params.finish()?;
-
-    // One row more than asked says whether there is a next page, without a COUNT.
-    let sql = page_sql(&filters, order, cursor, limit + 1);
-    let client = app.client().await?;
-    let rows = client
-        .query(&sql.text, &sql.params())
-        .await
-        .map_err(|e| ApiError::database(&e))?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-
-    let next = match page.last() {
-        Some(row) if more => Some(row_cursor(row)?.encode()),
-        _ => None,
+/// The committed rows after `cursor` (from the horizon when `None`), in commit order,
+/// at most `limit`, and the cursor after them.
+pub async fn committed_after(
+    client: &Client,
+    filters: &Filters,
+    cursor: Option<TailCursor>,
+    limit: i64,
+) -> Result<(Vec<Row>, TailCursor), tokio_postgres::Error> {
+    let horizon: i64 = client
+        .query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .await?
+        .get(0);
+    // Without a cursor, start at the horizon: rows committed from now on.
+    let start = cursor.unwrap_or(TailCursor {
+        tx_id: horizon - 1,
+        id: i64::MAX,
+    });
+    let mut sql = Sql::new(&format!(
+        "SELECT id, tx_id, {RECORD_COLUMNS} FROM audit_logs WHERE true"
+    ));
+    let (tx, id, h) = (sql.bind(start.tx_id), sql.bind(start.id), sql.bind(horizon));
+    // `tx_id >= ...` lets the BRIN index skip old pages; the row comparison does the rest.
+    sql.push(&format!(
+        " AND tx_id >= {tx} AND tx_id < {h} AND (tx_id, id) > ({tx}, {id})"
+    ));
+    filters.push_conditions(&mut sql);
+    sql.push(&format!(" ORDER BY tx_id, id LIMIT {limit}"));
+    let rows = client.query(&sql.text, &sql.params()).await?;
+    let next = match rows.last() {
+        Some(row) if rows.len() as i64 == limit => TailCursor {
+            tx_id: row.get("tx_id"),
+            id: row.get("id"),
+        },
+        // Everything below the horizon has been seen: move the cursor up to it, so the next
+        // query starts there.
+        _ => TailCursor {
+            tx_id: horizon - 1,
+            id: i64::MAX,
+        }
+        .max_with(start),
     };
-    let body = page_body(page, next.as_deref())?;
-    Ok(Answer {
-        response: http::response(StatusCode::OK, http::JSON, body),
-        access: Some(Access {
-            filters: filters.describe(),
-            rows: page.len() as u64,
-        }),
-    })
+    Ok((rows, next))
 }
 
-/// Answers `GET /api/v1/logs/{id}`: one record, or 404.
-pub async fn by_id(app: &App, id: &str, params: Params) -> Result<Answer, ApiError> {
-    params.finish()?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_parameter("id", "must be an integer"))?;
-    let client = app.client().await?;
-    let sql = format!("SELECT id, {RECORD_COLUMNS} FROM audit_logs WHERE id = $1");
-    let row = client
-        .query_opt(&sql, &[&id])
-        .await
-        .map_err(|e| ApiError::database(&e))?
-        .ok_or_else(|| ApiError::not_found(format!("no audit record with id {id}")))?;
-    let mut body = Vec::with_capacity(1024);
-    write_record(&mut body, &row, None)?;
-    Ok(Answer {
-        response: http::response(StatusCode::OK, http::JSON, body),
-        access: Some(Access {
-            filters: serde_json::json!({ "id": id }),
-            rows: 1,
+/// Takes the tail cursor from the `cursor` parameter, or else from the `Last-Event-ID`
+/// header an event stream's client sends when it reconnects.
+pub fn take_tail_cursor(
+    params: &mut Params,
+    header: Option<String>,
+) -> Result<Option<TailCursor>, ApiError> {
+    let from_param = params.take_parsed("cursor", |v| {
+        TailCursor::decode(v).ok_or_else(|| "not a tail cursor given by this API".to_owned())
+    })?;
+    match (from_param, header) {
+        (Some(c), _) => Ok(Some(c)),
+        (None, Some(h)) => TailCursor::decode(&h).map(Some).ok_or_else(|| {
+            ApiError::bad_parameter("Last-Event-ID", "not an event id given by this API")
         }),
-    })
+        (None, None) => Ok(None),
+    }
+}
+
+/// The tail cursor of a row read by [`committed_after`].
+pub fn tail_cursor_of(row: &Row) -> TailCursor {
+    TailCursor {
+        tx_id: row.get("tx_id"),
+        id: row.get("id"),
+    }
 }

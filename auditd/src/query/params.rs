@@ -2,6 +2,7 @@
 //! filter this route does not support) is an error instead of being silently ignored.
 
 use crate::http::ApiError;
+use crate::query_string;
 
 /// A request's query parameters that no route has taken yet.
 pub struct Params {
@@ -15,7 +16,7 @@ const MAX_VALUE_BYTES: usize = 1024;
 impl Params {
     /// Decodes a query string (`None`: no parameters); a value over 1024 bytes is an error.
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
-        let pairs = crate::query_string::parse(query.unwrap_or(""))
+        let pairs = query_string::parse(query.unwrap_or(""))
             .map_err(|e| ApiError::bad_parameter("query", e))?;
         if let Some((name, _)) = pairs.iter().find(|(_, v)| v.len() > MAX_VALUE_BYTES) {
             return Err(ApiError::bad_parameter(

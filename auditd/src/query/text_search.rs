@@ -10,19 +10,6 @@
 //! rare in it. The whole pattern is still checked on every candidate row, so the rows
 //! found are the same; only the work to find them changes. Only ASCII searches are
 //! narrowed (see [`MessageSample::index_patterns`]).
-//!
-//! ```
-//! use auditd::text_search::MessageSample;
-//!
-//! let sample = MessageSample::from_messages(
-//!     (0..1000).map(|i| format!("Device edge-{i} event number {}", i * 7)),
-//! );
-//! // "edge-" is in every message: only the rare part is looked up in the index.
-//! assert_eq!(sample.index_patterns("edge-4242 "), vec!["%-4242 %"]);
-//! // Nothing is common, or everything is: the whole pattern is looked up as it is.
-//! assert!(sample.index_patterns("router-77").is_empty());
-//! assert!(sample.index_patterns("edge-").is_empty());
-//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,11 +91,6 @@ impl MessageSample {
     /// How many messages the sample holds.
     pub fn len(&self) -> usize {
         self.lowercase.len()
-    }
-
-    /// Whether the sample is empty (no trigram index, or an empty table).
-    pub fn is_empty(&self) -> bool {
-        self.lowercase.is_empty()
     }
 
     /// The `ILIKE` patterns to look up in the index for `q`: its parts that are rare in
@@ -222,6 +204,18 @@ pub async fn renew_periodically(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_rare_parts_of_a_search_are_looked_up() {
+        let sample = MessageSample::from_messages(
+            (0..1000).map(|i| format!("Device edge-{i} event number {}", i * 7)),
+        );
+        // "edge-" is in every message: only the rare part is looked up in the index.
+        assert_eq!(sample.index_patterns("edge-4242 "), vec!["%-4242 %"]);
+        // Nothing is common, or everything is: the whole pattern is looked up as it is.
+        assert!(sample.index_patterns("router-77").is_empty());
+        assert!(sample.index_patterns("edge-").is_empty());
+    }
 
     #[test]
     fn pieces_are_words_with_their_edges() {

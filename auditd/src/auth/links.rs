@@ -1,5 +1,5 @@
-//! `GET /api/v1/logs/export/link`: a download link for an export, so that a browser saves
-//! it straight to disk.
+//! Signed download links: a link to an export that stands in for the token that asked
+//! for it, so that a browser saves the export straight to disk.
 //!
 //! A browser follows a link without an `Authorization` header, so the viewer used to fetch
 //! an export itself and hand the browser the whole file from memory: hundreds of MiB for a
@@ -13,15 +13,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::StatusCode;
-use serde_json::json;
 
-use crate::app::{Answer, App, Caller};
-use crate::auth::Tokens;
-use crate::export::ExportRequest;
-use crate::http::{self, ApiError};
-use crate::params::Params;
+use super::tokens::Tokens;
+use crate::http::ApiError;
 use crate::query_string;
 
 /// The route links lead to.
@@ -38,64 +33,50 @@ const SIGNATURE: &str = "link_signature";
 /// The parameters a link adds to an export's own.
 pub const PARAMETERS: [&str; 3] = [BY, EXPIRES, SIGNATURE];
 
-/// Answers with a link to the export `query` asks for, after checking it as the export
-/// itself would (a bad filter is a 400 now, not a failed download later).
-pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, ApiError> {
-    let raw = query.unwrap_or("");
-    let mut params = Params::parse(Some(raw))?;
-    for name in PARAMETERS {
-        if params.take(name)?.is_some() {
-            return Err(ApiError::bad_parameter(
-                name,
-                "is for links; ask without it",
-            ));
-        }
-    }
-    ExportRequest::parse(app, params)?;
+/// A link made for an export: its URL, and when it stops working (`None` when no tokens
+/// are configured, and the export needs none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The export's path and query, with the link's parameters last.
+    pub url: String,
+    /// Seconds since the epoch after which the link is refused.
+    pub expires: Option<u64>,
+}
+
+/// The link to the export `query` asks for, signed with the secret of the token named
+/// `signer`. The caller checks the export's parameters first.
+pub fn sign(tokens: &Tokens, signer: &str, query: &str) -> Result<Link, ApiError> {
     // Re-encoded with every byte but the unreserved ones escaped: a browser following the
     // link sends it byte for byte (it would escape a raw `'` or UTF-8 itself, and so
     // break the signature), and the export reads the same values.
-    let query = canonical(raw)?;
+    let query = canonical(query)?;
     let query = query.as_str();
-    let tokens = app.tokens.current();
-    let (url, expires) = if tokens.is_empty() {
+    if tokens.is_empty() {
         // Nothing to prove: the export needs no token.
-        (join(EXPORT_PATH, query), None)
-    } else {
-        let expires = now_secs() + LIFETIME.as_secs();
-        let unsigned = join(
-            EXPORT_PATH,
-            &join_params(
-                query,
-                &format!(
-                    "{BY}={}&{EXPIRES}={expires}",
-                    query_string::encode(&caller.name)
-                ),
-            ),
-        );
-        let signature = tokens
-            .sign(&caller.name, unsigned.as_bytes())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "no_token",
-                    "links are signed with the caller's token; this caller has none",
-                )
-            })?;
-        (format!("{unsigned}&{SIGNATURE}={signature}"), Some(expires))
-    };
-    let expires_at = expires.and_then(|secs| {
-        chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    });
-    let mut response = http::json(
-        StatusCode::OK,
-        &json!({ "url": url, "expires_at": expires_at }),
+        return Ok(Link {
+            url: join(EXPORT_PATH, query),
+            expires: None,
+        });
+    }
+    let expires = now_secs() + LIFETIME.as_secs();
+    let unsigned = join(
+        EXPORT_PATH,
+        &join_params(
+            query,
+            &format!("{BY}={}&{EXPIRES}={expires}", query_string::encode(signer)),
+        ),
     );
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(Answer::plain(response))
+    let signature = tokens.sign(signer, unsigned.as_bytes()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_token",
+            "links are signed with the caller's token; this caller has none",
+        )
+    })?;
+    Ok(Link {
+        url: format!("{unsigned}&{SIGNATURE}={signature}"),
+        expires: Some(expires),
+    })
 }
 
 /// The name of the token that signed the link in `path_and_query`, if it is a link to

@@ -5,8 +5,8 @@ use std::time::Duration;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::app::App;
 use crate::http::{self, Body};
+use crate::state::App;
 
 /// Answers `/healthz`: the process is up (the database is not asked).
 pub fn healthz() -> Response<Body> {
@@ -21,7 +21,7 @@ pub async fn readyz(app: &App) -> Response<Body> {
             .simple_query("SELECT 1")
             .await
             .map(|_| ())
-            .map_err(|e| http::describe(&e))
+            .map_err(|e| audit_layer::describe_db_error(&e))
     };
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(())) => http::json(StatusCode::OK, &json!({ "status": "ready" })),

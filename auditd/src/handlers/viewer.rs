@@ -5,7 +5,7 @@
 //! served under a Content-Security-Policy that allows only its own script and style: no
 //! inline script, no other origin, no framing.
 
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 
 use crate::http::{self, Body};
@@ -37,10 +37,9 @@ pub fn serve(asset: Asset) -> Response<Body> {
         Asset::Script => ("text/javascript; charset=utf-8", SCRIPT),
         Asset::Style => ("text/css; charset=utf-8", STYLE),
     };
-    let mut response = http::response(StatusCode::OK, content_type, text);
+    // Revalidated on every load, so a new auditd's page is never mixed with an old script.
+    let mut response = http::cached_response(StatusCode::OK, content_type, "no-cache", text);
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         "content-security-policy",
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::hex;
 use crate::replaceable::Replaceable;
 
 /// The configured bearer tokens: each a name (what access records show) and a secret.
@@ -102,18 +103,13 @@ impl Tokens {
     /// so that a link can carry that token's authority without carrying the token.
     pub fn sign(&self, name: &str, message: &[u8]) -> Option<String> {
         let mac = self.mac(name, message)?;
-        let mut hex = String::with_capacity(64);
-        for byte in mac.finalize().into_bytes() {
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-        }
-        Some(hex)
+        Some(hex::encode(&mac.finalize().into_bytes()))
     }
 
     /// Whether `signature` is [`sign`](Self::sign)'s for `name` and `message`, compared
     /// in constant time.
     pub fn verify(&self, name: &str, message: &[u8], signature: &str) -> bool {
-        let Some(tag) = decode_hex(signature) else {
+        let Some(tag) = hex::decode(signature) else {
             return false;
         };
         self.mac(name, message)
@@ -142,16 +138,6 @@ impl Tokens {
         }
         found
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The tokens in force, replaced while serving when auditd reloads them (SIGHUP).

@@ -11,12 +11,12 @@ use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::app::Limits;
+use super::cli::ServeArgs;
+use super::{logging, upkeep};
 use crate::auth::{TokenStore, Tokens};
-use crate::cli::ServeArgs;
-use crate::server::{self, ServerOptions};
-use crate::tls::Certificate;
-use crate::{listen, logging, upkeep};
+use crate::query::commit_notices;
+use crate::server::{self, Certificate, ServerOptions};
+use crate::state::Limits;
 
 /// How long the access-audit writer may take to commit its last records at exit.
 const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
@@ -120,10 +120,10 @@ pub async fn serve_until_signal(
         shutdown_grace: args.shutdown_grace,
         access_audit: None,
         audit_handle: Some(audit_handle),
-        commit_notices: Some(listen::commit_notices(database_url)),
+        commit_notices: Some(commit_notices(database_url)),
         tls,
     };
-    let result = server::run(listener, pool, options, server::termination_signal()).await;
+    let result = server::serve(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();
     }

@@ -12,65 +12,13 @@ use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use tokio_postgres::Row;
 
-use crate::app::{Answer, App, Caller, Route};
-use crate::cursor::PageCursor;
-use crate::filters::Filters;
-use crate::http::{ApiError, ChannelBody, ChunkSender};
-use crate::logs::{self, Order};
-use crate::params::Params;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Ndjson,
-    Csv,
-}
-
-const CSV_HEADER: &str = "id,created_at,username,user_id,event_type,severity,message,ip_address,\
-resource_type,resource_id,resource_name,metadata,cursor\r\n";
+use crate::access::{Answer, Caller};
+use crate::http::{self, ApiError, ChannelBody, ChunkSender};
+use crate::query::{csv, records, ExportRequest, Format, PageCursor, Params};
+use crate::state::App;
 
 /// Bytes gathered before a chunk is handed to the response.
 const CHUNK_BYTES: usize = 64 * 1024;
-
-/// What an export was asked for.
-pub struct ExportRequest {
-    filters: Filters,
-    order: Order,
-    cursor: Option<PageCursor>,
-    format: Format,
-    max_rows: Option<u64>,
-}
-
-impl ExportRequest {
-    /// Takes every parameter of an export out of `params`; any other is an error. The
-    /// parameters of a download link ([`crate::export_link`]) are taken and left to it.
-    pub fn parse(app: &App, mut params: Params) -> Result<ExportRequest, ApiError> {
-        let filters = app.filters(&mut params)?;
-        let order = Order::take(&mut params)?;
-        let cursor = logs::take_cursor(&mut params)?;
-        let format = params
-            .take_parsed("format", |v| match v {
-                "ndjson" => Ok(Format::Ndjson),
-                "csv" => Ok(Format::Csv),
-                _ => Err("must be ndjson or csv".to_owned()),
-            })?
-            .unwrap_or(Format::Ndjson);
-        let max_rows = params.take_parsed("limit", |v| match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err("must be a positive integer".to_owned()),
-        })?;
-        for name in crate::export_link::PARAMETERS {
-            params.take(name)?;
-        }
-        params.finish()?;
-        Ok(ExportRequest {
-            filters,
-            order,
-            cursor,
-            format,
-            max_rows,
-        })
-    }
-}
 
 /// Answers `GET /api/v1/logs/export`: a task streams the rows and records the access when
 /// it ends.
@@ -78,15 +26,17 @@ pub async fn export(
     app: &Arc<App>,
     params: Params,
     caller: Caller,
-    route: &'static Route,
+    route: &'static str,
 ) -> Result<Answer, ApiError> {
+    let mut params = params;
+    let filters = app.filters(&mut params)?;
     let ExportRequest {
         filters,
         order,
         cursor,
         format,
         max_rows,
-    } = ExportRequest::parse(app, params)?;
+    } = ExportRequest::parse(filters, params)?;
 
     // Fail now, with a proper status, rather than after the 200 has gone out.
     let stream_slot = app.stream_slot()?;
@@ -99,7 +49,7 @@ pub async fn export(
         let mut sent: u64 = 0;
         let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
         if format == Format::Csv {
-            chunk.extend_from_slice(CSV_HEADER.as_bytes());
+            chunk.extend_from_slice(csv::HEADER.as_bytes());
         }
         let page_rows = app.limits.export_page_rows;
         let outcome = loop {
@@ -114,13 +64,13 @@ pub async fn export(
                 // Shutting down: end now, recorded, rather than be dropped unrecorded.
                 break StatusCode::SERVICE_UNAVAILABLE;
             }
-            let sql = logs::page_sql(&filters, order, cursor, want);
+            let sql = records::page_sql(&filters, order, cursor, want);
             let rows = match client.query(&sql.text, &sql.params()).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     // The status line is gone: all that is left is to cut the body short,
                     // so the client sees a truncated export it can resume.
-                    ApiError::database(&e);
+                    http::log_query_failure(&e);
                     break StatusCode::SERVICE_UNAVAILABLE;
                 }
             };
@@ -163,8 +113,7 @@ pub async fn export(
         };
         drop(client);
         drop(stream_slot);
-        app.metrics.rows_served(route.path, sent);
-        app.record_access(&caller, route, &filters.describe(), sent, outcome);
+        app.record_read(&caller, route, &filters.describe(), sent, outcome);
     });
 
     let mut response = Response::new(body);
@@ -204,79 +153,13 @@ fn client_gone() -> StatusCode {
 }
 
 fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {
-    let cursor = logs::row_cursor(row)?.encode();
+    let cursor = records::row_cursor(row)?.encode();
     match format {
         Format::Ndjson => {
-            let c = logs::write_record(out, row, Some(&cursor))?;
+            let c = records::write_record(out, row, Some(&cursor))?;
             out.push(b'\n');
             Ok(c)
         }
-        Format::Csv => write_csv(out, row, &cursor),
-    }
-}
-
-fn write_csv(out: &mut Vec<u8>, row: &Row, cursor: &str) -> Result<PageCursor, ApiError> {
-    let id: i64 = row.try_get("id").map_err(|e| ApiError::database(&e))?;
-    let log = audit_layer::AuditLog::from_row(row).map_err(|e| ApiError::database(&e))?;
-    let metadata = if log.metadata.is_empty() {
-        String::new()
-    } else {
-        serde_json::Value::Object(log.metadata.clone()).to_string()
-    };
-    let fields: [&str; 13] = [
-        &id.to_string(),
-        &log.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        &log.username,
-        &log.user_id.map(|u| u.to_string()).unwrap_or_default(),
-        &log.event_type,
-        log.severity.as_str(),
-        &log.message,
-        &log.ip_address.map(|ip| ip.to_string()).unwrap_or_default(),
-        log.resource_type.as_deref().unwrap_or(""),
-        log.resource_id.as_deref().unwrap_or(""),
-        log.resource_name.as_deref().unwrap_or(""),
-        &metadata,
-        cursor,
-    ];
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        csv_field(out, field);
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(PageCursor {
-        created_at: log.created_at,
-        id,
-    })
-}
-
-/// RFC 4180: quoted when it holds a comma, a quote or a line break; quotes doubled.
-fn csv_field(out: &mut Vec<u8>, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(field.as_bytes());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::csv_field;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        let mut out = Vec::new();
-        for f in ["plain", "a,b", "say \"hi\"", "two\nlines", ""] {
-            csv_field(&mut out, f);
-            out.push(b'|');
-        }
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"two\nlines\"||"
-        );
+        Format::Csv => csv::write_row(out, row, &cursor),
     }
 }

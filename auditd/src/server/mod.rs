@@ -1,5 +1,10 @@
-//! The HTTP server: accepting connections, serving them with hyper, shutting down
-//! gracefully (in-flight requests finish, streams are told to end, all within a cap).
+//! The HTTP server: accepting connections (plain or TLS, `tls`), serving them with hyper
+//! through the router, shutting down gracefully (in-flight requests finish, streams are
+//! told to end, all within a cap).
+
+mod tls;
+
+pub use tls::Certificate;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,8 +23,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Dispatch;
 
-use crate::app::{App, Limits};
 use crate::auth::TokenStore;
+use crate::query::CommitNotices;
+use crate::router;
+use crate::state::{App, Limits};
 
 /// How the server behaves, beyond its listener and pool.
 pub struct ServerOptions {
@@ -33,17 +40,17 @@ pub struct ServerOptions {
     pub access_audit: Option<Dispatch>,
     /// The access-audit writer, whose counters /metrics shows.
     pub audit_handle: Option<Arc<AuditHandle>>,
-    /// Commit notices ([`crate::listen::commit_notices`]), which wake tails before their
-    /// next poll; `None` to rely on polling.
-    pub commit_notices: Option<crate::listen::CommitNotices>,
-    /// Serve HTTPS with this ([`crate::tls::Certificate::acceptor`]); `None` for plain HTTP.
+    /// Commit notices ([`crate::commit_notices`]), which wake tails before their next
+    /// poll; `None` to rely on polling.
+    pub commit_notices: Option<CommitNotices>,
+    /// Serve HTTPS with this ([`Certificate::acceptor`]); `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves until `shutdown` completes, then shuts down gracefully.
 ///
 /// Refuses to serve a non-loopback address without tokens: the audit log is sensitive.
-pub async fn run(
+pub async fn serve(
     listener: TcpListener,
     pool: Pool,
     options: ServerOptions,
@@ -66,7 +73,7 @@ pub async fn run(
         options.audit_handle,
         options.commit_notices,
     ));
-    let sampler = tokio::spawn(crate::text_search::renew_periodically(
+    let sampler = tokio::spawn(crate::query::renew_periodically(
         app.pool.clone(),
         app.text_sample.clone(),
         app.limits.text_sample_interval,
@@ -172,7 +179,7 @@ where
     let app = app.clone();
     let service = service_fn(move |request| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
+        async move { Ok::<_, Infallible>(router::handle(&app, request, peer).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

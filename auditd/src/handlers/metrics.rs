@@ -1,0 +1,95 @@
+//! `GET /metrics`: the Prometheus text format, with the request counters ([`crate::metrics`])
+//! and what is read at scrape time: the pool, reads in flight, the text search sample, the
+//! access-audit writer.
+
+use hyper::{Response, StatusCode};
+
+use crate::http::Body;
+use crate::metrics::Extra;
+use crate::state::App;
+
+/// Answers `GET /metrics`.
+pub fn render(app: &App) -> Response<Body> {
+    let pool = app.pool.status();
+    let mut extra = vec![
+        Extra {
+            name: "auditd_db_pool_connections",
+            kind: "gauge",
+            help: "Open database connections.",
+            value: pool.size as f64,
+        },
+        Extra {
+            name: "auditd_db_pool_available",
+            kind: "gauge",
+            help: "Idle database connections.",
+            value: pool.available as f64,
+        },
+        Extra {
+            name: "auditd_db_pool_waiting",
+            kind: "gauge",
+            help: "Requests waiting for a database connection.",
+            value: pool.waiting as f64,
+        },
+        Extra {
+            name: "auditd_db_pool_max",
+            kind: "gauge",
+            help: "Most database connections allowed.",
+            value: pool.max_size as f64,
+        },
+        Extra {
+            name: "auditd_http_requests_in_flight",
+            kind: "gauge",
+            help: "Requests being served now.",
+            value: app.reads_in_flight() as f64,
+        },
+        Extra {
+            name: "auditd_text_search_sample_messages",
+            kind: "gauge",
+            help: "Messages in the sample that tunes text search (0 without the trigram index).",
+            value: app.text_sample.current().len() as f64,
+        },
+        Extra {
+            name: "auditd_text_searches_narrowed_total",
+            kind: "counter",
+            help: "Text searches whose index lookup left out parts common in the sample.",
+            value: app.narrowed_text_searches() as f64,
+        },
+    ];
+    if let Some(handle) = &app.audit_handle {
+        let s = handle.stats();
+        for (name, help, value) in [
+            (
+                "auditd_access_records_written_total",
+                "Access records committed.",
+                s.written,
+            ),
+            (
+                "auditd_access_records_dropped_total",
+                "Access records dropped (queue full or writer stopped).",
+                s.dropped,
+            ),
+            (
+                "auditd_access_records_rejected_total",
+                "Access records refused by PostgreSQL.",
+                s.rejected,
+            ),
+            (
+                "auditd_access_writer_retries_total",
+                "Retried writes of access records.",
+                s.retries,
+            ),
+        ] {
+            extra.push(Extra {
+                name,
+                kind: "counter",
+                help,
+                value: value as f64,
+            });
+        }
+    }
+    crate::http::response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        app.metrics.render(&extra),
+    )
+}

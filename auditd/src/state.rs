@@ -1,0 +1,170 @@
+//! The state every handler shares: the database pool, the tokens, the limits, the
+//! counters, the shutdown signal, where access records go. Handlers take it as an argument
+//! (as axum's `State`) and know nothing of the router.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_layer::AuditHandle;
+use deadpool_postgres::{Object, Pool};
+use hyper::StatusCode;
+use serde_json::Value;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Dispatch;
+
+use crate::access::{AccessLog, Caller};
+use crate::auth::TokenStore;
+use crate::http::ApiError;
+use crate::metrics::Metrics;
+use crate::query::{CommitNotices, Filters, Params, SharedSample};
+
+/// Limits and intervals of the API.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest time to answer a request (streams: to start answering).
+    pub request_timeout: Duration,
+    /// Reads served at once; more get 503 at once rather than queueing. Health, metrics
+    /// and the OpenAPI document are not counted, so they answer under load.
+    pub max_concurrent_requests: usize,
+    /// Exports and event streams open at once: each holds a database connection until it
+    /// ends, so they are bounded apart from (and below) the pool.
+    pub max_streams: usize,
+    /// How often a tail checks for newly committed rows.
+    pub tail_poll_interval: Duration,
+    /// Longest long-poll wait a client may ask for.
+    pub max_tail_wait: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub stream_keepalive: Duration,
+    /// Rows fetched per query while exporting.
+    pub export_page_rows: i64,
+    /// How often the message sample that tunes text search is renewed
+    /// (`query/text_search.rs`).
+    pub text_sample_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 64,
+            max_streams: 8,
+            tail_poll_interval: Duration::from_millis(250),
+            max_tail_wait: Duration::from_secs(60),
+            stream_keepalive: Duration::from_secs(15),
+            export_page_rows: 5000,
+            text_sample_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything a request handler may use.
+pub struct App {
+    /// The database pool for queries.
+    pub pool: Pool,
+    /// The bearer tokens in force, replaceable while serving.
+    pub tokens: Arc<TokenStore>,
+    /// The timeouts, bounds and intervals in force.
+    pub limits: Limits,
+    /// Request, latency and row counters, rendered at /metrics.
+    pub metrics: Metrics,
+    permits: Arc<Semaphore>,
+    stream_permits: Arc<Semaphore>,
+    /// Becomes `true` when the server shuts down: streams and long polls end early.
+    pub stopping: watch::Receiver<bool>,
+    /// Where access records go.
+    pub access: AccessLog,
+    /// The access-audit writer, for its counters in /metrics.
+    pub audit_handle: Option<Arc<AuditHandle>>,
+    /// Commit notices from the audit writers (`None`: tails rely on polling alone).
+    pub commit_notices: Option<CommitNotices>,
+    /// Messages sampled to tune text search, renewed by the server.
+    pub text_sample: Arc<SharedSample>,
+    narrowed_text_searches: AtomicU64,
+}
+
+impl App {
+    /// The shared state of a server; the concurrency bounds come from `limits`.
+    pub fn new(
+        pool: Pool,
+        tokens: Arc<TokenStore>,
+        limits: Limits,
+        stopping: watch::Receiver<bool>,
+        access_audit: Option<Dispatch>,
+        audit_handle: Option<Arc<AuditHandle>>,
+        commit_notices: Option<CommitNotices>,
+    ) -> Self {
+        App {
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            stream_permits: Arc::new(Semaphore::new(limits.max_streams)),
+            pool,
+            tokens,
+            limits,
+            metrics: Metrics::default(),
+            stopping,
+            access: AccessLog::new(access_audit),
+            audit_handle,
+            commit_notices,
+            text_sample: Arc::default(),
+            narrowed_text_searches: AtomicU64::new(0),
+        }
+    }
+
+    /// The filters of a request, taken out of `params`, with text search tuned to the
+    /// current message sample.
+    pub fn filters(&self, params: &mut Params) -> Result<Filters, ApiError> {
+        let mut filters = Filters::parse(params)?;
+        if filters.narrow_text_search(&self.text_sample.current()) {
+            self.narrowed_text_searches.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(filters)
+    }
+
+    /// A slot for an export or event stream, held until it ends; or 503.
+    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.stream_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded("exports and event streams"))
+    }
+
+    /// A pooled connection, or 503.
+    pub async fn client(&self) -> Result<Object, ApiError> {
+        self.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "no database connection for a request");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "no database connection is available; try again",
+            )
+        })
+    }
+
+    /// A slot among the reads served at once, or `None` when all are taken.
+    pub fn read_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Reads being served now.
+    pub fn reads_in_flight(&self) -> usize {
+        self.limits.max_concurrent_requests - self.permits.available_permits()
+    }
+
+    /// Text searches so far whose index lookup was narrowed by the sample.
+    pub fn narrowed_text_searches(&self) -> u64 {
+        self.narrowed_text_searches.load(Ordering::Relaxed)
+    }
+
+    /// Counts the rows a read served and writes its access record.
+    pub fn record_read(
+        &self,
+        caller: &Caller,
+        route: &'static str,
+        filters: &Value,
+        rows: u64,
+        status: StatusCode,
+    ) {
+        self.metrics.rows_served(route, rows);
+        self.access.read(caller, route, filters, rows, status);
+    }
+}
