@@ -11,6 +11,9 @@
 //! | parameters into parameterised SQL; rows back into JSON and CSV; cursors; commit notices | `query/` |
 //! | the answer, and the access record every read leaves (`audit_access`) | `access` |
 //!
+//! Features: `tls` (on by default) serves HTTPS through rustls; without it auditd serves
+//! plain HTTP only, for a TLS-terminating proxy in front.
+//!
 //! Beside them: `state` (what handlers share), `auth/` (bearer tokens and signed download
 //! links), `metrics` (the request counters), `commands/` (the command line: `serve`,
 //! `migrate`, `partitions`, `text-index`, `demo`), and small codecs (`hex`,
@@ -66,5 +69,7 @@ pub use duration::parse_duration;
 pub use query::{commit_notices, CommitNotices, PageCursor, TailCursor};
 pub use query_string::encode as encode_query_value;
 pub use router::{Route, RouteId, ROUTES};
-pub use server::{serve, Certificate, ServerOptions};
+#[cfg(feature = "tls")]
+pub use server::Certificate;
+pub use server::{serve, ServerOptions, TlsAcceptor};
 pub use state::Limits;

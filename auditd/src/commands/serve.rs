@@ -15,7 +15,9 @@ use super::cli::ServeArgs;
 use super::{logging, upkeep};
 use crate::auth::{TokenStore, Tokens};
 use crate::query::commit_notices;
-use crate::server::{self, Certificate, ServerOptions};
+#[cfg(feature = "tls")]
+use crate::server::Certificate;
+use crate::server::{self, ServerOptions, TlsAcceptor};
 use crate::state::Limits;
 
 /// How long the access-audit writer may take to commit its last records at exit.
@@ -94,14 +96,7 @@ pub async fn serve_until_signal(
             audit_layer::schema::DEFAULT_MONTHS_AHEAD,
         ))
     });
-    let certificate = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Certificate::load(cert, key)?),
-        _ => None,
-    };
-    let tls = certificate
-        .as_ref()
-        .map(Certificate::acceptor)
-        .transpose()?;
+    let (certificate, tls) = tls_from_args(args)?;
     let tokens = Arc::new(TokenStore::new(tokens));
     let reloads = tokio::spawn(reload_on_hangup(
         args.clone(),
@@ -129,6 +124,43 @@ pub async fn serve_until_signal(
     }
     reloads.abort();
     result
+}
+
+/// The certificate of `--tls-cert` and `--tls-key`, and its acceptor; neither without them.
+#[cfg(feature = "tls")]
+fn tls_from_args(args: &ServeArgs) -> Result<(Option<Arc<Certificate>>, Option<TlsAcceptor>)> {
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Certificate::load(cert, key)?),
+        _ => None,
+    };
+    let tls = certificate
+        .as_ref()
+        .map(Certificate::acceptor)
+        .transpose()?;
+    Ok((certificate, tls))
+}
+
+/// Built without TLS: a certificate is an error rather than quietly serving plain HTTP.
+#[cfg(not(feature = "tls"))]
+fn tls_from_args(args: &ServeArgs) -> Result<(Option<Arc<Certificate>>, Option<TlsAcceptor>)> {
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        bail!(
+            "--tls-cert and --tls-key need auditd built with the `tls` feature (on by default); \
+             rebuild without --no-default-features, or terminate TLS in a proxy"
+        );
+    }
+    Ok((None, None))
+}
+
+/// Without the `tls` feature there is no certificate to reload.
+#[cfg(not(feature = "tls"))]
+enum Certificate {}
+
+#[cfg(not(feature = "tls"))]
+impl Certificate {
+    fn reload(&self) -> Result<()> {
+        match *self {}
+    }
 }
 
 /// On each SIGHUP, reads the tokens (file and `AUDITD_TOKENS`) and the TLS certificate

@@ -1,32 +1,38 @@
-//! The HTTP server: accepting connections (plain or TLS, `tls`), serving them with hyper
-//! through the router, shutting down gracefully (in-flight requests finish, streams are
-//! told to end, all within a cap).
+//! The HTTP server: accepting connections (plain, or TLS with the `tls` feature), serving
+//! each with hyper through the router (`connection`), shutting down gracefully (in-flight
+//! requests finish, streams are told to end, all within a cap).
 
-mod tls;
-
-pub use tls::Certificate;
-
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use audit_layer::AuditHandle;
 use deadpool_postgres::Pool;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::watch;
 use tracing::Dispatch;
 
 use crate::auth::TokenStore;
 use crate::query::CommitNotices;
-use crate::router;
 use crate::state::{App, Limits};
+use connection::serve_connection;
+
+mod connection;
+#[cfg(feature = "tls")]
+mod tls;
+
+#[cfg(feature = "tls")]
+pub use tls::Certificate;
+#[cfg(feature = "tls")]
+pub use tokio_rustls::TlsAcceptor;
+
+/// Without the `tls` feature no acceptor can exist: [`ServerOptions::tls`] is always
+/// `None`, and auditd serves plain HTTP.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub enum TlsAcceptor {}
 
 /// How the server behaves, beyond its listener and pool.
 pub struct ServerOptions {
@@ -79,7 +85,8 @@ pub async fn serve(
         app.limits.text_sample_interval,
     ));
     let graceful = GracefulShutdown::new();
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    #[cfg(feature = "tls")]
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(tls::MAX_HANDSHAKES));
     let mut shutdown = std::pin::pin!(shutdown);
     let scheme = if options.tls.is_some() {
         "https"
@@ -107,7 +114,10 @@ pub async fn serve(
                 };
                 match &options.tls {
                     None => serve_connection(&app, graceful.watcher(), stream, peer),
-                    Some(tls) => serve_tls_connection(
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match *never {},
+                    #[cfg(feature = "tls")]
+                    Some(tls) => tls::serve_tls_connection(
                         &app,
                         graceful.watcher(),
                         tls,
@@ -131,67 +141,6 @@ pub async fn serve(
         }
     }
     Ok(())
-}
-
-/// The longest a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// TLS handshakes in progress at once; a connection beyond them is closed at once, so
-/// that clients which connect and stall cannot pile up work.
-const MAX_HANDSHAKES: usize = 256;
-
-fn serve_tls_connection(
-    app: &Arc<App>,
-    graceful: Watcher,
-    tls: &TlsAcceptor,
-    handshakes: &Arc<Semaphore>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) {
-    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
-        tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
-        return;
-    };
-    let app = app.clone();
-    let mut stopping = app.stopping.clone();
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
-    tokio::spawn(async move {
-        let finished = tokio::select! {
-            finished = handshake => finished,
-            // Shutting down: a connection not yet set up is not waited for.
-            _ = stopping.wait_for(|stop| *stop) => return,
-        };
-        drop(slot);
-        match finished {
-            Ok(Ok(stream)) => serve_connection(&app, graceful, stream, peer),
-            // A scanner, a client that does not trust the certificate, plain HTTP sent
-            // to the TLS port: the client's problem, worth a line at debug level only.
-            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        }
-    });
-}
-
-fn serve_connection<S>(app: &Arc<App>, graceful: Watcher, stream: S, peer: SocketAddr)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let app = app.clone();
-    let service = service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(router::handle(&app, request, peer).await) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // A client that never finishes its headers does not hold a connection forever.
-        .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, %peer, "connection ended with an error");
-        }
-    });
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

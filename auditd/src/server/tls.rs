@@ -7,10 +7,14 @@
 //! one they began with. rustls with the ring provider speaks TLS 1.2 and 1.3 and offers
 //! HTTP/1.1 by ALPN.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use hyper_util::server::graceful::Watcher;
+use tokio::sync::Semaphore;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,7 +23,9 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use super::connection::serve_connection;
 use crate::replaceable::Replaceable;
+use crate::state::App;
 
 /// The server's certificate and key as last read from their files.
 #[derive(Debug)]
@@ -89,4 +95,45 @@ fn read(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedK
     })?;
     CertifiedKey::from_der(chain, key, provider)
         .context("the TLS certificate and private key do not go together")
+}
+
+/// The longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS handshakes in progress at once; a connection beyond them is closed at once, so
+/// that clients which connect and stall cannot pile up work.
+pub(super) const MAX_HANDSHAKES: usize = 256;
+
+/// Serves `stream` once its TLS handshake is done, on a task of its own; closes it at once
+/// when [`MAX_HANDSHAKES`] are in progress.
+pub(super) fn serve_tls_connection(
+    app: &Arc<App>,
+    graceful: Watcher,
+    tls: &TlsAcceptor,
+    handshakes: &Arc<Semaphore>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+        tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
+        return;
+    };
+    let app = app.clone();
+    let mut stopping = app.stopping.clone();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+    tokio::spawn(async move {
+        let finished = tokio::select! {
+            finished = handshake => finished,
+            // Shutting down: a connection not yet set up is not waited for.
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        drop(slot);
+        match finished {
+            Ok(Ok(stream)) => serve_connection(&app, graceful, stream, peer),
+            // A scanner, a client that does not trust the certificate, plain HTTP sent
+            // to the TLS port: the client's problem, worth a line at debug level only.
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    });
 }
