@@ -2,17 +2,32 @@
 
 use crate::hex;
 
+/// A query string that cannot be decoded: which parameter, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The parameter to blame (`query` when its own name cannot be read).
+    pub parameter: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
 /// The `name=value` pairs of a query string, percent-decoded, `+` as space, in order.
-/// Invalid UTF-8 after decoding is an error naming the parameter.
-pub fn parse(query: &str) -> Result<Vec<(String, String)>, String> {
+/// Invalid UTF-8 after decoding (a lone surrogate's encoding included) is an error naming
+/// the parameter.
+pub fn parse(query: &str) -> Result<Vec<(String, String)>, Malformed> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name =
-                decode(name).map_err(|_| "a parameter name is not valid UTF-8".to_owned())?;
-            let value = decode(value).map_err(|_| format!("{name}: not valid UTF-8"))?;
+            let name = decode(name).map_err(|_| Malformed {
+                parameter: "query".to_owned(),
+                message: "a parameter name is not valid UTF-8".to_owned(),
+            })?;
+            let value = decode(value).map_err(|_| Malformed {
+                message: "not valid UTF-8 once percent-decoded".to_owned(),
+                parameter: name.clone(),
+            })?;
             Ok((name, value))
         })
         .collect()

@@ -106,7 +106,8 @@ pub fn signer(tokens: &Tokens, path_and_query: &str) -> Option<String> {
 }
 
 fn canonical(query: &str) -> Result<String, ApiError> {
-    let pairs = query_string::parse(query).map_err(|e| ApiError::bad_parameter("query", e))?;
+    let pairs =
+        query_string::parse(query).map_err(|e| ApiError::bad_parameter(&e.parameter, e.message))?;
     Ok(pairs
         .iter()
         .map(|(name, value)| {

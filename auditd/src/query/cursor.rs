@@ -10,6 +10,11 @@ use chrono::{DateTime, Utc};
 
 use crate::hex;
 
+/// The earliest `timestamptz`, 4714-11-24 00:00 BC UTC, in microseconds since the Unix
+/// epoch. (Its latest, in 294276 AD, is beyond what chrono represents, so a later time
+/// never decodes.)
+const EARLIEST_TIMESTAMPTZ_MICROS: i64 = -210_866_803_200_000_000;
+
 /// After this row, in listing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageCursor {
@@ -38,9 +43,13 @@ impl PageCursor {
         ))
     }
 
-    /// Reads what `encode` wrote; `None` for anything else, a tail cursor included.
+    /// Reads what `encode` wrote; `None` for anything else, a tail cursor included, and
+    /// for a time PostgreSQL's `timestamptz` cannot hold (anyone can make a cursor).
     pub fn decode(text: &str) -> Option<Self> {
         let (micros, id) = two_numbers(text, "p1")?;
+        if micros < EARLIEST_TIMESTAMPTZ_MICROS {
+            return None;
+        }
         Some(PageCursor {
             created_at: DateTime::from_timestamp_micros(micros)?,
             id,

@@ -14,15 +14,25 @@ pub struct Params {
 const MAX_VALUE_BYTES: usize = 1024;
 
 impl Params {
-    /// Decodes a query string (`None`: no parameters); a value over 1024 bytes is an error.
+    /// Decodes a query string (`None`: no parameters). A value over 1024 bytes is an
+    /// error, and so is a NUL byte in a name or a value: PostgreSQL can neither store nor
+    /// compare one, so it would fail the query (SQLSTATE 22021) instead of matching nothing.
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
         let pairs = query_string::parse(query.unwrap_or(""))
-            .map_err(|e| ApiError::bad_parameter("query", e))?;
-        if let Some((name, _)) = pairs.iter().find(|(_, v)| v.len() > MAX_VALUE_BYTES) {
-            return Err(ApiError::bad_parameter(
-                name,
-                format!("longer than {MAX_VALUE_BYTES} bytes"),
-            ));
+            .map_err(|e| ApiError::bad_parameter(&e.parameter, e.message))?;
+        for (name, value) in &pairs {
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    format!("longer than {MAX_VALUE_BYTES} bytes"),
+                ));
+            }
+            if name.contains('\0') || value.contains('\0') {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    "contains a NUL byte (%00), which no audit record can hold",
+                ));
+            }
         }
         Ok(Params { pairs })
     }

@@ -1,0 +1,107 @@
+//! What a hostile client sends to auditd, over real HTTP against real PostgreSQL: every
+//! value that PostgreSQL would refuse is refused first, with a 400 that names the
+//! parameter, so no request can turn into a database error (and a WARN in the log).
+
+mod support;
+
+use hyper::StatusCode;
+use serde_json::Value;
+use support::http::TestServer;
+use support::TestDb;
+
+async fn error_of(server: &TestServer, url: &str) -> (StatusCode, Value) {
+    let (status, _, body) = server.get(url).await;
+    let body: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("{url}: not JSON: {}", String::from_utf8_lossy(&body)));
+    (status, body)
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_any_parameter_is_a_400_naming_it_never_a_database_error() {
+    let db = TestDb::migrated("hostile_nul").await;
+    let server = TestServer::start_quiet(&db).await;
+    for (route, query, parameter) in [
+        ("/api/v1/logs", "username=a%00b", "username"),
+        ("/api/v1/logs", "event_type=a%00b", "event_type"),
+        ("/api/v1/logs", "resource_type=a%00b", "resource_type"),
+        ("/api/v1/logs", "resource_id=%00", "resource_id"),
+        ("/api/v1/logs", "resource_name=x%00", "resource_name"),
+        ("/api/v1/logs", "q=edge%00", "q"),
+        ("/api/v1/logs", "meta.site=fra%001", "meta.site"),
+        ("/api/v1/logs", "meta.si%00te=fra1", "meta.si\u{0}te"),
+        ("/api/v1/logs/export", "username=a%00b", "username"),
+        ("/api/v1/logs/tail", "q=a%00&wait=0s", "q"),
+        ("/api/v1/logs/stream", "username=%00", "username"),
+        ("/api/v1/stats", "event_type=%00", "event_type"),
+        ("/api/v1/logs/export/link", "q=%00", "q"),
+    ] {
+        let url = format!("{route}?{query}");
+        let (status, body) = error_of(&server, &url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{url}: {body}");
+        assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn values_beyond_what_postgresql_takes_are_refused_before_any_sql() {
+    let db = TestDb::migrated("hostile_ranges").await;
+    let server = TestServer::start_quiet(&db).await;
+    // A cursor is opaque, but anyone can make one: a time far outside PostgreSQL's
+    // timestamptz range (4713 BC to 294276 AD) must not reach it.
+    let far_past = hex("p1:-8000000000000000000:1");
+    let far_future = hex("p1:9000000000000000000:1");
+    for (url, parameter) in [
+        (format!("/api/v1/logs?cursor={far_past}"), "cursor"),
+        (format!("/api/v1/logs?cursor={far_future}"), "cursor"),
+        (format!("/api/v1/logs/export?cursor={far_past}"), "cursor"),
+        ("/api/v1/logs?username=%ff".to_owned(), "username"),
+        ("/api/v1/logs?username=%ED%A0%80".to_owned(), "username"),
+        (
+            "/api/v1/logs?user_id=9223372036854775808".to_owned(),
+            "user_id",
+        ),
+        (
+            "/api/v1/logs?user_id=-9223372036854775809".to_owned(),
+            "user_id",
+        ),
+        (
+            "/api/v1/logs?ip_address=10.0.0.0/33".to_owned(),
+            "ip_address",
+        ),
+        (
+            "/api/v1/logs?ip_address=fe80::1%25eth0".to_owned(),
+            "ip_address",
+        ),
+        ("/api/v1/logs?ip_address=::/129".to_owned(), "ip_address"),
+        ("/api/v1/logs?ip_address=10.0.0.1/".to_owned(), "ip_address"),
+        (
+            "/api/v1/logs?since=10000-01-01T00:00:00Z".to_owned(),
+            "since",
+        ),
+    ] {
+        let (status, body) = error_of(&server, &url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+    }
+    // And what PostgreSQL does take is served, at the edges of the ranges.
+    for url in [
+        "/api/v1/logs?user_id=9223372036854775807",
+        "/api/v1/logs?user_id=-9223372036854775808",
+        "/api/v1/logs?since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z",
+        "/api/v1/logs?ip_address=0.0.0.0/0",
+        "/api/v1/logs?ip_address=::/0",
+        "/api/v1/logs?ip_address=10.1.2.3/8",
+        "/api/v1/logs?q=%5C",
+        "/api/v1/logs?q=%25_%5C",
+    ] {
+        let (status, body) = error_of(&server, url).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+    }
+    server.stop().await;
+}
