@@ -6,6 +6,7 @@ mod support;
 
 use hyper::StatusCode;
 use serde_json::Value;
+use support::csv::parse_csv;
 use support::http::TestServer;
 use support::TestDb;
 
@@ -103,5 +104,117 @@ async fn values_beyond_what_postgresql_takes_are_refused_before_any_sql() {
         let (status, body) = error_of(&server, url).await;
         assert_eq!(status, StatusCode::OK, "{url}: {body}");
     }
+    server.stop().await;
+}
+
+/// Inserts a record as an attacker would shape it (through any writer: the layer keeps
+/// such text as it is, since it is valid).
+async fn insert_hostile(db: &TestDb, username: &str, message: &str, user_id: Option<i64>) {
+    db.client
+        .execute(
+            "INSERT INTO audit_logs (username, user_id, event_type, message, severity) \
+             VALUES ($1, $2, 'authentication', $3, 'warning')",
+            &[&username, &user_id, &message],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_numbers_stay_numbers() {
+    let db = TestDb::migrated("hostile_csv").await;
+    let hostile = [
+        (
+            r#"=HYPERLINK("http://evil.example/","click")"#,
+            "+cmd|' /C calc'!A0",
+            None,
+        ),
+        (
+            "@SUM(1+1)*cmd|' /C calc'!A0",
+            "-2+3+cmd|' /C calc'!A0",
+            Some(-5),
+        ),
+        ("\tleading tab", "\rleading carriage return", Some(7)),
+        ("alice", "User login_failed", None),
+    ];
+    for (username, message, user_id) in hostile {
+        insert_hostile(&db, username, message, user_id).await;
+    }
+    let server = TestServer::start_quiet(&db).await;
+
+    let (status, _, body) = server.get("/api/v1/logs/export?format=csv&order=asc").await;
+    assert_eq!(status, StatusCode::OK);
+    let rows = parse_csv(std::str::from_utf8(&body).unwrap());
+    let (username, user_id, message) = (2, 3, 6);
+    for (row, (name, text, id)) in rows[1..].iter().zip(hostile) {
+        let guarded = |value: &str| match value.chars().next() {
+            Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}"),
+            _ => value.to_owned(),
+        };
+        assert_eq!(row[username], guarded(name), "{row:?}");
+        assert_eq!(row[message], guarded(text), "{row:?}");
+        // A negative number is a number, not a formula: it stays as it is.
+        assert_eq!(row[user_id], id.map(|i| i.to_string()).unwrap_or_default());
+    }
+    // No cell of the guarded export begins with a formula character.
+    for cell in rows.iter().flatten() {
+        let first = cell.chars().next();
+        let is_number = cell.parse::<f64>().is_ok();
+        assert!(
+            is_number || !matches!(first, Some('=' | '+' | '-' | '@' | '\t' | '\r')),
+            "{cell:?}"
+        );
+    }
+
+    // Machine consumers may ask for the bytes as stored; NDJSON is always exact.
+    let (_, _, raw) = server
+        .get("/api/v1/logs/export?format=csv&order=asc&csv_formulas=raw")
+        .await;
+    let raw = parse_csv(std::str::from_utf8(&raw).unwrap());
+    assert_eq!(raw[1][username], hostile[0].0);
+    assert_eq!(raw[2][message], hostile[1].1);
+    let (_, _, ndjson) = server.get("/api/v1/logs/export?order=asc").await;
+    let first: Value = serde_json::from_str(
+        std::str::from_utf8(&ndjson)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["username"], hostile[0].0);
+    // The choice belongs to CSV: elsewhere it would do nothing, so it is refused.
+    let (status, body) = error_of(&server, "/api/v1/logs/export?csv_formulas=raw").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["parameter"], "csv_formulas");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn export_parameters_the_document_forbids_or_that_do_nothing_are_refused() {
+    let db = TestDb::migrated("hostile_export_params").await;
+    let server = TestServer::start_quiet(&db).await;
+    for (url, parameter) in [
+        // Beyond int64, which the document states.
+        (
+            "/api/v1/logs/export/link?limit=9223372036854775808",
+            "limit",
+        ),
+        ("/api/v1/logs/export?limit=9223372036854775808", "limit"),
+        // A link's parameters without a link do nothing.
+        (
+            "/api/v1/logs/export?link_expires=9223372036854775808",
+            "link_expires",
+        ),
+        ("/api/v1/logs/export?link_by=ops", "link_by"),
+    ] {
+        let (status, body) = error_of(&server, url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+    }
+    let (status, _, _) = server
+        .get("/api/v1/logs/export?limit=9223372036854775807")
+        .await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }

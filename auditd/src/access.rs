@@ -15,6 +15,8 @@ pub struct Caller {
     pub name: String,
     /// The peer's address.
     pub ip: std::net::IpAddr,
+    /// Let in by a signed download link rather than a bearer token.
+    pub by_link: bool,
 }
 
 /// What a handler returns besides the response: what to write in the access record.

@@ -2,6 +2,7 @@
 //! layer writing to it, and the rows read back.
 #![allow(dead_code)]
 
+pub mod csv;
 pub mod http;
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ use tokio_postgres::Row;
 
 use crate::access::{Answer, Caller};
 use crate::http::{self, ApiError, ChannelBody, ChunkSender};
-use crate::query::{csv, records, ExportRequest, Format, PageCursor, Params};
+use crate::query::{csv, records, Cells, ExportRequest, Format, PageCursor, Params};
 use crate::state::App;
 
 /// Bytes gathered before a chunk is handed to the response.
@@ -36,7 +36,8 @@ pub async fn export(
         cursor,
         format,
         max_rows,
-    } = ExportRequest::parse(filters, params)?;
+        cells,
+    } = ExportRequest::parse(filters, params, caller.by_link)?;
 
     // Fail now, with a proper status, rather than after the 200 has gone out.
     let stream_slot = app.stream_slot()?;
@@ -77,7 +78,7 @@ pub async fn export(
             let fetched = rows.len() as i64;
             let mut stopped = None;
             for row in &rows {
-                match write_row(&mut chunk, row, format) {
+                match write_row(&mut chunk, row, format, cells) {
                     Ok(c) => cursor = Some(c),
                     Err(_) => {
                         stopped = Some(StatusCode::INTERNAL_SERVER_ERROR);
@@ -152,7 +153,12 @@ fn client_gone() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
-fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {
+fn write_row(
+    out: &mut Vec<u8>,
+    row: &Row,
+    format: Format,
+    cells: Cells,
+) -> Result<PageCursor, ApiError> {
     let cursor = records::row_cursor(row)?.encode();
     match format {
         Format::Ndjson => {
@@ -160,6 +166,6 @@ fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor,
             out.push(b'\n');
             Ok(c)
         }
-        Format::Csv => csv::write_row(out, row, &cursor),
+        Format::Csv => csv::write_row(out, row, &cursor, cells),
     }
 }

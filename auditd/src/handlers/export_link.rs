@@ -25,7 +25,7 @@ pub fn issue(app: &App, query: Option<&str>, caller: &Caller) -> Result<Answer, 
         }
     }
     let filters = app.filters(&mut params)?;
-    ExportRequest::parse(filters, params)?;
+    ExportRequest::parse(filters, params, false)?;
     let link = links::sign(&app.tokens.current(), &caller.name, raw)?;
     let expires_at = link.expires.and_then(|secs| {
         chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)

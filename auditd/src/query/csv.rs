@@ -1,4 +1,11 @@
 //! A record as a CSV row (RFC 4180), for exports.
+//!
+//! Everything in an audit record may come from an attacker: a failed login's username can
+//! be `=HYPERLINK("http://…","click")`. A spreadsheet opening the export would run it
+//! (OWASP "CSV Injection"). So by default a cell that begins with `=`, `+`, `-`, `@`, a
+//! tab or a carriage return, and is not a plain number, is written with a leading `'`,
+//! which spreadsheets take as "this is text" ([`Cells::Guarded`]). Machine consumers that
+//! want the bytes as stored ask for [`Cells::Raw`]; NDJSON is always exact.
 
 use tokio_postgres::Row;
 
@@ -9,8 +16,22 @@ use crate::http::ApiError;
 pub const HEADER: &str = "id,created_at,username,user_id,event_type,severity,message,ip_address,\
 resource_type,resource_id,resource_name,metadata,cursor\r\n";
 
+/// How cells that a spreadsheet would take for a formula are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cells {
+    /// With a leading `'`, so a spreadsheet shows them as text (the default).
+    Guarded,
+    /// As stored (`csv_formulas=raw`), for programs that read the CSV.
+    Raw,
+}
+
 /// Appends `row` as a CSV row ending in CRLF, with its page cursor last; returns the cursor.
-pub fn write_row(out: &mut Vec<u8>, row: &Row, cursor: &str) -> Result<PageCursor, ApiError> {
+pub fn write_row(
+    out: &mut Vec<u8>,
+    row: &Row,
+    cursor: &str,
+    cells: Cells,
+) -> Result<PageCursor, ApiError> {
     let id: i64 = row.try_get("id").map_err(|e| ApiError::database(&e))?;
     let log = audit_layer::AuditLog::from_row(row).map_err(|e| ApiError::database(&e))?;
     let metadata = if log.metadata.is_empty() {
@@ -38,13 +59,42 @@ pub fn write_row(out: &mut Vec<u8>, row: &Row, cursor: &str) -> Result<PageCurso
         if i > 0 {
             out.push(b',');
         }
-        csv_field(out, field);
+        match cells {
+            Cells::Guarded if starts_a_formula(field) => {
+                csv_field(out, &format!("'{field}"));
+            }
+            _ => csv_field(out, field),
+        }
     }
     out.extend_from_slice(b"\r\n");
     Ok(PageCursor {
         created_at: log.created_at,
         id,
     })
+}
+
+/// Whether a spreadsheet would evaluate `cell`: it begins with one of OWASP's formula
+/// characters and is not a plain number (`-5` and `+1.5e3` stay numbers).
+fn starts_a_formula(cell: &str) -> bool {
+    matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    ) && !is_plain_number(cell)
+}
+
+/// `[+-]digits[.digits][e[+-]digits]`, nothing else.
+fn is_plain_number(cell: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = cell.strip_prefix(['+', '-']).unwrap_or(cell);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (unsigned, None),
+    };
+    let whole_and_fraction = match mantissa.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(mantissa),
+    };
+    whole_and_fraction && exponent.is_none_or(digits)
 }
 
 /// RFC 4180: quoted when it holds a comma, a quote or a line break; quotes doubled.
@@ -60,7 +110,35 @@ fn csv_field(out: &mut Vec<u8>, field: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{csv_field, is_plain_number, starts_a_formula};
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_told_from_numbers() {
+        for formula in [
+            "=HYPERLINK(\"http://x\",\"click\")",
+            "+cmd|' /C calc'!A0",
+            "-2+3",
+            "@SUM(A1:A2)",
+            "\tlead",
+            "\rlead",
+            "-",
+            "+",
+            "1e5=",
+        ]
+        .iter()
+        .filter(|f| !f.starts_with('1'))
+        {
+            assert!(starts_a_formula(formula), "{formula:?}");
+        }
+        for plain in [
+            "-5", "+1.5e3", "-0.25", "alice", "", "1=1", "'=x", "10.0.0.1", "::1",
+        ] {
+            assert!(!starts_a_formula(plain), "{plain:?}");
+        }
+        assert!(is_plain_number("-12"));
+        assert!(!is_plain_number("-1."));
+        assert!(!is_plain_number("-e5"));
+    }
 
     #[test]
     fn csv_fields_are_quoted_only_when_needed() {

@@ -1,6 +1,7 @@
 //! What an export asks for: its parameters, parsed once for the export itself and for the
 //! download link that leads to it.
 
+use super::csv::Cells;
 use super::cursor::PageCursor;
 use super::filters::Filters;
 use super::params::Params;
@@ -28,13 +29,20 @@ pub struct ExportRequest {
     pub format: Format,
     /// At most how many (`limit`); all when `None`.
     pub max_rows: Option<u64>,
+    /// How CSV cells that look like formulas are written (`csv_formulas`).
+    pub cells: Cells,
 }
 
 impl ExportRequest {
     /// Takes every parameter of an export but its `filters` (taken already) out of
     /// `params`; any other is an error. The parameters of a download link
-    /// ([`crate::auth::links`]) are taken and left to it.
-    pub fn parse(filters: Filters, mut params: Params) -> Result<ExportRequest, ApiError> {
+    /// ([`crate::auth::links`]) are taken and left to it when `by_link` (the request was
+    /// let in by them); otherwise they would do nothing, so they are refused.
+    pub fn parse(
+        filters: Filters,
+        mut params: Params,
+        by_link: bool,
+    ) -> Result<ExportRequest, ApiError> {
         let order = Order::take(&mut params)?;
         let cursor = take_cursor(&mut params)?;
         let format = params
@@ -44,12 +52,28 @@ impl ExportRequest {
                 _ => Err("must be ndjson or csv".to_owned()),
             })?
             .unwrap_or(Format::Ndjson);
-        let max_rows = params.take_parsed("limit", |v| match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err("must be a positive integer".to_owned()),
+        let max_rows = params.take_parsed("limit", |v| match v.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(n.unsigned_abs()),
+            _ => Err(format!("must be an integer from 1 to {}", i64::MAX)),
         })?;
+        let cells = params.take_parsed("csv_formulas", |v| match v {
+            "guard" => Ok(Cells::Guarded),
+            "raw" => Ok(Cells::Raw),
+            _ => Err("must be guard or raw".to_owned()),
+        })?;
+        if cells.is_some() && format != Format::Csv {
+            return Err(ApiError::bad_parameter(
+                "csv_formulas",
+                "applies to format=csv only",
+            ));
+        }
         for name in links::PARAMETERS {
-            params.take(name)?;
+            if params.take(name)?.is_some() && !by_link {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    "belongs to a download link, and this request is not one",
+                ));
+            }
         }
         params.finish()?;
         Ok(ExportRequest {
@@ -58,6 +82,7 @@ impl ExportRequest {
             cursor,
             format,
             max_rows,
+            cells: cells.unwrap_or(Cells::Guarded),
         })
     }
 }

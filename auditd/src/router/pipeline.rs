@@ -177,6 +177,7 @@ fn authenticate(
     let anonymous = Caller {
         name: "anonymous".to_owned(),
         ip: peer.ip(),
+        by_link: false,
     };
     let tokens = app.tokens.current();
     if !route.protected || tokens.is_empty() {
@@ -193,10 +194,12 @@ fn authenticate(
             .flatten()
             .and_then(|target| links::signer(&tokens, target.as_str()))
     };
-    match tokens.check(header).map(str::to_owned).or_else(from_link) {
-        Some(name) => Some(Caller {
+    let by_header = tokens.check(header).map(|name| (name.to_owned(), false));
+    match by_header.or_else(|| from_link().map(|name| (name, true))) {
+        Some((name, by_link)) => Some(Caller {
             name,
             ip: peer.ip(),
+            by_link,
         }),
         None => {
             if route.records_refusals {
