@@ -218,3 +218,51 @@ async fn export_parameters_the_document_forbids_or_that_do_nothing_are_refused()
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_row_ends_the_event_stream_after_whole_events_and_the_read_is_recorded() {
+    let db = TestDb::migrated("hostile_stream").await;
+    // Hostile data, as a superuser could leave it: a row auditd cannot read as a record.
+    db.client
+        .batch_execute(
+            "ALTER TABLE audit_logs ALTER COLUMN username DROP NOT NULL;
+             INSERT INTO audit_logs (username, event_type, message) VALUES ('alice', 'sse', 'first');
+             INSERT INTO audit_logs (username, event_type, message) VALUES (NULL, 'sse', 'unreadable');
+             INSERT INTO audit_logs (username, event_type, message) VALUES ('bob', 'sse', 'after');",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start(&db).await;
+    let start = auditd::TailCursor { tx_id: 0, id: 0 }.encode();
+    let response = server
+        .send(
+            &format!("/api/v1/logs/stream?event_type=sse&cursor={start}"),
+            Some(support::http::TOKEN),
+            &[],
+        )
+        .await;
+    let mut body = response.into_body();
+    // Read until the server ends the stream (a stream that went on would time out here).
+    let text =
+        support::http::read_until(&mut body, std::time::Duration::from_secs(10), |_| false).await;
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: audit_log"))
+        .collect();
+    assert_eq!(events.len(), 1, "{text:?}");
+    let data = events[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let record: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(record["message"], "first");
+    assert!(!text.contains("after"), "{text:?}");
+    server.stop().await;
+
+    let access = db
+        .records_where("event_type = 'audit_access' AND metadata->>'route' = '/api/v1/logs/stream'")
+        .await;
+    assert_eq!(access.len(), 1);
+    assert_eq!(access[0].metadata["rows"], 1);
+    assert_eq!(access[0].metadata["status"], 500);
+}

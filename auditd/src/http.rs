@@ -19,6 +19,12 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// The content type of JSON responses.
 pub const JSON: &str = "application/json";
 
+/// The status recorded for a read whose client went away before its answer was complete
+/// (nginx's 499, "client closed request").
+pub fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

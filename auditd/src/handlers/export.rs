@@ -144,13 +144,9 @@ async fn deliver(
     stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), StatusCode> {
     tokio::select! {
-        sent = tx.send(Ok(chunk)) => sent.map_err(|_| client_gone()),
+        sent = tx.send(Ok(chunk)) => sent.map_err(|_| http::client_closed_request()),
         _ = stopping.wait_for(|stop| *stop) => Err(StatusCode::SERVICE_UNAVAILABLE),
     }
-}
-
-fn client_gone() -> StatusCode {
-    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 fn write_row(

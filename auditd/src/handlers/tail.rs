@@ -102,14 +102,15 @@ pub async fn stream(
         let mut sent: u64 = 0;
         let mut idle_since = tokio::time::Instant::now();
         let mut outcome = StatusCode::OK;
-        if tx
+        let greeted = tx
             .send(Ok(Bytes::from_static(b"retry: 2000\n\n")))
             .await
-            .is_err()
-        {
-            return;
+            .is_ok();
+        if !greeted {
+            // Gone before the first line: still a read of the log, and recorded as one.
+            outcome = http::client_closed_request();
         }
-        loop {
+        while greeted {
             if *stopping.borrow() {
                 break;
             }
@@ -124,23 +125,30 @@ pub async fn stream(
                 }
             };
             let mut events = Vec::new();
+            let mut complete = 0u64;
+            let mut unreadable = false;
             for row in &rows {
-                events.extend_from_slice(b"id: ");
-                events.extend_from_slice(tail_cursor_of(row).encode().as_bytes());
-                events.extend_from_slice(b"\nevent: audit_log\ndata: ");
-                if records::write_record(&mut events, row, None).is_err() {
-                    outcome = StatusCode::INTERNAL_SERVER_ERROR;
+                if write_event(&mut events, row).is_err() {
+                    unreadable = true;
                     break;
                 }
-                events.extend_from_slice(b"\n\n");
+                complete += 1;
             }
             if !events.is_empty() {
                 if tx.send(Ok(Bytes::from(events))).await.is_err() {
                     break;
                 }
-                sent += rows.len() as u64;
+                sent += complete;
                 idle_since = tokio::time::Instant::now();
-            } else if idle_since.elapsed() >= app.limits.stream_keepalive {
+            }
+            if unreadable {
+                // Every event before the row went out whole; the stream ends at the row, so
+                // a client resuming from its last event id meets the same failure rather
+                // than silently skipping a record.
+                outcome = StatusCode::INTERNAL_SERVER_ERROR;
+                break;
+            }
+            if complete == 0 && idle_since.elapsed() >= app.limits.stream_keepalive {
                 if tx
                     .send(Ok(Bytes::from_static(b": keep-alive\n\n")))
                     .await
@@ -173,4 +181,23 @@ pub async fn stream(
     // Proxies such as nginx would otherwise hold events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(Answer::plain(response))
+}
+
+/// Appends one Server-Sent Event for `row`, or nothing at all when the row cannot be
+/// read (never half an event).
+fn write_event(out: &mut Vec<u8>, row: &tokio_postgres::Row) -> Result<(), ApiError> {
+    let start = out.len();
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(tail_cursor_of(row).encode().as_bytes());
+    out.extend_from_slice(b"\nevent: audit_log\ndata: ");
+    match records::write_record(out, row, None) {
+        Ok(_) => {
+            out.extend_from_slice(b"\n\n");
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
 }
