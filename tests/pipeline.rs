@@ -641,3 +641,62 @@ async fn repairs_in_span_metadata_are_noted_in_the_records_that_carry_it() {
         vec!["metadata.batch: 1 NUL byte(s) replaced by U+FFFD"]
     );
 }
+
+/// A value whose `Display` writes a little, then fails (a bug in the type, or a formatter
+/// that gives up).
+struct FailsToFormat;
+
+impl std::fmt::Display for FailsToFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("partial")?;
+        Err(std::fmt::Error)
+    }
+}
+
+impl std::fmt::Debug for FailsToFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[tokio::test]
+async fn a_value_whose_formatting_fails_is_kept_as_far_as_it_went_and_marked() {
+    let db = TestDb::migrated("format_fails").await;
+    let stats = emit_and_flush(&db, || {
+        info!(
+            target: "audit",
+            username = %FailsToFormat,
+            event_type = "authentication",
+            user_id = ?FailsToFormat,
+            note = %FailsToFormat,
+            metadata = %FailsToFormat,
+            "login by {}", FailsToFormat
+        );
+    })
+    .await;
+    let r = &db.records().await[0];
+    assert_eq!(r.username, "partial");
+    assert_eq!(r.message, "login by partial");
+    assert_eq!(r.metadata["note"], "partial");
+    assert_eq!(r.metadata["metadata"], "partial");
+    let notes = fixups(r);
+    for field in [
+        "username",
+        "message",
+        "user_id",
+        "metadata.note",
+        "metadata.metadata",
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with(&format!("{field}: formatting the value failed"))),
+            "{field}: {notes:?}"
+        );
+    }
+    // user_id "partial" is also not an integer: that repair is noted too.
+    assert!(notes
+        .iter()
+        .any(|n| n.starts_with("user_id: not a 64-bit integer")));
+    assert_eq!(stats.fixups, notes.len() as u64);
+}

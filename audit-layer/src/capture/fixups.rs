@@ -12,6 +12,7 @@
 //! | `user_id` not an integer              | NULL                                               |
 //! | `ip_address` not an IP address        | NULL (a port, as in `10.0.0.1:443`, is just dropped) |
 //! | an event's own field named `_fixups`  | kept as `_fixups_from_event`                       |
+//! | `Display` or `Debug` returns an error | what it wrote before the error                     |
 //!
 //! In every case the original value's problem is named in the note; a missing message is
 //! not a problem and becomes the empty string.

@@ -103,6 +103,11 @@ impl<'a> JsonText<'a> {
         }
     }
 
+    /// Bytes of the value kept so far.
+    pub(crate) fn kept(&self) -> usize {
+        self.kept
+    }
+
     pub(crate) fn finish(self, name: &str, notes: &mut Vec<String>) {
         self.out.push('"');
         if self.nuls > 0 {

@@ -17,7 +17,7 @@ use std::fmt::{self, Write as _};
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 
-use super::draft::Draft;
+use super::draft::{Column, Draft};
 use super::fixups;
 use super::json::{json_string, JsonText};
 use super::plan::{CallsitePlan, FieldPlan, Slot};
@@ -85,24 +85,55 @@ impl<'a> Capture<'a> {
     }
 
     /// Stores a value in its column slot; text is written straight into the draft.
-    fn put_column(&mut self, slot: Slot, value: ColumnValue<'_>) {
+    fn put_column(&mut self, name: &str, slot: Slot, value: ColumnValue<'_>) {
         match (slot, value) {
             (Slot::Metadata, _) => {}
             (Slot::UserId, ColumnValue::Str(s)) => {
                 self.draft.user_id = Some(Value::String(s.to_owned()))
             }
             (Slot::UserId, ColumnValue::Debug(d)) => {
-                self.draft.user_id = Some(Value::String(format!("{d:?}")))
+                let mut text = String::new();
+                let written = write!(text, "{d:?}");
+                self.note_if_failed(name, written, text.len());
+                self.draft.user_id = Some(Value::String(text));
             }
             (Slot::UserId, ColumnValue::Json(v)) => self.draft.user_id = Some(v),
             (Slot::Text(column), ColumnValue::Str(s)) => self.draft.set(column, s),
-            (Slot::Text(column), ColumnValue::Debug(d)) => self.draft.set_with(column, |text| {
-                let _ = write!(text, "{d:?}");
-            }),
+            (Slot::Text(column), ColumnValue::Debug(d)) => self.format_column(name, column, d),
             (Slot::Text(column), ColumnValue::Json(Value::String(s))) => self.draft.set(column, &s),
             (Slot::Text(column), ColumnValue::Json(v)) => self.draft.set_with(column, |text| {
                 let _ = write!(text, "{v}");
             }),
+        }
+    }
+
+    /// Formats a value straight into its column, noting a formatting failure.
+    fn format_column(&mut self, name: &str, column: Column, value: &dyn fmt::Debug) {
+        let mut written = Ok(());
+        let mut bytes = 0;
+        self.draft.set_with(column, |text| {
+            let start = text.len();
+            written = write!(text, "{value:?}");
+            bytes = text.len() - start;
+        });
+        self.note_if_failed(name, written, bytes);
+    }
+
+    /// A value's `Display` or `Debug` may return an error (a bug in the type, or a
+    /// formatter that gives up): what it wrote before is kept, and the failure is noted
+    /// like every other repair, never stored silently as if it were the whole value.
+    #[cold]
+    fn formatting_failed(&mut self, prefix: &str, name: &str, kept: usize) {
+        self.draft.notes.push(format!(
+            "{prefix}{name}: formatting the value failed (its Display or Debug returned an \
+             error); kept the {kept} bytes written before the failure"
+        ));
+    }
+
+    #[inline(always)]
+    fn note_if_failed(&mut self, name: &str, written: fmt::Result, kept: usize) {
+        if written.is_err() {
+            self.formatting_failed("", name, kept);
         }
     }
 
@@ -131,8 +162,12 @@ impl<'a> Capture<'a> {
             return;
         }
         let mut text = JsonText::new(&mut self.draft.metadata.0, self.max_value_bytes);
-        let _ = write(&mut text);
+        let written = write(&mut text);
+        let kept = text.kept();
         text.finish(name, &mut self.draft.notes);
+        if written.is_err() {
+            self.formatting_failed("metadata.", name, kept);
+        }
     }
 
     /// A metadata value that is a number or boolean, written as JSON text.
@@ -170,8 +205,14 @@ impl Visit for Capture<'_> {
         match self.route(field) {
             Route::Ignore => {}
             Route::Metadata(plan) if field.name() == "metadata" => {
-                let text = format!("{value:?}");
-                if !self.merge_json(&text) {
+                let mut text = String::new();
+                if write!(text, "{value:?}").is_err() {
+                    // Not all of it: not JSON to merge, kept as text with the failure noted.
+                    self.meta_text(&plan, field.name(), |t| {
+                        t.write_str(&text)?;
+                        Err(fmt::Error)
+                    });
+                } else if !self.merge_json(&text) {
                     self.meta_text(&plan, field.name(), |t| t.write_str(&text));
                 }
             }
@@ -179,10 +220,8 @@ impl Visit for Capture<'_> {
                 self.meta_text(&plan, field.name(), |t| write!(t, "{value:?}"))
             }
             // The message and other text columns, formatted straight into the draft.
-            Route::Column(Slot::Text(column)) => self.draft.set_with(column, |text| {
-                let _ = write!(text, "{value:?}");
-            }),
-            Route::Column(slot) => self.put_column(slot, ColumnValue::Debug(value)),
+            Route::Column(Slot::Text(column)) => self.format_column(field.name(), column, value),
+            Route::Column(slot) => self.put_column(field.name(), slot, ColumnValue::Debug(value)),
         }
     }
 
@@ -193,7 +232,7 @@ impl Visit for Capture<'_> {
             Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| t.write_str(value)),
             // The common case, straight into the draft.
             Route::Column(Slot::Text(column)) => self.draft.set(column, value),
-            Route::Column(slot) => self.put_column(slot, ColumnValue::Str(value)),
+            Route::Column(slot) => self.put_column(field.name(), slot, ColumnValue::Str(value)),
         }
     }
 
@@ -212,8 +251,9 @@ impl Visit for Capture<'_> {
             Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| chain(t)),
             Route::Column(slot) => {
                 let mut text = String::new();
-                let _ = chain(&mut text);
-                self.put_column(slot, ColumnValue::Str(&text))
+                let written = chain(&mut text);
+                self.note_if_failed(field.name(), written, text.len());
+                self.put_column(field.name(), slot, ColumnValue::Str(&text))
             }
         }
     }
@@ -222,9 +262,11 @@ impl Visit for Capture<'_> {
         match self.route(field) {
             Route::Ignore => {}
             Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
-            Route::Column(slot) => {
-                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
-            }
+            Route::Column(slot) => self.put_column(
+                field.name(),
+                slot,
+                ColumnValue::Json(Value::Number(value.into())),
+            ),
         }
     }
 
@@ -232,9 +274,11 @@ impl Visit for Capture<'_> {
         match self.route(field) {
             Route::Ignore => {}
             Route::Metadata(plan) => self.meta_raw(&plan, itoa::Buffer::new().format(value)),
-            Route::Column(slot) => {
-                self.put_column(slot, ColumnValue::Json(Value::Number(value.into())))
-            }
+            Route::Column(slot) => self.put_column(
+                field.name(),
+                slot,
+                ColumnValue::Json(Value::Number(value.into())),
+            ),
         }
     }
 
@@ -268,7 +312,7 @@ impl Visit for Capture<'_> {
             Route::Metadata(plan) => self.meta_raw(&plan, zmij::Buffer::new().format_finite(value)),
             Route::Column(slot) => {
                 let number = serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number);
-                self.put_column(slot, ColumnValue::Json(number))
+                self.put_column(field.name(), slot, ColumnValue::Json(number))
             }
         }
     }
@@ -277,7 +321,9 @@ impl Visit for Capture<'_> {
         match self.route(field) {
             Route::Ignore => {}
             Route::Metadata(plan) => self.meta_raw(&plan, if value { "true" } else { "false" }),
-            Route::Column(slot) => self.put_column(slot, ColumnValue::Json(Value::Bool(value))),
+            Route::Column(slot) => {
+                self.put_column(field.name(), slot, ColumnValue::Json(Value::Bool(value)))
+            }
         }
     }
 }
