@@ -53,14 +53,13 @@ async fn a_nul_byte_in_any_parameter_is_a_400_naming_it_never_a_database_error()
 async fn values_beyond_what_postgresql_takes_are_refused_before_any_sql() {
     let db = TestDb::migrated("hostile_ranges").await;
     let server = TestServer::start_quiet(&db).await;
-    // A cursor is opaque, but anyone can make one: a time far outside PostgreSQL's
-    // timestamptz range (4713 BC to 294276 AD) must not reach it.
-    let far_past = hex("p1:-8000000000000000000:1");
-    let far_future = hex("p1:9000000000000000000:1");
     for (url, parameter) in [
-        (format!("/api/v1/logs?cursor={far_past}"), "cursor"),
-        (format!("/api/v1/logs?cursor={far_future}"), "cursor"),
-        (format!("/api/v1/logs/export?cursor={far_past}"), "cursor"),
+        ("/api/v1/logs?cursor=".to_owned(), "cursor"),
+        (format!("/api/v1/logs?cursor={}", hex("p1:+5:1")), "cursor"),
+        (
+            format!("/api/v1/logs/tail?cursor={}", hex("p1:5:1")),
+            "cursor",
+        ),
         ("/api/v1/logs?username=%ff".to_owned(), "username"),
         ("/api/v1/logs?username=%ED%A0%80".to_owned(), "username"),
         (
@@ -89,6 +88,26 @@ async fn values_beyond_what_postgresql_takes_are_refused_before_any_sql() {
         let (status, body) = error_of(&server, &url).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+    }
+    // A cursor is opaque, but anyone can make one: a time far outside PostgreSQL's
+    // timestamptz range (4713 BC to 294276 AD) is a position before or after every row,
+    // never a database error.
+    insert_hostile(&db, "alice", "one row", None).await;
+    let far_past = hex("p1:-8000000000000000000:1");
+    let far_future = hex("p1:9000000000000000000:1");
+    for (url, rows) in [
+        (format!("/api/v1/logs?order=asc&cursor={far_past}"), 1),
+        (format!("/api/v1/logs?order=desc&cursor={far_past}"), 0),
+        (format!("/api/v1/logs?order=desc&cursor={far_future}"), 1),
+        (format!("/api/v1/logs?order=asc&cursor={far_future}"), 0),
+    ] {
+        let (status, body) = error_of(&server, &url).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        assert_eq!(
+            body["items"].as_array().unwrap().len(),
+            rows,
+            "{url}: {body}"
+        );
     }
     // And what PostgreSQL does take is served, at the edges of the ranges.
     for url in [
@@ -168,7 +187,7 @@ async fn csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_numbers_stay
 
     // Machine consumers may ask for the bytes as stored; NDJSON is always exact.
     let (_, _, raw) = server
-        .get("/api/v1/logs/export?format=csv&order=asc&csv_formulas=raw")
+        .get("/api/v1/logs/export?format=csv_raw&order=asc")
         .await;
     let raw = parse_csv(std::str::from_utf8(&raw).unwrap());
     assert_eq!(raw[1][username], hostile[0].0);
@@ -183,10 +202,6 @@ async fn csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_numbers_stay
     )
     .unwrap();
     assert_eq!(first["username"], hostile[0].0);
-    // The choice belongs to CSV: elsewhere it would do nothing, so it is refused.
-    let (status, body) = error_of(&server, "/api/v1/logs/export?csv_formulas=raw").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"]["parameter"], "csv_formulas");
     server.stop().await;
 }
 
@@ -201,16 +216,20 @@ async fn export_parameters_the_document_forbids_or_that_do_nothing_are_refused()
             "limit",
         ),
         ("/api/v1/logs/export?limit=9223372036854775808", "limit"),
-        // A link's parameters without a link do nothing.
-        (
-            "/api/v1/logs/export?link_expires=9223372036854775808",
-            "link_expires",
-        ),
-        ("/api/v1/logs/export?link_by=ops", "link_by"),
     ] {
         let (status, body) = error_of(&server, url).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+    }
+    // A link's parameters make a request a download link: let in by its signature or not
+    // at all (they were accepted, and ignored, beside a bearer token).
+    for url in [
+        "/api/v1/logs/export?link_expires=9223372036854775808",
+        "/api/v1/logs/export?link_by=ops",
+        "/api/v1/logs/export?link_by=ops&link_expires=1&link_signature=00",
+    ] {
+        let (status, body) = error_of(&server, url).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{url}: {body}");
     }
     let (status, _, _) = server
         .get("/api/v1/logs/export?limit=9223372036854775807")

@@ -36,6 +36,10 @@ pub struct Limits {
     pub max_tail_wait: Duration,
     /// How often an idle event stream sends a keep-alive comment.
     pub stream_keepalive: Duration,
+    /// How long one event stream may last; then it ends, and the client reconnects with
+    /// `Last-Event-ID` where it left off (browsers do so by themselves). It bounds how long
+    /// one client holds one of the `max_streams` slots.
+    pub max_stream_duration: Duration,
     /// Rows fetched per query while exporting.
     pub export_page_rows: i64,
     /// How often the message sample that tunes text search is renewed
@@ -52,6 +56,7 @@ impl Default for Limits {
             tail_poll_interval: Duration::from_millis(250),
             max_tail_wait: Duration::from_secs(60),
             stream_keepalive: Duration::from_secs(15),
+            max_stream_duration: Duration::from_secs(3600),
             export_page_rows: 5000,
             text_sample_interval: Duration::from_secs(600),
         }

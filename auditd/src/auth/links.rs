@@ -79,6 +79,18 @@ pub fn sign(tokens: &Tokens, signer: &str, query: &str) -> Result<Link, ApiError
     })
 }
 
+/// Whether a query carries any of a link's parameters: then it is a link, to be let in by
+/// its signature or not at all (never by a bearer token that happens to come with it).
+pub fn is_link(query: Option<&str>) -> bool {
+    query
+        .and_then(|q| query_string::parse(q).ok())
+        .is_some_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(name, _)| PARAMETERS.contains(&name.as_str()))
+        })
+}
+
 /// The name of the token that signed the link in `path_and_query`, if it is a link to
 /// an export, signed by a configured token, and not expired.
 pub fn signer(tokens: &Tokens, path_and_query: &str) -> Option<String> {

@@ -14,7 +14,7 @@ use tokio_postgres::Row;
 
 use crate::access::{Answer, Caller};
 use crate::http::{self, ApiError, ChannelBody, ChunkSender};
-use crate::query::{csv, records, Cells, ExportRequest, Format, PageCursor, Params};
+use crate::query::{csv, records, ExportRequest, Format, PageCursor, Params};
 use crate::state::App;
 
 /// Bytes gathered before a chunk is handed to the response.
@@ -36,7 +36,6 @@ pub async fn export(
         cursor,
         format,
         max_rows,
-        cells,
     } = ExportRequest::parse(filters, params, caller.by_link)?;
 
     // Fail now, with a proper status, rather than after the 200 has gone out.
@@ -49,7 +48,7 @@ pub async fn export(
         let mut cursor = cursor;
         let mut sent: u64 = 0;
         let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
-        if format == Format::Csv {
+        if matches!(format, Format::Csv(_)) {
             chunk.extend_from_slice(csv::HEADER.as_bytes());
         }
         let page_rows = app.limits.export_page_rows;
@@ -78,7 +77,7 @@ pub async fn export(
             let fetched = rows.len() as i64;
             let mut stopped = None;
             for row in &rows {
-                match write_row(&mut chunk, row, format, cells) {
+                match write_row(&mut chunk, row, format) {
                     Ok(c) => cursor = Some(c),
                     Err(_) => {
                         stopped = Some(StatusCode::INTERNAL_SERVER_ERROR);
@@ -123,7 +122,7 @@ pub async fn export(
             "application/x-ndjson",
             "attachment; filename=\"audit_logs.ndjson\"",
         ),
-        Format::Csv => (
+        Format::Csv(_) => (
             "text/csv; charset=utf-8",
             "attachment; filename=\"audit_logs.csv\"",
         ),
@@ -149,12 +148,7 @@ async fn deliver(
     }
 }
 
-fn write_row(
-    out: &mut Vec<u8>,
-    row: &Row,
-    format: Format,
-    cells: Cells,
-) -> Result<PageCursor, ApiError> {
+fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {
     let cursor = records::row_cursor(row)?.encode();
     match format {
         Format::Ndjson => {
@@ -162,6 +156,6 @@ fn write_row(
             out.push(b'\n');
             Ok(c)
         }
-        Format::Csv => csv::write_row(out, row, &cursor, cells),
+        Format::Csv(cells) => csv::write_row(out, row, &cursor, cells),
     }
 }

@@ -28,17 +28,12 @@ pub async fn long_poll(app: &App, mut params: Params) -> Result<Answer, ApiError
     let limit = params
         .take_parsed("limit", query::limit(MAX_PAGE_ROWS))?
         .unwrap_or(DEFAULT_PAGE_ROWS);
-    let max_wait = app.limits.max_tail_wait;
     let wait = params
-        .take_parsed("wait", |v| {
-            let d = parse_duration(v)?;
-            if d > max_wait {
-                Err(format!("at most {max_wait:?}"))
-            } else {
-                Ok(d)
-            }
-        })?
+        .take_parsed("wait", parse_wait)?
         .unwrap_or(Duration::from_secs(25))
+        // Longer waits are shortened, as the request timeout shortens them: the answer
+        // is the same, only sooner.
+        .min(app.limits.max_tail_wait)
         // The request timeout must not cut the answer off.
         .min(
             app.limits
@@ -110,8 +105,9 @@ pub async fn stream(
             // Gone before the first line: still a read of the log, and recorded as one.
             outcome = http::client_closed_request();
         }
-        while greeted {
-            if *stopping.borrow() {
+        let ends_at = tokio::time::Instant::now() + app.limits.max_stream_duration;
+        loop {
+            if !greeted || *stopping.borrow() || tokio::time::Instant::now() >= ends_at {
                 break;
             }
             let looked = tokio::time::Instant::now();
@@ -166,6 +162,7 @@ pub async fn stream(
                 () = tokio::time::sleep(app.limits.tail_poll_interval) => {}
                 () = query::next_commit(&mut commits, looked) => {}
                 _ = stopping.changed() => {}
+                () = tokio::time::sleep_until(ends_at) => {}
                 () = tx.closed() => break,
             }
         }
@@ -198,6 +195,57 @@ fn write_event(out: &mut Vec<u8>, row: &tokio_postgres::Row) -> Result<(), ApiEr
         Err(e) => {
             out.truncate(start);
             Err(e)
+        }
+    }
+}
+
+/// A long poll's `wait`: up to nine digits, an optional fraction of up to three, and an
+/// optional unit (`ms`, `s`, `m`, `h`; seconds without one), exactly the pattern the
+/// OpenAPI document states.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (number, None),
+    };
+    let digits =
+        |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let unit_known = matches!(unit, "" | "ms" | "s" | "m" | "h");
+    if !digits(whole, 9) || !fraction.is_none_or(|f| digits(f, 3)) || !unit_known {
+        return Err("a duration like 250ms, 30s or 1m".to_owned());
+    }
+    parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_is_exactly_what_the_document_states() {
+        assert_eq!(parse_wait("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_wait("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_wait("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_wait("999999999h").map(|d| d.as_secs()),
+            Ok(999_999_999 * 3600)
+        );
+        for bad in [
+            "",
+            "s",
+            ".5s",
+            "1.s",
+            "1.2345s",
+            " 1s",
+            "1 s",
+            "5min",
+            "1e3",
+            "1000000000s",
+        ] {
+            assert!(parse_wait(bad).is_err(), "{bad:?}");
         }
     }
 }

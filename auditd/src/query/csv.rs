@@ -21,7 +21,7 @@ resource_type,resource_id,resource_name,metadata,cursor\r\n";
 pub enum Cells {
     /// With a leading `'`, so a spreadsheet shows them as text (the default).
     Guarded,
-    /// As stored (`csv_formulas=raw`), for programs that read the CSV.
+    /// As stored (`format=csv_raw`), for programs that read the CSV.
     Raw,
 }
 

@@ -5,14 +5,20 @@
 //! repeats a row, whatever arrives meanwhile. A tail cursor is a position in
 //! `(tx_id, id)`, commit order (see migration 0002). Both are hex text so that clients treat
 //! them as opaque; the version tag lets the format change without breaking old cursors.
+//!
+//! Anyone can make a cursor, so every text of the documented form is a position: the hex
+//! of `p1:` or `t1:` and two decimal numbers of up to 19 digits, an optional `-` before
+//! each (`PAGE_CURSOR_PATTERN`, `TAIL_CURSOR_PATTERN` in the OpenAPI document). A number
+//! beyond 64 bits is taken as the nearest one within, and a time beyond what `timestamptz`
+//! holds as its nearest end: the rows after such a position are the same, and no
+//! position can make PostgreSQL fail.
 
 use chrono::{DateTime, Utc};
 
 use crate::hex;
 
 /// The earliest `timestamptz`, 4714-11-24 00:00 BC UTC, in microseconds since the Unix
-/// epoch. (Its latest, in 294276 AD, is beyond what chrono represents, so a later time
-/// never decodes.)
+/// epoch.
 const EARLIEST_TIMESTAMPTZ_MICROS: i64 = -210_866_803_200_000_000;
 
 /// After this row, in listing order.
@@ -47,9 +53,9 @@ impl PageCursor {
     /// for a time PostgreSQL's `timestamptz` cannot hold (anyone can make a cursor).
     pub fn decode(text: &str) -> Option<Self> {
         let (micros, id) = two_numbers(text, "p1")?;
-        if micros < EARLIEST_TIMESTAMPTZ_MICROS {
-            return None;
-        }
+        // chrono's latest time (in 262143 AD) comes before timestamptz's (294276 AD).
+        let latest = DateTime::<Utc>::MAX_UTC.timestamp_micros();
+        let micros = micros.clamp(EARLIEST_TIMESTAMPTZ_MICROS, latest);
         Some(PageCursor {
             created_at: DateTime::from_timestamp_micros(micros)?,
             id,
@@ -85,9 +91,24 @@ fn two_numbers(hex: &str, tag: &str) -> Option<(i64, i64)> {
     if parts.next()? != tag {
         return None;
     }
-    let a = parts.next()?.parse().ok()?;
-    let b = parts.next()?.parse().ok()?;
+    let a = saturating_number(parts.next()?)?;
+    let b = saturating_number(parts.next()?)?;
     parts.next().is_none().then_some((a, b))
+}
+
+/// An optional `-` and 1 to 19 decimal digits, as the nearest 64-bit integer.
+fn saturating_number(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if !(1..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // 19 digits fit in an i128 with room; then to the nearest i64.
+    let magnitude: i128 = digits.parse().ok()?;
+    let value = if negative { -magnitude } else { magnitude };
+    Some(i64::try_from(value).unwrap_or(if negative { i64::MIN } else { i64::MAX }))
 }
 
 fn to_hex(text: &str) -> String {
@@ -121,6 +142,13 @@ mod tests {
         assert_eq!(TailCursor::decode(&page.encode()), None);
         assert_eq!(PageCursor::decode(&tail.encode()), None);
         assert_eq!(PageCursor::decode("zz"), None);
+        // Anything of the documented form is a position, the nearest one when out of range.
+        let far = |text: &str| PageCursor::decode(&hex::encode(text.as_bytes()));
+        assert!(far("p1:-9999999999999999999:1").is_some());
+        assert!(far("p1:9999999999999999999:9999999999999999999").is_some());
+        assert_eq!(far("p1:+5:1"), None);
+        assert_eq!(far("p1:5:"), None);
+        assert_eq!(far("p1:12345678901234567890:1"), None);
         assert_eq!(PageCursor::decode("' OR 1=1 --"), None);
     }
 }

@@ -13,8 +13,9 @@ use crate::http::ApiError;
 pub enum Format {
     /// One JSON object per line.
     Ndjson,
-    /// RFC 4180 CSV with a header row.
-    Csv,
+    /// RFC 4180 CSV with a header row: `format=csv` with formula cells guarded,
+    /// `format=csv_raw` with every cell as stored.
+    Csv(Cells),
 }
 
 /// What an export was asked for.
@@ -29,8 +30,6 @@ pub struct ExportRequest {
     pub format: Format,
     /// At most how many (`limit`); all when `None`.
     pub max_rows: Option<u64>,
-    /// How CSV cells that look like formulas are written (`csv_formulas`).
-    pub cells: Cells,
 }
 
 impl ExportRequest {
@@ -48,25 +47,15 @@ impl ExportRequest {
         let format = params
             .take_parsed("format", |v| match v {
                 "ndjson" => Ok(Format::Ndjson),
-                "csv" => Ok(Format::Csv),
-                _ => Err("must be ndjson or csv".to_owned()),
+                "csv" => Ok(Format::Csv(Cells::Guarded)),
+                "csv_raw" => Ok(Format::Csv(Cells::Raw)),
+                _ => Err("must be ndjson, csv or csv_raw".to_owned()),
             })?
             .unwrap_or(Format::Ndjson);
         let max_rows = params.take_parsed("limit", |v| match v.parse::<i64>() {
             Ok(n) if n > 0 => Ok(n.unsigned_abs()),
             _ => Err(format!("must be an integer from 1 to {}", i64::MAX)),
         })?;
-        let cells = params.take_parsed("csv_formulas", |v| match v {
-            "guard" => Ok(Cells::Guarded),
-            "raw" => Ok(Cells::Raw),
-            _ => Err("must be guard or raw".to_owned()),
-        })?;
-        if cells.is_some() && format != Format::Csv {
-            return Err(ApiError::bad_parameter(
-                "csv_formulas",
-                "applies to format=csv only",
-            ));
-        }
         for name in links::PARAMETERS {
             if params.take(name)?.is_some() && !by_link {
                 return Err(ApiError::bad_parameter(
@@ -82,7 +71,6 @@ impl ExportRequest {
             cursor,
             format,
             max_rows,
-            cells: cells.unwrap_or(Cells::Guarded),
         })
     }
 }

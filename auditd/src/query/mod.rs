@@ -22,7 +22,6 @@ pub mod records;
 mod sql;
 mod text_search;
 
-pub use csv::Cells;
 pub use cursor::{PageCursor, TailCursor};
 pub use export::{ExportRequest, Format};
 pub use filters::Filters;

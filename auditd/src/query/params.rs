@@ -9,22 +9,23 @@ pub struct Params {
     pairs: Vec<(String, String)>,
 }
 
-/// Values longer than this are refused: no filter needs more, and it bounds the work a
-/// single request can ask of the database.
-const MAX_VALUE_BYTES: usize = 1024;
+/// Values longer than this, in characters (as the OpenAPI document's `maxLength` counts),
+/// are refused: no filter needs more, and it bounds the work a single request can ask of
+/// the database.
+const MAX_VALUE_CHARS: usize = 1024;
 
 impl Params {
-    /// Decodes a query string (`None`: no parameters). A value over 1024 bytes is an
+    /// Decodes a query string (`None`: no parameters). A value over 1024 characters is an
     /// error, and so is a NUL byte in a name or a value: PostgreSQL can neither store nor
     /// compare one, so it would fail the query (SQLSTATE 22021) instead of matching nothing.
     pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
         let pairs = query_string::parse(query.unwrap_or(""))
             .map_err(|e| ApiError::bad_parameter(&e.parameter, e.message))?;
         for (name, value) in &pairs {
-            if value.len() > MAX_VALUE_BYTES {
+            if value.len() > MAX_VALUE_CHARS && value.chars().count() > MAX_VALUE_CHARS {
                 return Err(ApiError::bad_parameter(
                     name,
-                    format!("longer than {MAX_VALUE_BYTES} bytes"),
+                    format!("longer than {MAX_VALUE_CHARS} characters"),
                 ));
             }
             if name.contains('\0') || value.contains('\0') {

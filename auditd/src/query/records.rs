@@ -195,13 +195,16 @@ pub fn take_tail_cursor(
     let from_param = params.take_parsed("cursor", |v| {
         TailCursor::decode(v).ok_or_else(|| "not a tail cursor given by this API".to_owned())
     })?;
-    match (from_param, header) {
-        (Some(c), _) => Ok(Some(c)),
-        (None, Some(h)) => TailCursor::decode(&h).map(Some).ok_or_else(|| {
-            ApiError::bad_parameter("Last-Event-ID", "not an event id given by this API")
-        }),
-        (None, None) => Ok(None),
-    }
+    // The header is checked even when the parameter wins: a malformed one is refused,
+    // not ignored.
+    let from_header = header
+        .map(|h| {
+            TailCursor::decode(&h).ok_or_else(|| {
+                ApiError::bad_parameter("Last-Event-ID", "not an event id given by this API")
+            })
+        })
+        .transpose()?;
+    Ok(from_param.or(from_header))
 }
 
 /// The tail cursor of a row read by [`committed_after`].

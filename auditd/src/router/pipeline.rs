@@ -159,8 +159,8 @@ async fn dispatch(
             let last_event_id = request
                 .headers()
                 .get("last-event-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+                // Bytes that are not text are kept as text that is no event id (refused).
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             tail::stream(app, params, last_event_id, caller, route.path).await
         }
         RouteId::Stats => stats::stats(app, params).await,
@@ -187,15 +187,20 @@ fn authenticate(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let from_link = || {
-        // A download link stands in for the token that signed it (`auth::links`).
-        (route.id == RouteId::Export)
-            .then(|| request.uri().path_and_query())
-            .flatten()
+    // A download link stands in for the token that signed it (`auth::links`); a request
+    // carrying a link's parameters is let in by them or not at all, so a bad link is a
+    // 401, whatever else it carries.
+    let link = route.id == RouteId::Export && links::is_link(request.uri().query());
+    let admitted = if link {
+        request
+            .uri()
+            .path_and_query()
             .and_then(|target| links::signer(&tokens, target.as_str()))
+            .map(|name| (name, true))
+    } else {
+        tokens.check(header).map(|name| (name.to_owned(), false))
     };
-    let by_header = tokens.check(header).map(|name| (name.to_owned(), false));
-    match by_header.or_else(|| from_link().map(|name| (name, true))) {
+    match admitted {
         Some((name, by_link)) => Some(Caller {
             name,
             ip: peer.ip(),
@@ -203,10 +208,6 @@ fn authenticate(
         }),
         None => {
             if route.records_refusals {
-                let link = request
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.contains("link_signature="));
                 app.access
                     .denied(&anonymous, route.path, header.is_some() || link);
             }
