@@ -14,7 +14,7 @@
 //! Features: `tls` (on by default) serves HTTPS through rustls; without it auditd serves
 //! plain HTTP only, for a TLS-terminating proxy in front.
 //!
-//! Beside them: `state` (what handlers share), `auth/` (bearer tokens and signed download
+//! Beside them: `admission` (how many connections, in all and per address), `state` (what handlers share), `auth/` (bearer tokens and signed download
 //! links), `metrics` (the request counters), `commands/` (the command line: `serve`,
 //! `migrate`, `partitions`, `text-index`, `demo`), and small codecs (`hex`,
 //! `query_string`, `duration`).
@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod access;
+mod admission;
 mod auth;
 pub mod commands;
 mod duration;

@@ -14,6 +14,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Dispatch;
 
 use crate::access::{AccessLog, Caller};
+use crate::admission::Connections;
 use crate::auth::TokenStore;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
@@ -42,6 +43,17 @@ pub struct Limits {
     pub max_stream_duration: Duration,
     /// Rows fetched per query while exporting.
     pub export_page_rows: i64,
+    /// Connections open at once; one beyond is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Longest a client may take to send a request's headers, and longest a keep-alive
+    /// connection may wait idle for its next request (slow-header clients, idle
+    /// connections held open).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) read; a larger one is answered
+    /// 431 and the connection closed.
+    pub max_header_bytes: usize,
     /// How often the message sample that tunes text search is renewed
     /// (`query/text_search.rs`).
     pub text_sample_interval: Duration,
@@ -59,6 +71,10 @@ impl Default for Limits {
             max_stream_duration: Duration::from_secs(3600),
             export_page_rows: 5000,
             text_sample_interval: Duration::from_secs(600),
+            max_connections: 4096,
+            max_connections_per_ip: 512,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -83,6 +99,8 @@ pub struct App {
     pub audit_handle: Option<Arc<AuditHandle>>,
     /// Commit notices from the audit writers (`None`: tails rely on polling alone).
     pub commit_notices: Option<CommitNotices>,
+    /// The open connections, bounded by `limits` (read by the server and by /metrics).
+    pub connections: Arc<Connections>,
     /// Messages sampled to tune text search, renewed by the server.
     pub text_sample: Arc<SharedSample>,
     narrowed_text_searches: AtomicU64,
@@ -101,6 +119,11 @@ impl App {
     ) -> Self {
         App {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            connections: Connections::new(
+                limits.max_connections,
+                limits.max_connections_per_ip,
+                true,
+            ),
             stream_permits: Arc::new(Semaphore::new(limits.max_streams)),
             pool,
             tokens,

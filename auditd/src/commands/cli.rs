@@ -178,6 +178,22 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITD_MAX_STREAMS", default_value_t = 8)]
     pub max_streams: usize,
 
+    /// HTTP connections open at once. At the bound, the one open longest without a
+    /// request in progress is asked to close to make room; when every one is busy, a new
+    /// one is closed at once. Keep it below the file descriptor limit (ulimit -n).
+    #[arg(long, env = "AUDITD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// HTTP connections open at once from one client address (a proxy in front counts
+    /// as one address: raise it, or bound clients there).
+    #[arg(long, env = "AUDITD_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+
+    /// Longest a client may take to send a request's headers, and longest a keep-alive
+    /// connection may stay idle between requests.
+    #[arg(long, env = "AUDITD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
     /// Longest wait for in-flight requests when shutting down.
     #[arg(long, env = "AUDITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -110,6 +110,9 @@ pub async fn serve_until_signal(
             request_timeout: args.request_timeout,
             max_concurrent_requests: args.max_concurrent_requests,
             max_streams: args.max_streams,
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+            header_read_timeout: args.header_timeout,
             ..Limits::default()
         },
         shutdown_grace: args.shutdown_grace,

@@ -37,6 +37,24 @@ pub fn render(app: &App) -> Response<Body> {
             value: pool.max_size as f64,
         },
         Extra {
+            name: "auditd_http_connections_open",
+            kind: "gauge",
+            help: "HTTP connections open now.",
+            value: app.connections.open() as f64,
+        },
+        Extra {
+            name: "auditd_http_connections_evicted_total",
+            kind: "counter",
+            help: "Idle connections asked to close to make room for a new one (--max-connections reached).",
+            value: app.connections.evicted() as f64,
+        },
+        Extra {
+            name: "auditd_http_connections_refused_total",
+            kind: "counter",
+            help: "Connections closed at once: --max-connections or --max-connections-per-ip reached.",
+            value: app.connections.refused() as f64,
+        },
+        Extra {
             name: "auditd_http_requests_in_flight",
             kind: "gauge",
             help: "Requests being served now.",

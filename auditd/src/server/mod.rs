@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use audit_layer::AuditHandle;
 use deadpool_postgres::Pool;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Dispatch;
@@ -84,9 +83,8 @@ pub async fn serve(
         app.text_sample.clone(),
         app.limits.text_sample_interval,
     ));
-    let graceful = GracefulShutdown::new();
     #[cfg(feature = "tls")]
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(tls::MAX_HANDSHAKES));
+    let handshakes = tls::handshake_slots();
     let mut shutdown = std::pin::pin!(shutdown);
     let scheme = if options.tls.is_some() {
         "https"
@@ -112,18 +110,23 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(slot) = app.connections.admit(peer.ip()) else {
+                    // Closed before a byte is read; counted in /metrics.
+                    tracing::debug!(%peer, "connection bound reached; connection closed");
+                    continue;
+                };
                 match &options.tls {
-                    None => serve_connection(&app, graceful.watcher(), stream, peer),
+                    None => serve_connection(&app, stream, peer, slot),
                     #[cfg(not(feature = "tls"))]
                     Some(never) => match *never {},
                     #[cfg(feature = "tls")]
                     Some(tls) => tls::serve_tls_connection(
                         &app,
-                        graceful.watcher(),
                         tls,
                         &handshakes,
                         stream,
                         peer,
+                        slot,
                     ),
                 }
             }
@@ -135,7 +138,7 @@ pub async fn serve(
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_streams.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = app.connections.all_closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(options.shutdown_grace) => {
             tracing::warn!(grace = ?options.shutdown_grace, "connections still open after the grace period are cut when auditd exits");
         }

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hyper_util::server::graceful::Watcher;
-use tokio::sync::Semaphore;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -24,6 +22,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use super::connection::serve_connection;
+use crate::admission::{ConnectionSlot, Connections};
 use crate::replaceable::Replaceable;
 use crate::state::App;
 
@@ -104,32 +103,46 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// that clients which connect and stall cannot pile up work.
 pub(super) const MAX_HANDSHAKES: usize = 256;
 
+/// TLS handshakes in progress at once from one client address, so that one client
+/// stalling its handshakes cannot take every handshake slot.
+pub(super) const MAX_HANDSHAKES_PER_IP: usize = 16;
+
+/// The handshakes in progress, bounded in all and per address.
+pub(super) fn handshake_slots() -> Arc<Connections> {
+    // At the bound, the oldest handshake gives way: a client that stalls many handshakes
+    // from many addresses delays new ones by their timeout at most, never locks them out.
+    Connections::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP, true)
+}
+
 /// Serves `stream` once its TLS handshake is done, on a task of its own; closes it at once
 /// when [`MAX_HANDSHAKES`] are in progress.
 pub(super) fn serve_tls_connection(
     app: &Arc<App>,
-    graceful: Watcher,
     tls: &TlsAcceptor,
-    handshakes: &Arc<Semaphore>,
+    handshakes: &Arc<Connections>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    connection: ConnectionSlot,
 ) {
-    let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+    let Some(slot) = handshakes.admit(peer.ip()) else {
         tracing::debug!(%peer, "too many TLS handshakes in progress; connection closed");
         return;
     };
     let app = app.clone();
     let mut stopping = app.stopping.clone();
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+    let liveness = slot.liveness();
     tokio::spawn(async move {
         let finished = tokio::select! {
             finished = handshake => finished,
             // Shutting down: a connection not yet set up is not waited for.
             _ = stopping.wait_for(|stop| *stop) => return,
+            // The oldest handshake in progress, giving way to a new one.
+            () = liveness.asked_to_close() => return,
         };
         drop(slot);
         match finished {
-            Ok(Ok(stream)) => serve_connection(&app, graceful, stream, peer),
+            Ok(Ok(stream)) => serve_connection(&app, stream, peer, connection),
             // A scanner, a client that does not trust the certificate, plain HTTP sent
             // to the TLS port: the client's problem, worth a line at debug level only.
             Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
