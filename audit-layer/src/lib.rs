@@ -73,6 +73,7 @@ mod capture;
 mod delivery;
 mod error;
 mod handle;
+pub mod integrity;
 mod layer;
 pub mod pool;
 mod queue;

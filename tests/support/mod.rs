@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod csv;
+pub mod generate;
 pub mod http;
 
 use std::time::Duration;
