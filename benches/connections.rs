@@ -358,6 +358,44 @@ async fn main() {
     drop(idle);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // 2b. Clients that ask for a response and never read it (a tiny receive window), from
+    // 20 addresses, past the overall bound: a connection asked to give way goes within
+    // its grace even though hyper cannot finish sending.
+    let before = metrics(addr).await;
+    let mut unread = Vec::new();
+    let request = b"GET /api/v1/openapi.json HTTP/1.1\r\nhost: auditd\r\n\r\n";
+    for i in 0..4_500usize {
+        let Ok(socket) = TcpSocket::new_v4() else {
+            continue;
+        };
+        let _ = socket.set_recv_buffer_size(1024);
+        if socket
+            .bind(SocketAddr::new(source(2 + (i % 20) as u8), 0))
+            .is_err()
+        {
+            continue;
+        }
+        if let Ok(mut stream) = socket.connect(addr).await {
+            let _ = stream.write_all(request).await;
+            unread.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = probe_for(addr, Duration::from_secs(5)).await;
+    let during = metrics(addr).await;
+    row(
+        "responses never read (tiny receive window), 20 addresses",
+        &format!("{} connected", unread.len()),
+        &format!("{:.0} open", during.open - before.open),
+        &format!(
+            "{:.0} refused, the oldest idle ones asked to give way (closed within 2 s)",
+            during.refused - before.refused
+        ),
+        &mut seen,
+    );
+    drop(unread);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // 3. Keep-alive connections that made one request and then idle.
     let request = b"GET /healthz HTTP/1.1\r\nhost: auditd\r\n\r\n";
     let mut kept = open_many(addr, 400, 1, request).await;

@@ -62,9 +62,12 @@ fn metadata_text() -> impl Strategy<Value = String> {
                 }
                 object(&members)
             }),
-        // Anything else: kept as text.
+        // Anything else: kept as text, secrets redacted or the whole replaced.
         1 => text(30),
         1 => json_value(),
+        1 => Just(r#"[{"token":"abc","n":1},{"k":{"password":"p"}}]"#.to_owned()),
+        1 => Just(r#"{"password":"x","n":1e400}"#.to_owned()),
+        1 => Just(r#"{"api_key":"x"} trailing"#.to_owned()),
     ]
 }
 
@@ -251,6 +254,23 @@ fn stored_json(value: &Value) -> Value {
     }
 }
 
+/// `value` with the values of secret keys replaced, at any depth.
+fn redact_in(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if is_secret(k) {
+                    *v = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_in(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_in),
+        _ => {}
+    }
+}
+
 /// The metadata a record must hold, and the fields whose repair must be noted.
 fn expected_metadata(event: &Event) -> (Map<String, Value>, Vec<String>) {
     let (i, u, wide, uwide, float, flag) = event.numbers;
@@ -311,6 +331,20 @@ fn expected_metadata(event: &Event) -> (Map<String, Value>, Vec<String>) {
                 };
                 m.insert(stored_key, value);
             }
+        }
+        // Other JSON but a string: its text, with the secrets inside redacted.
+        Ok(mut value) if !value.is_string() => {
+            redact_in(&mut value);
+            let text = value.to_string();
+            if text.contains('\0') {
+                notes.push("metadata.metadata".into());
+            }
+            m.insert("metadata".into(), no_nul(&text).into());
+        }
+        // Text: as it is, unless it names a secret.
+        _ if is_secret(&event.metadata) => {
+            notes.push("metadata.metadata".into());
+            m.insert("metadata".into(), REDACTED.into());
         }
         _ => {
             if event.metadata.contains('\0') {
@@ -498,4 +532,35 @@ fn whatever_the_fields_json_and_spans_postgresql_takes_every_record_as_documente
     proptest!(config, |(events in proptest::collection::vec(event(), 1..8))| {
         runtime.block_on(check(&db, &events))?;
     });
+}
+
+#[tokio::test]
+async fn a_secret_in_metadata_that_is_not_a_json_object_never_reaches_the_table() {
+    let db = TestDb::migrated("hostile_metadata_secrets").await;
+    let attempts = [
+        r#"[{"token":"s3cr3t-1"}]"#,
+        r#"{"password":"s3cr3t-2","n":1e400}"#,
+        r#"{"api_key":"s3cr3t-3"} and then some"#,
+        "password=s3cr3t-4",
+        r#""authorization: Bearer s3cr3t-5""#,
+    ];
+    emit_and_flush(&db, || {
+        for metadata in attempts {
+            tracing::info!(target: "audit", username = "u", event_type = "e", metadata = %metadata, "m");
+        }
+        // A Debug value that is not JSON at all.
+        tracing::info!(
+            target: "audit",
+            username = "u",
+            event_type = "e",
+            metadata = ?vec![("secret", "s3cr3t-6")],
+            "m"
+        );
+    })
+    .await;
+    assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 6);
+    let leaked = db
+        .count("SELECT count(*) FROM audit_logs WHERE metadata::text LIKE '%s3cr3t%'")
+        .await;
+    assert_eq!(leaked, 0, "{:?}", db.records().await);
 }

@@ -84,6 +84,21 @@ async fn values_beyond_what_postgresql_takes_are_refused_before_any_sql() {
             "/api/v1/logs?since=10000-01-01T00:00:00Z".to_owned(),
             "since",
         ),
+        // A metadata path deep enough to nest the matched JSON thousands of levels (it
+        // overflowed the stack of the thread serving it), or a name of kilobytes.
+        (
+            format!("/api/v1/logs?meta{}=x", ".a".repeat(17)),
+            "meta.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a",
+        ),
+        (
+            format!("/api/v1/logs?meta{}=x", ".a".repeat(20_000)),
+            "query",
+        ),
+        // Severities are exactly the document's four names.
+        ("/api/v1/stats?severity=".to_owned(), "severity"),
+        ("/api/v1/logs?severity=info,".to_owned(), "severity"),
+        ("/api/v1/logs?severity=%20info".to_owned(), "severity"),
+        ("/api/v1/logs?min_severity=WARN".to_owned(), "min_severity"),
     ] {
         let (status, body) = error_of(&server, &url).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");

@@ -33,6 +33,27 @@ pub struct Connections {
     closed: Notify,
 }
 
+/// How many connections beyond the bound may be open while those asked to give way close
+/// (each does within [`EVICTION_GRACE`]).
+const EVICTION_SLACK: usize = 64;
+
+/// How long a connection asked to give way has to finish the response it is sending;
+/// then it is closed regardless (a client that stopped reading cannot hold it).
+pub const EVICTION_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The address a bound counts a client under: IPv4 addresses as they are, IPv6 ones by
+/// their /64, which one subscriber or host usually holds whole.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Open {
     total: usize,
@@ -85,10 +106,18 @@ impl Connections {
 
     /// A slot for a connection from `ip`, or `None` (counted) when a bound holds.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let ip = client_of(ip);
         let mut open = self.lock();
         let from_ip = open.by_ip.get(&ip).copied().unwrap_or(0);
-        let full = open.total >= self.max && !(self.evicts_idle && self.evict_one(&open));
-        if full || from_ip >= self.max_per_ip {
+        // The address's own bound first: a client at it never makes another give way.
+        let admitted = from_ip < self.max_per_ip
+            && (open.total < self.max
+                // Room is made only while the connections already asked to close are few,
+                // so the count stays near the bound even if some are slow to go.
+                || (self.evicts_idle
+                    && open.total < self.max + EVICTION_SLACK
+                    && self.evict_one(&open)));
+        if !admitted {
             drop(open);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -211,6 +240,37 @@ mod tests {
         assert_eq!((connections.open(), connections.refused()), (3, 2));
         drop(first);
         assert!(connections.admit(a).is_some());
+    }
+
+    #[test]
+    fn connections_asked_to_give_way_but_slow_to_go_do_not_let_the_count_grow() {
+        let connections = Connections::new(1, 1000, true);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        // Each new one makes the previous give way, while none of them closes yet.
+        let held: Vec<_> = (0..=EVICTION_SLACK)
+            .map(|_| connections.admit(ip).expect("room is made"))
+            .collect();
+        assert_eq!(connections.open(), 1 + EVICTION_SLACK);
+        assert!(connections.admit(ip).is_none(), "beyond the slack, refused");
+        drop(held);
+        assert_eq!(connections.open(), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_a_client_at_its_bound_evicts_no_one() {
+        let connections = Connections::new(2, 1, true);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _first = connections.admit(a).unwrap();
+        assert!(
+            connections.admit(same_64).is_none(),
+            "one /64 is one client"
+        );
+        let _second = connections.admit(other).unwrap();
+        // Full, and `a`'s /64 is at its own bound: it makes no one give way.
+        assert!(connections.admit(a).is_none());
+        assert_eq!(connections.evicted(), 0);
     }
 
     #[test]

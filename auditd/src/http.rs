@@ -25,6 +25,24 @@ pub fn client_closed_request() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
+/// Hands a chunk to a streamed response (an empty one ends an
+/// [`until_finished`](ChannelBody::until_finished) body). `Err` with the status to record
+/// when the client went away (499), did not take the chunk within `stall` (408: a client
+/// that stops reading must not hold a database connection and a stream slot for ever),
+/// or the server began to shut down (503).
+pub async fn deliver(
+    tx: &ChunkSender,
+    chunk: Bytes,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+    stall: std::time::Duration,
+) -> Result<(), StatusCode> {
+    tokio::select! {
+        sent = tx.send(Ok(chunk)) => sent.map_err(|_| client_closed_request()),
+        _ = stopping.wait_for(|stop| *stop) => Err(StatusCode::SERVICE_UNAVAILABLE),
+        () = tokio::time::sleep(stall) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
+}
+
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

@@ -37,6 +37,9 @@ pub struct Limits {
     pub max_tail_wait: Duration,
     /// How often an idle event stream sends a keep-alive comment.
     pub stream_keepalive: Duration,
+    /// Longest a streamed response (export, event stream) waits for its client to take
+    /// the next chunk; then it ends (408 in its access record).
+    pub stalled_client_timeout: Duration,
     /// How long one event stream may last; then it ends, and the client reconnects with
     /// `Last-Event-ID` where it left off (browsers do so by themselves). It bounds how long
     /// one client holds one of the `max_streams` slots.
@@ -69,6 +72,7 @@ impl Default for Limits {
             max_tail_wait: Duration::from_secs(60),
             stream_keepalive: Duration::from_secs(15),
             max_stream_duration: Duration::from_secs(3600),
+            stalled_client_timeout: Duration::from_secs(30),
             export_page_rows: 5000,
             text_sample_interval: Duration::from_secs(600),
             max_connections: 4096,

@@ -67,15 +67,16 @@ impl Redactor {
             if self.is_secret(key) {
                 *value = Value::String(REDACTED.to_owned());
             } else {
-                self.redact_nested(value);
+                self.redact_value(value);
             }
         }
     }
 
-    fn redact_nested(&self, value: &mut Value) {
+    /// Replaces the values of secret keys in every object inside `value`.
+    pub(crate) fn redact_value(&self, value: &mut Value) {
         match value {
             Value::Object(map) => self.redact_json(map),
-            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_nested(v)),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_value(v)),
             _ => {}
         }
     }

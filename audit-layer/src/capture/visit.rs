@@ -23,6 +23,9 @@ use super::json::{json_string, JsonText};
 use super::plan::{CallsitePlan, FieldPlan, Slot};
 use super::redact::{Redactor, REDACTED};
 
+/// The most causes of an error field written out.
+const MAX_CAUSES: usize = 32;
+
 /// Which fields a [`Capture`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
@@ -179,7 +182,32 @@ impl<'a> Capture<'a> {
     }
 
     /// `metadata = %json`: the original design's way of passing a dict. An object is
-    /// merged member by member (secrets redacted at any depth); anything else is kept as text.
+    /// merged member by member (secrets redacted at any depth); other JSON is kept as its
+    /// text with the secrets inside redacted; text that is not JSON is kept as it is,
+    /// unless it names a secret anywhere (then it cannot be redacted in part, and is
+    /// replaced whole, noted). Secrets never reach the table by way of `metadata`.
+    fn metadata(&mut self, plan: &FieldPlan, name: &str, text: &str) {
+        if self.merge_json(text) {
+            return;
+        }
+        match serde_json::from_str::<Value>(text) {
+            // A JSON string is text like any other (below).
+            Ok(mut value) if !value.is_string() => {
+                self.redactor.redact_value(&mut value);
+                let text = value.to_string();
+                self.meta_text(plan, name, |t| t.write_str(&text));
+            }
+            _ if self.redactor.is_secret(text) => {
+                self.draft.notes.push(format!(
+                    "metadata.{name}: not a JSON object, and it names a secret; stored as {REDACTED}"
+                ));
+                self.meta_text(plan, name, |t| t.write_str(REDACTED));
+            }
+            _ => self.meta_text(plan, name, |t| t.write_str(text)),
+        }
+    }
+
+    /// Merges a JSON object's members into the metadata; `false` when `text` is not one.
     fn merge_json(&mut self, text: &str) -> bool {
         let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
             return false;
@@ -207,13 +235,19 @@ impl Visit for Capture<'_> {
             Route::Metadata(plan) if field.name() == "metadata" => {
                 let mut text = String::new();
                 if write!(text, "{value:?}").is_err() {
-                    // Not all of it: not JSON to merge, kept as text with the failure noted.
+                    // Not all of it: not JSON to merge, kept as text with the failure
+                    // noted (all of it replaced if it names a secret).
+                    let kept = if self.redactor.is_secret(&text) {
+                        REDACTED
+                    } else {
+                        &text
+                    };
                     self.meta_text(&plan, field.name(), |t| {
-                        t.write_str(&text)?;
+                        t.write_str(kept)?;
                         Err(fmt::Error)
                     });
-                } else if !self.merge_json(&text) {
-                    self.meta_text(&plan, field.name(), |t| t.write_str(&text));
+                } else {
+                    self.metadata(&plan, field.name(), &text);
                 }
             }
             Route::Metadata(plan) => {
@@ -228,7 +262,9 @@ impl Visit for Capture<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         match self.route(field) {
             Route::Ignore => {}
-            Route::Metadata(_) if field.name() == "metadata" && self.merge_json(value) => {}
+            Route::Metadata(plan) if field.name() == "metadata" => {
+                self.metadata(&plan, field.name(), value)
+            }
             Route::Metadata(plan) => self.meta_text(&plan, field.name(), |t| t.write_str(value)),
             // The common case, straight into the draft.
             Route::Column(Slot::Text(column)) => self.draft.set(column, value),
@@ -239,10 +275,9 @@ impl Visit for Capture<'_> {
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         let chain = |out: &mut dyn fmt::Write| -> fmt::Result {
             write!(out, "{value}")?;
-            let mut source = value.source();
-            while let Some(cause) = source {
+            // At most so many causes: a chain that loops back on itself must end.
+            for cause in std::iter::successors(value.source(), |c| c.source()).take(MAX_CAUSES) {
                 write!(out, ": {cause}")?;
-                source = cause.source();
             }
             Ok(())
         };

@@ -13,7 +13,7 @@ use hyper::{Response, StatusCode};
 use tokio_postgres::Row;
 
 use crate::access::{Answer, Caller};
-use crate::http::{self, ApiError, ChannelBody, ChunkSender};
+use crate::http::{self, ApiError, ChannelBody};
 use crate::query::{csv, records, ExportRequest, Format, PageCursor, Params};
 use crate::state::App;
 
@@ -52,6 +52,7 @@ pub async fn export(
             chunk.extend_from_slice(csv::HEADER.as_bytes());
         }
         let page_rows = app.limits.export_page_rows;
+        let stall = app.limits.stalled_client_timeout;
         let outcome = loop {
             let want = match max_rows {
                 Some(max) => (max - sent).min(page_rows as u64) as i64,
@@ -87,7 +88,8 @@ pub async fn export(
                 sent += 1;
                 if chunk.len() >= CHUNK_BYTES {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-                    if let Err(status) = deliver(&tx, full.into(), &mut stopping).await {
+                    if let Err(status) = http::deliver(&tx, full.into(), &mut stopping, stall).await
+                    {
                         stopped = Some(status);
                         break;
                     }
@@ -103,9 +105,9 @@ pub async fn export(
         // The rest, then the end; without the end the body is cut short (`until_finished`).
         let finished = async {
             if !chunk.is_empty() {
-                deliver(&tx, chunk.into(), &mut stopping).await?;
+                http::deliver(&tx, chunk.into(), &mut stopping, stall).await?;
             }
-            deliver(&tx, Bytes::new(), &mut stopping).await
+            http::deliver(&tx, Bytes::new(), &mut stopping, stall).await
         };
         let outcome = match outcome {
             StatusCode::OK => finished.await.err().unwrap_or(StatusCode::OK),
@@ -132,20 +134,6 @@ pub async fn export(
     headers.insert(CONTENT_DISPOSITION, HeaderValue::from_static(file));
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
     Ok(Answer::plain(response))
-}
-
-/// Hands a chunk to the response (an empty one ends it, see `until_finished`): `Err` with
-/// the status to record when the client went away (nginx's 499) or the server began to
-/// shut down first.
-async fn deliver(
-    tx: &ChunkSender,
-    chunk: Bytes,
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), StatusCode> {
-    tokio::select! {
-        sent = tx.send(Ok(chunk)) => sent.map_err(|_| http::client_closed_request()),
-        _ = stopping.wait_for(|stop| *stop) => Err(StatusCode::SERVICE_UNAVAILABLE),
-    }
 }
 
 fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {

@@ -96,15 +96,17 @@ pub async fn stream(
         let mut cursor = cursor;
         let mut sent: u64 = 0;
         let mut idle_since = tokio::time::Instant::now();
+        let stall = app.limits.stalled_client_timeout;
         let mut outcome = StatusCode::OK;
-        let greeted = tx
-            .send(Ok(Bytes::from_static(b"retry: 2000\n\n")))
-            .await
-            .is_ok();
-        if !greeted {
+        let greeting = Bytes::from_static(b"retry: 2000\n\n");
+        let greeted = match http::deliver(&tx, greeting, &mut stopping, stall).await {
+            Ok(()) => true,
             // Gone before the first line: still a read of the log, and recorded as one.
-            outcome = http::client_closed_request();
-        }
+            Err(status) => {
+                outcome = status;
+                false
+            }
+        };
         let ends_at = tokio::time::Instant::now() + app.limits.max_stream_duration;
         loop {
             if !greeted || *stopping.borrow() || tokio::time::Instant::now() >= ends_at {
@@ -131,7 +133,8 @@ pub async fn stream(
                 complete += 1;
             }
             if !events.is_empty() {
-                if tx.send(Ok(Bytes::from(events))).await.is_err() {
+                if let Err(status) = http::deliver(&tx, events.into(), &mut stopping, stall).await {
+                    outcome = after_failed_send(outcome, status);
                     break;
                 }
                 sent += complete;
@@ -145,11 +148,9 @@ pub async fn stream(
                 break;
             }
             if complete == 0 && idle_since.elapsed() >= app.limits.stream_keepalive {
-                if tx
-                    .send(Ok(Bytes::from_static(b": keep-alive\n\n")))
-                    .await
-                    .is_err()
-                {
+                let keep_alive = Bytes::from_static(b": keep-alive\n\n");
+                if let Err(status) = http::deliver(&tx, keep_alive, &mut stopping, stall).await {
+                    outcome = after_failed_send(outcome, status);
                     break;
                 }
                 idle_since = tokio::time::Instant::now();
@@ -218,6 +219,17 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
         return Err("a duration like 250ms, 30s or 1m".to_owned());
     }
     parse_duration(text)
+}
+
+/// What a failed send leaves in a stream's access record: the outcome so far when the
+/// client went away (the normal end of an event stream, which it may resume), else the
+/// failure (a client that stopped reading, a shutdown).
+fn after_failed_send(outcome: StatusCode, status: StatusCode) -> StatusCode {
+    if status == http::client_closed_request() {
+        outcome
+    } else {
+        status
+    }
 }
 
 #[cfg(test)]

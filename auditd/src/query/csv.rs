@@ -61,9 +61,13 @@ pub fn write_row(
         }
         match cells {
             Cells::Guarded if starts_a_formula(field) => {
-                csv_field(out, &format!("'{field}"));
+                csv_field(out, &format!("'{field}"), true);
             }
-            _ => csv_field(out, field),
+            // Quoted also when it holds a `;` or a tab: a spreadsheet that splits cells
+            // there (a `;` locale, a tab import) would otherwise start a cell mid-field,
+            // past the guard.
+            Cells::Guarded => csv_field(out, field, true),
+            Cells::Raw => csv_field(out, field, false),
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -97,9 +101,11 @@ fn is_plain_number(cell: &str) -> bool {
     whole_and_fraction && exponent.is_none_or(digits)
 }
 
-/// RFC 4180: quoted when it holds a comma, a quote or a line break; quotes doubled.
-fn csv_field(out: &mut Vec<u8>, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
+/// RFC 4180: quoted when it holds a comma, a quote or a line break (and, when
+/// `guarded`, a `;` or a tab); quotes doubled.
+fn csv_field(out: &mut Vec<u8>, field: &str, guarded: bool) {
+    let quoted = field.contains([',', '"', '\n', '\r']) || (guarded && field.contains([';', '\t']));
+    if quoted {
         out.push(b'"');
         out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
         out.push(b'"');
@@ -144,12 +150,21 @@ mod tests {
     fn csv_fields_are_quoted_only_when_needed() {
         let mut out = Vec::new();
         for f in ["plain", "a,b", "say \"hi\"", "two\nlines", ""] {
-            csv_field(&mut out, f);
+            csv_field(&mut out, f, false);
             out.push(b'|');
         }
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"two\nlines\"||"
+        );
+        // Guarded, a `;` or a tab is quoted too, so no spreadsheet starts a cell there.
+        let mut out = Vec::new();
+        csv_field(&mut out, "x;=HYPERLINK(1)", true);
+        csv_field(&mut out, "x\t=1", true);
+        csv_field(&mut out, "x;y", false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"x;=HYPERLINK(1)\"\"x\t=1\"x;y"
         );
     }
 }

@@ -35,6 +35,8 @@ pub struct Filters {
     metadata: Vec<(String, Value)>,
     /// The filters contradict each other (see `min_severity`).
     matches_nothing: bool,
+    /// `min_severity` as given (`severities` holds its effect).
+    min_severity: Option<Severity>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,9 @@ enum IpFilter {
     Address(IpAddr),
     Network(String),
 }
+
+/// The most levels a `meta.<path>` filter may reach into metadata.
+const MAX_META_DEPTH: usize = 16;
 
 impl Filters {
     /// Takes the filter parameters out of `params`.
@@ -62,15 +67,11 @@ impl Filters {
             text: params.take("q")?.filter(|q| !q.is_empty()),
             ..Filters::default()
         };
-        for name in params.take_list("severity") {
-            let severity = name
-                .parse::<Severity>()
-                .map_err(|e| ApiError::bad_parameter("severity", e.to_string()))?;
-            f.severities.push(severity);
+        for name in params.take_list_exact("severity") {
+            f.severities
+                .push(severity_named(&name).map_err(|e| ApiError::bad_parameter("severity", e))?);
         }
-        if let Some(min) = params.take_parsed("min_severity", |v| {
-            v.parse::<Severity>().map_err(|e| e.to_string())
-        })? {
+        if let Some(min) = params.take_parsed("min_severity", severity_named)? {
             let at_least: Vec<Severity> = Severity::ALL.into_iter().filter(|s| *s >= min).collect();
             f.severities = if f.severities.is_empty() {
                 at_least
@@ -81,9 +82,18 @@ impl Filters {
             // inverted window (`since` after `until`) does: a valid question whose answer is
             // no rows, not an error.
             f.matches_nothing = f.severities.is_empty();
+            f.min_severity = Some(min);
         }
         for (name, value) in params.take_prefixed("meta.") {
             let path = &name["meta.".len()..];
+            if path.split('.').count() > MAX_META_DEPTH {
+                // Each level nests the JSON the filter is matched with: a deep path would
+                // be work (and recursion) out of all proportion to any real metadata.
+                return Err(ApiError::bad_parameter(
+                    &name,
+                    format!("reaches deeper than {MAX_META_DEPTH} levels"),
+                ));
+            }
             if path.is_empty() || path.split('.').any(str::is_empty) {
                 return Err(ApiError::bad_parameter(
                     &name,
@@ -213,6 +223,12 @@ impl Filters {
             let names: Vec<&str> = self.severities.iter().map(|s| s.as_str()).collect();
             put("severity", json!(names));
         }
+        // When `severity` and `min_severity` exclude each other, `severity` above is empty:
+        // the record then says what was asked, and that it matched nothing.
+        if self.matches_nothing {
+            put("min_severity", json!(self.min_severity.map(|s| s.as_str())));
+            put("matches_nothing", json!(true));
+        }
         put("resource_type", json!(self.resource_type));
         put("resource_id", json!(self.resource_id));
         put("resource_name", json!(self.resource_name));
@@ -241,6 +257,15 @@ fn nest(path: &str, value: Value) -> Value {
         map.insert(key.to_owned(), inner);
         Value::Object(map)
     })
+}
+
+/// One of the four severities, by its exact name (the OpenAPI document's enum; the layer
+/// is lenient with what applications emit, the API is exact with what it is asked).
+fn severity_named(name: &str) -> Result<Severity, String> {
+    Severity::ALL
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .ok_or_else(|| format!("{name:?} is not one of info, warning, error, critical"))
 }
 
 /// Parses an RFC 3339 time, as `since` and `until` take.

@@ -14,6 +14,10 @@ pub struct Params {
 /// the database.
 const MAX_VALUE_CHARS: usize = 1024;
 
+/// Parameter names longer than this are refused (the longest a route knows is a few
+/// dozen bytes; `meta.<path>` names are bounded further by their filter).
+const MAX_NAME_BYTES: usize = 256;
+
 impl Params {
     /// Decodes a query string (`None`: no parameters). A value over 1024 characters is an
     /// error, and so is a NUL byte in a name or a value: PostgreSQL can neither store nor
@@ -22,6 +26,12 @@ impl Params {
         let pairs = query_string::parse(query.unwrap_or(""))
             .map_err(|e| ApiError::bad_parameter(&e.parameter, e.message))?;
         for (name, value) in &pairs {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(ApiError::bad_parameter(
+                    "query",
+                    format!("a parameter name is longer than {MAX_NAME_BYTES} bytes"),
+                ));
+            }
             if value.len() > MAX_VALUE_CHARS && value.chars().count() > MAX_VALUE_CHARS {
                 return Err(ApiError::bad_parameter(
                     name,
@@ -55,6 +65,17 @@ impl Params {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every value of a parameter that may repeat, comma-separated values split, each
+    /// exactly as given (no trimming, no empty value dropped): for values from a fixed
+    /// set, where anything else is an error.
+    pub fn take_list_exact(&mut self, name: &str) -> Vec<String> {
+        self.take_all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
             .map(str::to_owned)
             .collect()
     }

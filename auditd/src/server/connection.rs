@@ -13,7 +13,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::admission::{Busy, ConnectionSlot};
+use crate::admission::{Busy, ConnectionSlot, EVICTION_GRACE};
 use crate::http::Body;
 use crate::router;
 use crate::state::App;
@@ -54,22 +54,34 @@ where
     tokio::spawn(async move {
         let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
         let mut closing = false;
+        // Set when the connection gives way: past it, it is closed regardless.
+        let mut deadline: Option<tokio::time::Instant> = None;
         let outcome = loop {
+            let past_deadline = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                outcome = connection.as_mut() => break outcome,
-                // Shutting down, or giving way to a new connection: hyper finishes the
-                // response in progress, if any, then closes.
+                outcome = connection.as_mut() => break Some(outcome),
+                // Shutting down: hyper finishes the response in progress, if any, then
+                // closes (the server's grace period bounds the wait).
                 _ = stopping.wait_for(|stop| *stop), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = liveness.asked_to_close(), if !closing => {
+                // Giving way to a new connection: the same, within EVICTION_GRACE, so a
+                // client with half its headers sent or no longer reading cannot stay.
+                () = liveness.asked_to_close(), if deadline.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
+                    deadline = Some(tokio::time::Instant::now() + EVICTION_GRACE);
                 }
+                () = past_deadline => break None,
             }
         };
-        if let Err(e) = outcome {
+        if let Some(Err(e)) = outcome {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
         drop(slot);

@@ -131,14 +131,17 @@ pub(super) fn serve_tls_connection(
     let app = app.clone();
     let mut stopping = app.stopping.clone();
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
-    let liveness = slot.liveness();
+    let handshake_liveness = slot.liveness();
+    let connection_liveness = connection.liveness();
     tokio::spawn(async move {
         let finished = tokio::select! {
             finished = handshake => finished,
             // Shutting down: a connection not yet set up is not waited for.
             _ = stopping.wait_for(|stop| *stop) => return,
-            // The oldest handshake in progress, giving way to a new one.
-            () = liveness.asked_to_close() => return,
+            // The oldest handshake in progress, or a connection still in its handshake,
+            // giving way to a new one.
+            () = handshake_liveness.asked_to_close() => return,
+            () = connection_liveness.asked_to_close() => return,
         };
         drop(slot);
         match finished {
