@@ -67,39 +67,29 @@ fn main() {
         .expect("bench database");
     runtime.block_on(connect_migrated(&url));
 
-    let (layer, handle) = audit_layer::AuditLayer::builder()
-        .database_url(&url)
-        .queue_capacity(1 << 20)
-        .batch_size(args.batch_size)
-        .max_in_flight(args.in_flight)
-        .build()
-        .expect("audit layer");
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-
-    let per_thread = args.events / args.threads;
-    let started = Instant::now();
-    emit_backups(&dispatch, args.threads, per_thread);
-    let emitted = started.elapsed();
-    let stats = runtime
-        .block_on(handle.shutdown(Duration::from_secs(600)))
-        .expect("all committed");
-    let committed = started.elapsed();
-    let total = per_thread * args.threads;
-    assert_eq!(stats.written, total, "{stats:?}");
+    // Integrity off and on, alternately and twice each: the VM drifts by a third within
+    // minutes, so the ratio is taken between neighbouring runs.
+    let mut rates = Vec::new();
+    for (round, integrity) in [false, true, false, true].into_iter().enumerate() {
+        let url = runtime
+            .block_on(server.create_database(&format!("bench_ingest_{round}")))
+            .expect("bench database");
+        runtime.block_on(connect_migrated(&url));
+        rates.push((integrity, layer_run(&runtime, &url, &args, integrity)));
+    }
+    let on: Vec<f64> = rates.iter().filter(|(i, _)| *i).map(|(_, r)| *r).collect();
+    let off: Vec<f64> = rates.iter().filter(|(i, _)| !*i).map(|(_, r)| *r).collect();
     println!(
-        "ingest: {total} events, {} threads, batch {}, {} in flight: emitted in {:.2} s, committed in {:.2} s = {:.0} events/s end to end; \
-         {} batches, {} dropped, peak RSS {:.0} MiB",
-        args.threads,
-        args.batch_size,
-        args.in_flight,
-        emitted.as_secs_f64(),
-        committed.as_secs_f64(),
-        total as f64 / committed.as_secs_f64(),
-        stats.batches,
-        stats.dropped,
-        peak_rss_mib()
+        "ingest: integrity on = {:.2} x off (pairs: {:.2}, {:.2}; on {:.0} and {:.0}, off {:.0} and {:.0} events/s)",
+        (on[0] + on[1]) / (off[0] + off[1]),
+        on[0] / off[0],
+        on[1] / off[1],
+        on[0],
+        on[1],
+        off[0],
+        off[1]
     );
-    let layer_rate = total as f64 / committed.as_secs_f64();
+    let layer_rate = on[1];
 
     // Baseline 1: one INSERT, one commit, per record (the original design's repository).
     let url = runtime
@@ -129,6 +119,7 @@ fn main() {
     let url = runtime
         .block_on(server.create_database("bench_raw_copy"))
         .expect("bench database");
+    let total = args.events / args.threads * args.threads;
     let raw = runtime.block_on(raw_copy(&url, total, args.batch_size, args.in_flight));
     let raw_rate = total as f64 / raw.as_secs_f64();
     println!(
@@ -322,4 +313,44 @@ async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Durati
         task.await.expect("copy task");
     }
     started.elapsed()
+}
+
+/// One end-to-end run of the layer into `url`: the events/s from the first emission to
+/// the last commit.
+fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrity: bool) -> f64 {
+    let (layer, handle) = audit_layer::AuditLayer::builder()
+        .database_url(url)
+        .queue_capacity(1 << 20)
+        .batch_size(args.batch_size)
+        .max_in_flight(args.in_flight)
+        .integrity(integrity)
+        .build()
+        .expect("audit layer");
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+
+    let per_thread = args.events / args.threads;
+    let started = Instant::now();
+    emit_backups(&dispatch, args.threads, per_thread);
+    let emitted = started.elapsed();
+    let stats = runtime
+        .block_on(handle.shutdown(Duration::from_secs(600)))
+        .expect("all committed");
+    let committed = started.elapsed();
+    let total = per_thread * args.threads;
+    assert_eq!(stats.written, total, "{stats:?}");
+    println!(
+        "ingest (integrity {}): {total} events, {} threads, batch {}, {} in flight: emitted in {:.2} s, committed in {:.2} s = {:.0} events/s end to end; \
+         {} batches, {} dropped, peak RSS {:.0} MiB",
+        if integrity { "on" } else { "off" },
+        args.threads,
+        args.batch_size,
+        args.in_flight,
+        emitted.as_secs_f64(),
+        committed.as_secs_f64(),
+        total as f64 / committed.as_secs_f64(),
+        stats.batches,
+        stats.dropped,
+        peak_rss_mib()
+    );
+    total as f64 / committed.as_secs_f64()
 }

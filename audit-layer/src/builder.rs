@@ -69,6 +69,7 @@ pub struct AuditLayerBuilder {
     overflow: OverflowPolicy,
     spool_dir: Option<PathBuf>,
     spool_max_bytes: u64,
+    integrity: bool,
 }
 
 /// A random positive id for this layer's stream of records.
@@ -116,6 +117,7 @@ impl Default for AuditLayerBuilder {
             overflow: OverflowPolicy::Drop,
             spool_dir: None,
             spool_max_bytes: 1 << 30,
+            integrity: true,
         }
     }
 }
@@ -260,6 +262,22 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// Whether each batch commits its records' hashes and their Merkle root in its ledger
+    /// row, so that a verifier can prove every stored record unchanged (on by default: an
+    /// audit log should not need to be asked). Hashing runs on the writer thread, never on
+    /// the emitting one. Needs migration 4 (`audit_layer::schema::migrate`).
+    ///
+    /// ```
+    /// let builder = audit_layer::AuditLayer::builder()
+    ///     .database_url("postgres://app@localhost/app")
+    ///     .integrity(false);
+    /// # drop(builder);
+    /// ```
+    pub fn integrity(mut self, on: bool) -> Self {
+        self.integrity = on;
+        self
+    }
+
     /// For benchmarks of the emitting side: the writer takes records off the queue as usual
     /// and counts them as written without touching the database. Never use it otherwise.
     #[doc(hidden)]
@@ -305,7 +323,7 @@ impl AuditLayerBuilder {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let writer = Writer::new(
             rx,
-            Sink::new(pool, self.db_timeout),
+            Sink::new(pool, self.db_timeout, self.integrity),
             counters.clone(),
             seq.clone(),
             stream_id,

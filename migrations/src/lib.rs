@@ -41,6 +41,7 @@ migrations! {
     1 => "0001_audit_logs.sql",
     2 => "0002_commit_order.sql",
     3 => "0003_exactly_once.sql",
+    4 => "0004_integrity.sql",
 }
 
 /// The highest migration version embedded.

@@ -17,8 +17,10 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
+use super::hashing::ProofBuilder;
 use super::retry::{classify, FailureKind};
 use crate::error::describe_db_error;
+use crate::integrity::RECORD_ENCODING_V1;
 use crate::queue::Queued;
 
 const COPY_STATEMENT: &str = concat!(
@@ -48,6 +50,10 @@ const KEEP_REJECTED: &str = "INSERT INTO audit_logs_rejected \
 
 const RECORD_BATCH: &str =
     "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) VALUES ($1, $2, $3)";
+
+/// The ledger row of a batch with its proof (migration 0004).
+const RECORD_PROVEN_BATCH: &str = "INSERT INTO audit_writer_batches \
+     (stream_id, batch_id, rows, encoding, leaves, root) VALUES ($1, $2, $3, $4, $5, $6)";
 
 const FENCE_BATCH: &str = "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING rows";
@@ -124,11 +130,17 @@ impl Failure {
 pub(crate) struct Sink {
     pool: Pool,
     timeout: Duration,
+    /// Whether each batch commits its records' leaves and root.
+    integrity: bool,
 }
 
 impl Sink {
-    pub(crate) fn new(pool: Pool, timeout: Duration) -> Self {
-        Sink { pool, timeout }
+    pub(crate) fn new(pool: Pool, timeout: Duration, integrity: bool) -> Self {
+        Sink {
+            pool,
+            timeout,
+            integrity,
+        }
     }
 
     pub(crate) async fn client(&self) -> Result<Object, Failure> {
@@ -147,7 +159,11 @@ impl Sink {
     /// Writes all `records`, and the batch's ledger row, in one transaction, or nothing.
     pub(crate) async fn copy(&self, key: BatchKey, records: &[Queued]) -> Result<(), Failure> {
         let client = self.client().await?;
-        let outcome = tokio::time::timeout(self.timeout, copy_batch(&client, key, records)).await;
+        let outcome = tokio::time::timeout(
+            self.timeout,
+            copy_batch(&client, key, records, self.integrity),
+        )
+        .await;
         self.settle(client, outcome, "COPY into audit_logs")
     }
 
@@ -240,14 +256,38 @@ async fn copy_batch(
     client: &tokio_postgres::Client,
     key: BatchKey,
     records: &[Queued],
+    integrity: bool,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("BEGIN").await?;
     let work = async {
-        copy_rows(client, key.stream_id, records).await?;
+        let mut proof = integrity.then(|| ProofBuilder::new(key.stream_id, records.len()));
+        copy_rows(client, key.stream_id, records, proof.as_mut()).await?;
+        let proof = proof.map(ProofBuilder::finish);
         let rows = i32::try_from(records.len()).unwrap_or(i32::MAX);
-        client
-            .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
-            .await?;
+        match &proof {
+            Some(proof) => {
+                let encoding = i16::from(RECORD_ENCODING_V1);
+                let root: &[u8] = &proof.root;
+                client
+                    .execute(
+                        RECORD_PROVEN_BATCH,
+                        &[
+                            &key.stream_id,
+                            &key.batch_id,
+                            &rows,
+                            &encoding,
+                            &proof.leaves,
+                            &root,
+                        ],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
+                    .await?
+            }
+        };
         client.batch_execute("COMMIT").await?;
         // Readers that LISTEN (auditd's tail) look at once instead of at their next poll.
         // Sent after the commit, on its own: a full notification queue (a listener that
@@ -269,6 +309,7 @@ async fn copy_rows(
     client: &tokio_postgres::Client,
     stream_id: i64,
     records: &[Queued],
+    mut proof: Option<&mut ProofBuilder>,
 ) -> Result<(), tokio_postgres::Error> {
     let sink = client.copy_in(COPY_STATEMENT).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
@@ -292,6 +333,9 @@ async fn copy_rows(
                 seq,
             ])
             .await?;
+        if let Some(proof) = proof.as_deref_mut() {
+            proof.add(*seq, r);
+        }
     }
     writer.finish().await?;
     Ok(())

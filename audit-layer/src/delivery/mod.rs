@@ -4,10 +4,12 @@
 //! |---|---|
 //! | batching by size and time, flushes, shutdown, settling unknown outcomes | `writer` |
 //! | one batch as binary `COPY` plus its ledger row; refused records isolated | `copy` |
+//! | each batch's record leaves and Merkle root, committed in its ledger row | `hashing` |
 //! | which failures are worth retrying, and the backoff between tries | `retry` |
 //! | batches the database cannot take, kept on disk and replayed in order | `spool` |
 
 mod copy;
+mod hashing;
 mod retry;
 mod spool;
 mod writer;

@@ -57,6 +57,9 @@ const MAX_DEPTH: usize = 512;
 
 /// The text PostgreSQL 15 prints for `json::jsonb`, or why it would refuse `json`.
 pub fn jsonb_text(json: &str) -> Result<String, NotJsonb> {
+    if let Some(printed) = flat_object(json) {
+        return Ok(printed);
+    }
     let mut parser = Parser {
         text: json.as_bytes(),
         at: 0,
@@ -69,6 +72,94 @@ pub fn jsonb_text(json: &str) -> Result<String, NotJsonb> {
     let mut out = String::with_capacity(json.len() + json.len() / 8);
     value.print(&mut out);
     Ok(out)
+}
+
+/// The common case, without building a tree: a compact object whose values are strings
+/// without escapes, integers, booleans or null (what most records' metadata is). Such
+/// values print as they are written; only the members' order and the separators change.
+/// `None` for anything else, which the full parser takes.
+fn flat_object(json: &str) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    let mut at = 1;
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    if bytes.get(1) == Some(&b'}') {
+        return (bytes.len() == 2).then(|| "{}".to_owned());
+    }
+    // A string with nothing to unescape: its text, quotes included, and where it ends.
+    let plain_string = |start: usize| -> Option<usize> {
+        if bytes.get(start) != Some(&b'"') {
+            return None;
+        }
+        let mut i = start + 1;
+        loop {
+            match *bytes.get(i)? {
+                b'"' => return Some(i + 1),
+                b'\\' => return None,
+                b if b < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+    };
+    loop {
+        let key_end = plain_string(at)?;
+        let key = &json[at..key_end];
+        if bytes.get(key_end) != Some(&b':') {
+            return None;
+        }
+        let value_start = key_end + 1;
+        let value_end = match *bytes.get(value_start)? {
+            b'"' => plain_string(value_start)?,
+            b't' if json[value_start..].starts_with("true") => value_start + 4,
+            b'f' if json[value_start..].starts_with("false") => value_start + 5,
+            b'n' if json[value_start..].starts_with("null") => value_start + 4,
+            b'-' | b'0'..=b'9' => {
+                let digits_start = value_start + usize::from(bytes[value_start] == b'-');
+                let mut end = digits_start;
+                while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+                    end += 1;
+                }
+                let digits = &bytes[digits_start..end];
+                // Integers print as they are, but for a leading zero (not JSON) and -0.
+                let canonical = !digits.is_empty()
+                    && (digits[0] != b'0' || digits.len() == 1)
+                    && !(digits == b"0" && digits_start > value_start);
+                if !canonical || matches!(bytes.get(end), Some(b'.' | b'e' | b'E')) {
+                    return None;
+                }
+                end
+            }
+            _ => return None,
+        };
+        members.push((key, &json[value_start..value_end]));
+        match bytes.get(value_end) {
+            Some(b',') => at = value_end + 1,
+            Some(b'}') if value_end + 1 == bytes.len() => break,
+            _ => return None,
+        }
+    }
+    // jsonb's order: shorter keys first, then by bytes (quotes alike on every key); the
+    // last of duplicates kept, as the stable sort leaves them in input order.
+    members.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    let mut out = String::with_capacity(json.len() + 2 * members.len());
+    out.push('{');
+    let mut first = true;
+    for (i, (key, value)) in members.iter().enumerate() {
+        if members.get(i + 1).is_some_and(|(next, _)| next == key) {
+            continue;
+        }
+        if !first {
+            out.push_str(", ");
+        }
+        first = false;
+        out.push_str(key);
+        out.push_str(": ");
+        out.push_str(value);
+    }
+    out.push('}');
+    Some(out)
 }
 
 enum Value {
@@ -466,6 +557,35 @@ fn numeric_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flat_object_path_prints_what_the_full_parser_prints() {
+        for json in [
+            r#"{"thread":3,"seq":12,"a":"x","bb":true,"a":null,"c":-7,"d":0}"#,
+            r#"{}"#,
+            r#"{"é":"✓","e":"plain"}"#,
+        ] {
+            let fast = flat_object(json).expect(json);
+            let mut parser = Parser {
+                text: json.as_bytes(),
+                at: 0,
+            };
+            let mut full = String::new();
+            parser.value(0).unwrap().print(&mut full);
+            assert_eq!(fast, full, "{json}");
+        }
+        // What it leaves to the full parser.
+        for json in [
+            r#"{"a":-0}"#,
+            r#"{"a":1.5}"#,
+            r#"{"a":"\n"}"#,
+            r#"{"a":[1]}"#,
+            r#" {"a":1}"#,
+            r#"{"a":1} "#,
+        ] {
+            assert_eq!(flat_object(json), None, "{json}");
+        }
+    }
 
     #[test]
     fn numbers_print_as_numeric_does() {

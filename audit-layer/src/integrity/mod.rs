@@ -6,17 +6,18 @@
 //! | a stored record's canonical encoding (version 1) and its leaf hash | `record` ([`StoredRecord`]) |
 //! | RFC 6962 / RFC 9162 Merkle trees: heads, inclusion and consistency proofs | [`merkle`] |
 //!
-//! These are shared by the writer and by a verifier: the writer will hash each record
-//! before `COPY` and commit each batch's root with it, and a verifier recompute both from
-//! the stored rows. Neither is wired in yet: this module is the encoding and the tree,
-//! each proved on its own (`tests/integrity_encoding.rs` against PostgreSQL).
+//! The writer and a verifier share them: the writer hashes each record before `COPY` and
+//! commits each batch's leaves and root with it (on by default,
+//! [`AuditLayerBuilder::integrity`](crate::AuditLayerBuilder::integrity)); a verifier
+//! recomputes both from the stored rows ([`stored_leaf`]). The signed log over the batches
+//! is not built yet.
 
 mod canonical_json;
 pub mod merkle;
 mod record;
 
 pub use canonical_json::{jsonb_text, NotJsonb};
-pub use record::{StoredRecord, RECORD_ENCODING_V1};
+pub use record::{stored_leaf, StoredRecord, RECORD_ENCODING_V1, STORED_RECORD_COLUMNS};
 
 /// Lowercase hex of a hash, as the verifier and the API show them.
 pub fn hex(bytes: &[u8]) -> String {

@@ -94,6 +94,34 @@ impl StoredRecord<'_> {
     }
 }
 
+/// The columns to select for [`stored_leaf`]: every stored value, `metadata` as the text
+/// PostgreSQL prints for it.
+pub const STORED_RECORD_COLUMNS: &str = "stream_id, seq, created_at, username, user_id, \
+     event_type, severity, message, ip_address, resource_type, resource_id, resource_name, \
+     metadata::text AS metadata_text";
+
+/// The leaf hash of a row read with [`STORED_RECORD_COLUMNS`], recomputed from what
+/// PostgreSQL holds.
+pub fn stored_leaf(row: &tokio_postgres::Row) -> Result<Hash, tokio_postgres::Error> {
+    let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
+    Ok(StoredRecord {
+        stream_id: row.try_get("stream_id")?,
+        seq: row.try_get("seq")?,
+        created_at_micros: created_at.timestamp_micros(),
+        username: row.try_get("username")?,
+        user_id: row.try_get("user_id")?,
+        event_type: row.try_get("event_type")?,
+        severity: row.try_get("severity")?,
+        message: row.try_get("message")?,
+        ip_address: row.try_get("ip_address")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        resource_name: row.try_get("resource_name")?,
+        metadata: row.try_get("metadata_text")?,
+    }
+    .leaf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,11 @@ impl EventTime {
         EventTime(time.timestamp_micros())
     }
 
+    /// Microseconds since the Unix epoch, as `timestamptz` keeps them.
+    pub(crate) fn micros(self) -> i64 {
+        self.0
+    }
+
     pub(crate) fn to_datetime(self) -> DateTime<Utc> {
         // Every EventTime came from the clock or from a DateTime, so it is in range.
         DateTime::from_timestamp_micros(self.0).unwrap_or_default()
