@@ -1,9 +1,16 @@
 //! auditd: the audit log daemon.
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    auditd::commands::run(auditd::commands::Cli::parse()).await
+async fn main() -> ExitCode {
+    match auditd::commands::run(auditd::commands::Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
 }

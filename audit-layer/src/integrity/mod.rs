@@ -5,6 +5,7 @@
 //! | the bytes PostgreSQL prints for `jsonb`, computed from the text sent | `canonical_json` ([`jsonb_text`]) |
 //! | a stored record's canonical encoding (version 1) and its leaf hash | `record` ([`StoredRecord`]) |
 //! | RFC 6962 / RFC 9162 Merkle trees: heads, inclusion and consistency proofs | [`merkle`] |
+//! | checking the stored records and batches against what was committed | `verify` ([`verify()`]) |
 //!
 //! The writer and a verifier share them: the writer hashes each record before `COPY` and
 //! commits each batch's leaves and root with it (on by default,
@@ -15,9 +16,11 @@
 mod canonical_json;
 pub mod merkle;
 mod record;
+mod verify;
 
 pub use canonical_json::{jsonb_text, NotJsonb};
 pub use record::{stored_leaf, StoredRecord, RECORD_ENCODING_V1, STORED_RECORD_COLUMNS};
+pub use verify::{verify, Finding, Report};
 
 /// Lowercase hex of a hash, as the verifier and the API show them.
 pub fn hex(bytes: &[u8]) -> String {

@@ -7,20 +7,25 @@ mod logging;
 mod schema;
 mod serve;
 mod upkeep;
+mod verify;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 
 pub use cli::{Cli, Command, DatabaseArgs, DemoArgs, ServeArgs};
 
-/// Runs the command `cli` names, with auditd's own diagnostics filtered by `--log`.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the command `cli` names, with auditd's own diagnostics filtered by `--log`, and
+/// says how the process should exit.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let done = |result: Result<()>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        None => serve::run(cli.serve, &cli.log).await,
-        Some(Command::Serve(args)) => serve::run(*args, &cli.log).await,
+        None => done(serve::run(cli.serve, &cli.log).await),
+        Some(Command::Serve(args)) => done(serve::run(*args, &cli.log).await),
         Some(Command::Migrate(db)) => {
             logging::init(&cli.log, None)?;
             let client = schema::connect(&db.database_url, db.db_timeout).await?;
-            schema::migrate(&client, db.db_timeout).await
+            done(schema::migrate(&client, db.db_timeout).await)
         }
         Some(Command::Partitions {
             database,
@@ -29,13 +34,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             logging::init(&cli.log, None)?;
             let client = schema::connect(&database.database_url, database.db_timeout).await?;
             schema::ensure_partitions(&client, months_ahead, database.db_timeout).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::TextIndex { database, remove }) => {
             logging::init(&cli.log, None)?;
             let client = schema::connect(&database.database_url, database.db_timeout).await?;
-            schema::text_index(&client, remove).await
+            done(schema::text_index(&client, remove).await)
         }
-        Some(Command::Demo(args)) => demo::run(args, &cli.log).await,
+        Some(Command::Verify(database)) => {
+            logging::init(&cli.log, None)?;
+            Ok(verify::run(&database).await)
+        }
+        Some(Command::Demo(args)) => done(demo::run(args, &cli.log).await),
     }
 }
