@@ -160,6 +160,14 @@ impl App {
             .map_err(|_| ApiError::overloaded("exports and event streams"))
     }
 
+    /// Returns once every export and event stream has ended and written its access record
+    /// (each holds its slot until then).
+    pub async fn streams_finished(&self) {
+        let all = u32::try_from(self.limits.max_streams).unwrap_or(u32::MAX);
+        // Acquired and released at once: only the waiting matters.
+        let _ = self.stream_permits.acquire_many(all).await;
+    }
+
     /// A pooled connection, or 503.
     pub async fn client(&self) -> Result<Object, ApiError> {
         self.pool.get().await.map_err(|e| {

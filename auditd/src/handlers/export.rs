@@ -114,8 +114,9 @@ pub async fn export(
             failed => failed,
         };
         drop(client);
-        drop(stream_slot);
         app.record_read(&caller, route, &filters.describe(), sent, outcome);
+        // Only now: shutdown waits for every slot, so no stream's record is left behind.
+        drop(stream_slot);
     });
 
     let mut response = Response::new(body);

@@ -168,8 +168,9 @@ pub async fn stream(
             }
         }
         drop(client);
-        drop(stream_slot);
         app.record_read(&caller, route, &filters.describe(), sent, outcome);
+        // Only now: shutdown waits for every slot, so no stream's record is left behind.
+        drop(stream_slot);
     });
 
     let mut response = Response::new(body);

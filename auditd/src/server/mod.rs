@@ -138,7 +138,10 @@ pub async fn serve(
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_streams.send(true);
     tokio::select! {
-        () = app.connections.all_closed() => tracing::info!("all connections closed"),
+        () = async {
+            app.connections.all_closed().await;
+            app.streams_finished().await;
+        } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(options.shutdown_grace) => {
             tracing::warn!(grace = ?options.shutdown_grace, "connections still open after the grace period are cut when auditd exits");
         }
