@@ -39,6 +39,7 @@
 //! | event fields and span fields are read, secrets replaced, metadata written as JSON, following a plan made once per callsite; values PostgreSQL would refuse are fixed and noted; the record becomes one buffer | emitting thread | `layer`, `capture/` |
 //! | the record is numbered and handed to a bounded queue, never waiting; its buffer later comes back for reuse | emitting thread → writer thread | `queue/` |
 //! | records are batched by size and time and written with binary `COPY` and a ledger row, exactly once; refused records are isolated; batches the database cannot take wait on disk | writer thread | `delivery/` |
+//! | each batch's record hashes and Merkle root committed with it; stored records checked against them | writer thread; a verifier | [`integrity`] |
 //! | the schema applied, partitions kept ahead, the optional text index | whoever owns the table | [`schema`] |
 //!
 //! Fields named like a column (`username`, `user_id`, `event_type`, `ip_address`,

@@ -16,7 +16,7 @@
 //!
 //! Beside them: `admission` (how many connections, in all and per address), `state` (what handlers share), `auth/` (bearer tokens and signed download
 //! links), `metrics` (the request counters), `commands/` (the command line: `serve`,
-//! `migrate`, `partitions`, `text-index`, `demo`), and small codecs (`hex`,
+//! `migrate`, `partitions`, `text-index`, `verify`, `demo`), and small codecs (`hex`,
 //! `query_string`, `duration`).
 //!
 //! Serving in-process, as the tests do:

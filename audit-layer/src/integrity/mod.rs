@@ -21,8 +21,3 @@ mod verify;
 pub use canonical_json::{jsonb_text, NotJsonb};
 pub use record::{stored_leaf, StoredRecord, RECORD_ENCODING_V1, STORED_RECORD_COLUMNS};
 pub use verify::{verify, Finding, Report};
-
-/// Lowercase hex of a hash, as the verifier and the API show them.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -8,7 +8,7 @@
 //! What this cannot see yet: someone who rewrites records *and* their ledger rows
 //! consistently. That needs the ledger sealed into a signed log, which is not built yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use tokio_postgres::Client;
@@ -105,7 +105,7 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
     let mut report = Report::default();
     // The committed leaf of each (stream, seq).
     let mut committed: HashMap<(i64, i64), Hash> = HashMap::new();
-    let mut proven_streams: HashMap<i64, ()> = HashMap::new();
+    let mut proven_streams: HashSet<i64> = HashSet::new();
     let ledger = client
         .query(
             "SELECT stream_id, batch_id, encoding, leaves, root FROM audit_writer_batches \
@@ -120,7 +120,7 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
             continue;
         }
         report.batches += 1;
-        proven_streams.insert(stream_id, ());
+        proven_streams.insert(stream_id);
         let leaves: Option<Vec<u8>> = batch.get(3);
         let committed_root: Option<Vec<u8>> = batch.get(4);
         let (Some(leaves), Some(committed_root)) = (leaves, committed_root) else {
@@ -160,7 +160,7 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
             &[],
         )
         .await?;
-    let mut seen: HashMap<(i64, i64), ()> = HashMap::with_capacity(rows.len());
+    let mut seen: HashSet<(i64, i64)> = HashSet::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.try_get("id")?;
         let (stream_id, seq): (Option<i64>, Option<i64>) =
@@ -175,16 +175,16 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
             Some(_) => report
                 .findings
                 .push(Finding::Changed { id, stream_id, seq }),
-            None if proven_streams.contains_key(&stream_id) => {
+            None if proven_streams.contains(&stream_id) => {
                 report.findings.push(Finding::Added { id, stream_id, seq })
             }
             None => report.unproven += 1,
         }
-        seen.insert((stream_id, seq), ());
+        seen.insert((stream_id, seq));
     }
     let mut missing: Vec<(i64, i64)> = committed
         .keys()
-        .filter(|key| !seen.contains_key(key))
+        .filter(|key| !seen.contains(key))
         .copied()
         .collect();
     missing.sort_unstable();
