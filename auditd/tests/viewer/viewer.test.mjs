@@ -53,6 +53,17 @@ after(async () => {
 
 const rows = () => page.locator("#results tbody tr");
 
+// Polls a predicate through page.evaluate (a CDP call the page's CSP does not govern).
+// page.waitForFunction would be shorter, but when its first try fails it re-evaluates the
+// predicate as a string inside the page, which the CSP rightly refuses (`unsafe-eval`).
+async function waitUntil(predicate, what, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await page.evaluate(predicate))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 test("the page asks for the token once, then lists the newest records", async () => {
   const response = await page.goto(base + "/");
   const csp = response.headers()["content-security-policy"];
@@ -75,8 +86,10 @@ test("filters select rows and show in the URL", async () => {
   await page.getByLabel("User name").fill("mallory");
   await page.getByRole("button", { name: "Search" }).click();
   await page.waitForURL(/username=mallory/);
-  await page.waitForFunction(() =>
-    [...document.querySelectorAll("#results tbody tr td:nth-child(4)")].every((td) => td.textContent === "mallory"));
+  await waitUntil(() => {
+    const users = [...document.querySelectorAll("#results tbody tr td:nth-child(4)")];
+    return users.length > 0 && users.every((td) => td.textContent === "mallory");
+  }, "only mallory's rows are listed");
   assert.equal(await rows().count(), 12);
   const severities = await page.locator("#results tbody .sev").allTextContents();
   assert.ok(severities.every((s) => s === "warning"));
