@@ -53,6 +53,7 @@ mod access;
 mod admission;
 mod auth;
 pub mod commands;
+mod db;
 mod duration;
 mod handlers;
 mod hex;
@@ -62,6 +63,7 @@ mod query;
 mod query_string;
 mod replaceable;
 mod router;
+pub mod seal;
 mod server;
 mod state;
 

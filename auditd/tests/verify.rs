@@ -1,21 +1,30 @@
-//! `auditd verify`, the binary: exit 0 on a database whose records match what the writer
-//! committed, 1 (naming the finding) after a superuser changes a record, 2 when it cannot
-//! check at all.
+//! `auditd keygen`, `auditd seal` and `auditd verify`, the binaries: a key pair written
+//! with the signing key private, a seal that publishes its checkpoint, and verify exiting
+//! 0 on a database that matches what the writer committed and the log signed, 1 (naming
+//! the finding) after a superuser changes a record, 2 when it cannot check at all.
 
 use std::process::Command;
 use std::time::Duration;
 
 use tracing_subscriber::prelude::*;
 
-fn verify(url: &str) -> (i32, String) {
+fn auditd(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_auditd"))
-        .args(["verify", "--database-url", url, "--db-timeout", "10s"])
+        .args(args)
+        .env_remove("AUDITD_PUBLIC_KEY")
+        .env_remove("AUDITD_SIGNING_KEY")
         .output()
-        .expect("run auditd verify");
+        .expect("run auditd");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+fn verify(url: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["verify", "--database-url", url, "--db-timeout", "10s"];
+    args.extend_from_slice(extra);
+    auditd(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,19 +53,77 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     });
     handle.shutdown(Duration::from_secs(30)).await.unwrap();
 
-    let (code, out) = verify(&url);
+    let (code, out) = verify(&url, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact: 20 records proven"), "{out}");
+    assert!(out.contains("signed log: no checkpoint yet"), "{out}");
+
+    // A key pair: the signing key readable by its owner only, never overwritten.
+    let dir = std::env::temp_dir().join(format!("auditd-verify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("log.key");
+    let key = key.to_str().unwrap();
+    let public = format!("{key}.pub");
+    let (code, out) = auditd(&["keygen", "--out", key, "--name", "test.example/log"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("test.example/log+"),
+        "prints the public key: {out}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert!(std::fs::read_to_string(key)
+        .unwrap()
+        .starts_with("PRIVATE+KEY+test.example/log+"));
+    let (code, out) = auditd(&["keygen", "--out", key]);
+    assert_ne!(code, 0, "refuses to overwrite: {out}");
+
+    // Sealed, the checkpoint published to a file; verified with the public key.
+    let published = dir.join("checkpoint");
+    let published = published.to_str().unwrap();
+    let (code, out) = auditd(&[
+        "seal",
+        "--database-url",
+        &url,
+        "--signing-key",
+        key,
+        "--publish",
+        published,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let note = std::fs::read_to_string(published).unwrap();
+    assert!(note.starts_with("test.example/log\n"), "{note}");
+    let (code, out) = verify(&url, &["--public-key", &public, "--checkpoint", published]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("signed log: "), "{out}");
+    assert!(!out.contains("NOT checked"), "{out}");
+    let (code, out) = verify(&url, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("signatures NOT checked"), "{out}");
+
+    // A key others may read is refused.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, out) = auditd(&["seal", "--database-url", &url, "--signing-key", key]);
+    assert_ne!(code, 0);
+    assert!(out.contains("chmod 600"), "{out}");
 
     client
         .batch_execute("UPDATE audit_logs SET username = 'mallory' WHERE seq = 3")
         .await
         .unwrap();
-    let (code, out) = verify(&url);
+    let (code, out) = verify(&url, &["--public-key", &public]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("seq 3) changed"), "{out}");
     assert!(out.contains("NOT INTACT"), "{out}");
 
-    let (code, out) = verify("postgres://nobody@127.0.0.1:9/none?connect_timeout=1");
+    let (code, out) = verify("postgres://nobody@127.0.0.1:9/none?connect_timeout=1", &[]);
     assert_eq!(code, 2, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

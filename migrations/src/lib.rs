@@ -42,6 +42,7 @@ migrations! {
     2 => "0002_commit_order.sql",
     3 => "0003_exactly_once.sql",
     4 => "0004_integrity.sql",
+    5 => "0005_sealed_log.sql",
 }
 
 /// The highest migration version embedded.

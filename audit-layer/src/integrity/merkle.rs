@@ -193,6 +193,68 @@ pub fn verify_consistency(
     f_r == *old_root && s_r == *new_root && s_n == 0
 }
 
+/// A tree being appended to, kept as the heads of its perfect subtrees (a "compact
+/// range"): appending a leaf and taking the head cost `O(log n)` and memory stays
+/// `O(log n)`, so a log can grow for years without holding its leaves.
+///
+/// ```
+/// use audit_layer::integrity::merkle::{leaf_hash, root, CompactTree};
+///
+/// let leaves: Vec<_> = (0u8..7).map(|i| leaf_hash(&[i])).collect();
+/// let mut tree = CompactTree::default();
+/// for leaf in &leaves {
+///     tree.push(*leaf);
+/// }
+/// assert_eq!(tree.size(), 7);
+/// assert_eq!(tree.root(), root(&leaves));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactTree {
+    size: u64,
+    /// Heads of the perfect subtrees, largest (leftmost) first: one per set bit of `size`.
+    peaks: Vec<Hash>,
+}
+
+impl CompactTree {
+    /// The tree of `leaves`.
+    pub fn from_leaves(leaves: &[Hash]) -> Self {
+        let mut tree = CompactTree::default();
+        for leaf in leaves {
+            tree.push(*leaf);
+        }
+        tree
+    }
+
+    /// How many leaves the tree has.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = leaf;
+        // Each trailing one bit of the old size is a perfect subtree the same size as
+        // the one being carried: merge them, as in binary addition.
+        let mut carries = self.size.trailing_ones();
+        while carries > 0 {
+            let Some(left) = self.peaks.pop() else { break };
+            node = node_hash(&left, &node);
+            carries -= 1;
+        }
+        self.peaks.push(node);
+        self.size += 1;
+    }
+
+    /// The tree head (RFC 9162 `MTH`), as [`root`] computes it from all the leaves.
+    pub fn root(&self) -> Hash {
+        let mut peaks = self.peaks.iter().rev();
+        match peaks.next() {
+            None => root(&[]),
+            Some(last) => peaks.fold(*last, |right, left| node_hash(left, &right)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +263,19 @@ mod tests {
         (0..n)
             .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn a_compact_tree_has_the_head_of_its_leaves_at_every_size() {
+        let all = leaves(70);
+        let mut tree = CompactTree::default();
+        assert_eq!(tree.root(), root(&[]));
+        for n in 1..=all.len() {
+            tree.push(all[n - 1]);
+            assert_eq!(tree.size(), n as u64);
+            assert_eq!(tree.root(), root(&all[..n]), "size {n}");
+            assert_eq!(tree.peaks.len(), (n as u64).count_ones() as usize);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::duration::parse_duration;
+use crate::seal::Destination;
 
 /// The audit log daemon: serves the audit logs over HTTP (a viewer page at /, and an API to
 /// query, export and tail them), keeps the audit_logs schema and its partitions, and runs
@@ -74,16 +75,34 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
-    /// Check every stored record and batch against what the writer committed: each
-    /// record's hash, recomputed from its row, against its batch's ledger row, and each
-    /// batch's Merkle root against its hashes.
+    /// Make a key pair for signing the log's checkpoints: FILE (the signing key, mode
+    /// 600; keep it off the database host) and FILE.pub (the public key, for verifiers).
+    ///
+    /// Refuses to overwrite either file.
+    Keygen {
+        /// Where to write the signing key; the public key goes to the same path + `.pub`.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The log's name: the origin line of its checkpoints and the key's name. Unique
+        /// per log, no spaces or '+'; by convention host/path.
+        #[arg(long, env = "AUDITD_LOG_NAME", default_value_t = default_log_name())]
+        name: String,
+    },
+    /// Seal once: append every batch committed since the last seal to the signed log,
+    /// in commit order, and sign a checkpoint of it (for cron, when no auditd serve
+    /// seals). Safe to run beside auditd serve.
+    Seal(SealArgs),
+    /// Check every stored record, batch and checkpoint: each record's hash, recomputed
+    /// from its row, against its batch's ledger row; each batch's Merkle root; each
+    /// sealed batch against its leaf in the signed log; each checkpoint's signature and
+    /// root against the log; and the log against published copies of checkpoints.
     ///
     /// Exit status 0 when everything checked is intact, 1 when something is not (each
-    /// finding is printed: a record changed, missing or added; a ledger row changed), 2
-    /// when the check could not be made. Rows written without integrity are counted, not
-    /// reported. Not checked yet: a signed log over the ledger, so records rewritten
-    /// together with their ledger rows are not caught.
-    Verify(DatabaseArgs),
+    /// finding is printed: a record changed, missing or added; a ledger row changed,
+    /// missing or added; a checkpoint not matching, not signed, or the log shrunk), 2
+    /// when the check could not be made. Rows written without integrity, and batches not
+    /// sealed yet, are counted, not reported.
+    Verify(VerifyArgs),
     /// The quickstart: write the sample flows of a network-automation backend through
     /// audit-layer, show what was stored, and serve it (viewer and API) until Ctrl-C.
     ///
@@ -102,6 +121,52 @@ pub struct DatabaseArgs {
     /// Longest time to wait for a connection or a database call.
     #[arg(long, env = "AUDITD_DB_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub db_timeout: Duration,
+}
+
+/// The flags of `auditd seal`.
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// The database to seal.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The signing key (from `auditd keygen`).
+    #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: PathBuf,
+    /// Where to publish each new checkpoint, comma-separated: `-` (standard output), a
+    /// file path (replaced atomically), or an http:// URL (POST).
+    #[arg(long, env = "AUDITD_PUBLISH_CHECKPOINTS", value_delimiter = ',')]
+    pub publish: Vec<Destination>,
+}
+
+/// The flags of `auditd verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The database to check.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Files of public keys (from `auditd keygen`, one key per line: every key that
+    /// has signed, for rotations), comma-separated. Without one, checkpoint signatures
+    /// are not checked, and verify says so.
+    #[arg(
+        long,
+        env = "AUDITD_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub public_key: Vec<PathBuf>,
+    /// Published checkpoints (kept outside the database) to check the log against.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Vec<PathBuf>,
+}
+
+/// `<host name>/audit-log`, the default log name.
+fn default_log_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| crate::seal::valid_key_name(h))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}/audit-log")
 }
 
 /// The flags of `auditd demo`.
@@ -207,6 +272,27 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests when shutting down.
     #[arg(long, env = "AUDITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Seal the log with this signing key (from `auditd keygen`): every --seal-interval,
+    /// committed batches are appended to the signed log and a checkpoint is signed.
+    /// Without it auditd does not seal (run `auditd seal` from cron instead).
+    #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// How often to seal; the longest a committed record waits to be sealed is about
+    /// this plus the longest open transaction.
+    #[arg(long, env = "AUDITD_SEAL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub seal_interval: Duration,
+
+    /// Where to publish each new checkpoint, comma-separated: `-` (standard output), a
+    /// file path (replaced atomically), or an http:// URL (POST).
+    #[arg(
+        long,
+        env = "AUDITD_PUBLISH_CHECKPOINTS",
+        value_delimiter = ',',
+        requires = "signing_key"
+    )]
+    pub publish_checkpoints: Vec<Destination>,
 
     /// How often to create partitions ahead of time; 0 disables (when the role may not).
     #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]

@@ -1,10 +1,12 @@
 //! The command line and what each command does: `serve` (the default), `migrate`,
-//! `partitions`, `text-index`, `demo`.
+//! `partitions`, `text-index`, `keygen`, `seal`, `verify`, `demo`.
 
 mod cli;
 mod demo;
+mod keygen;
 mod logging;
 mod schema;
+mod seal;
 mod serve;
 mod upkeep;
 mod verify;
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-pub use cli::{Cli, Command, DatabaseArgs, DemoArgs, ServeArgs};
+pub use cli::{Cli, Command, DatabaseArgs, DemoArgs, SealArgs, ServeArgs, VerifyArgs};
 
 /// Runs the command `cli` names, with auditd's own diagnostics filtered by `--log`, and
 /// says how the process should exit.
@@ -41,9 +43,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let client = schema::connect(&database.database_url, database.db_timeout).await?;
             done(schema::text_index(&client, remove).await)
         }
-        Some(Command::Verify(database)) => {
+        Some(Command::Keygen { out, name }) => done(keygen::run(&out, &name)),
+        Some(Command::Seal(args)) => {
             logging::init(&cli.log, None)?;
-            Ok(verify::run(&database).await)
+            done(seal::run(&args).await)
+        }
+        Some(Command::Verify(args)) => {
+            logging::init(&cli.log, None)?;
+            Ok(verify::run(&args).await)
         }
         Some(Command::Demo(args)) => done(demo::run(args, &cli.log).await),
     }

@@ -4,22 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-/// Connects with one plain connection (no pool: these commands make a few calls and exit).
-pub async fn connect(url: &str, timeout: Duration) -> Result<Client> {
-    let connecting = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = tokio::time::timeout(timeout, connecting)
-        .await
-        .with_context(|| format!("no answer from the database within {timeout:?}"))?
-        .context("cannot connect to the database")?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "database connection closed");
-        }
-    });
-    Ok(client)
-}
+pub use crate::db::connect;
 
 /// Applies pending migrations and creates partitions ahead of time.
 pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {

@@ -15,6 +15,7 @@ use super::cli::ServeArgs;
 use super::{logging, upkeep};
 use crate::auth::{TokenStore, Tokens};
 use crate::query::commit_notices;
+use crate::seal::{publish, seal_periodically, Sealer, SigningKey};
 #[cfg(feature = "tls")]
 use crate::server::Certificate;
 use crate::server::{self, ServerOptions, TlsAcceptor};
@@ -29,6 +30,12 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
         bail!("no database: set DATABASE_URL or --database-url (see auditd --help)");
     };
     let tokens = load_tokens(&args)?;
+    let sealer = args
+        .signing_key
+        .as_deref()
+        .map(SigningKey::load)
+        .transpose()?
+        .map(Sealer::new);
     let (audit, audit_handle) = AuditLayer::builder()
         .database_url(args.audit_database_url.as_deref().unwrap_or(&url))
         .build()
@@ -39,9 +46,60 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let audit_handle = Arc::new(audit_handle);
-    serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await?;
+    let sealing = sealer.map(|sealer| {
+        tracing::info!(
+            log = sealer.key().name(),
+            interval = ?args.seal_interval,
+            "sealing the log"
+        );
+        tokio::spawn(seal_periodically(
+            url.clone(),
+            args.db_timeout,
+            sealer,
+            args.seal_interval,
+            args.publish_checkpoints.clone(),
+        ))
+    });
+    let served =
+        serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await;
     shutdown_audit(&audit_handle).await;
-    Ok(())
+    if let Some(sealing) = sealing {
+        // A seal cut short rolls back; the last one seals what the shutdown committed.
+        sealing.abort();
+        if let Some(path) = &args.signing_key {
+            final_seal(&url, &args, path).await;
+        }
+    }
+    served
+}
+
+/// Seals once more at exit, so that the records committed while shutting down (the
+/// access records of the last reads) do not wait for the next start.
+async fn final_seal(url: &str, args: &ServeArgs, key: &std::path::Path) {
+    let sealed = async {
+        let mut sealer = Sealer::new(SigningKey::load(key)?);
+        let mut client = crate::db::connect(url, args.db_timeout).await?;
+        let sealed = tokio::time::timeout(args.db_timeout, sealer.seal(&mut client))
+            .await
+            .context("the seal took too long")??;
+        if let Some(note) = &sealed.note {
+            for destination in &args.publish_checkpoints {
+                publish(destination, note).await?;
+            }
+        }
+        anyhow::Ok(sealed)
+    };
+    match sealed.await {
+        Ok(sealed) => tracing::info!(
+            tree_size = sealed.tree_size,
+            batches = sealed.batches,
+            "log sealed"
+        ),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "the last seal failed; the next seal takes it up"
+        ),
+    }
 }
 
 /// The pool for queries, with every wait bounded and a server-side statement timeout.

@@ -1,0 +1,128 @@
+//! The entry a committed batch has in the signed log, encoding version 1: what of its
+//! ledger row (`audit_writer_batches`) the log's leaf covers.
+//!
+//! The records are covered by the batch's Merkle root; the entry adds whose batch it is,
+//! how many records it proves, when and by which transaction it committed. A ledger row
+//! edited after it was sealed no longer hashes to its leaf in the log.
+
+use super::merkle::{leaf_hash, Hash};
+
+/// The version byte that starts a batch entry, version 1.
+pub const BATCH_ENCODING_V1: u8 = 1;
+
+/// A committed batch's ledger values, as its entry in the log covers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// The writer's stream.
+    pub stream_id: i64,
+    /// The batch, within its stream.
+    pub batch_id: i64,
+    /// How many records the batch committed to `audit_logs`.
+    pub rows: i32,
+    /// The record encoding version of its leaves.
+    pub encoding: i16,
+    /// The Merkle root of its records' leaves.
+    pub root: Hash,
+    /// `committed_at`, in microseconds since the Unix epoch.
+    pub committed_at_micros: i64,
+    /// The committing transaction (`pg_current_xact_id()`).
+    pub tx_id: i64,
+}
+
+/// The columns to select for [`BatchEntry::from_row`].
+pub const BATCH_ENTRY_COLUMNS: &str =
+    "stream_id, batch_id, rows, encoding, root, committed_at, tx_id";
+
+impl BatchEntry {
+    /// The encoding (version 1): fixed-width big-endian fields after the version byte.
+    pub fn encode(&self) -> [u8; 71] {
+        let mut out = [0u8; 71];
+        out[0] = BATCH_ENCODING_V1;
+        out[1..9].copy_from_slice(&self.stream_id.to_be_bytes());
+        out[9..17].copy_from_slice(&self.batch_id.to_be_bytes());
+        out[17..21].copy_from_slice(&self.rows.to_be_bytes());
+        out[21..23].copy_from_slice(&self.encoding.to_be_bytes());
+        out[23..55].copy_from_slice(&self.root);
+        out[55..63].copy_from_slice(&self.committed_at_micros.to_be_bytes());
+        out[63..71].copy_from_slice(&self.tx_id.to_be_bytes());
+        out
+    }
+
+    /// The entry's leaf hash in the log: `SHA-256(0x00 || encoding)`.
+    pub fn leaf(&self) -> Hash {
+        leaf_hash(&self.encode())
+    }
+
+    /// The entry of a ledger row read with [`BATCH_ENTRY_COLUMNS`], or `None` when the
+    /// row proves nothing (written without integrity, a fenced attempt) or its root is
+    /// not a hash.
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<Option<Self>, tokio_postgres::Error> {
+        let encoding: Option<i16> = row.try_get("encoding")?;
+        let root: Option<Vec<u8>> = row.try_get("root")?;
+        let rows: i32 = row.try_get("rows")?;
+        let (Some(encoding), Some(root)) = (encoding, root) else {
+            return Ok(None);
+        };
+        let Ok(root) = Hash::try_from(root.as_slice()) else {
+            return Ok(None);
+        };
+        if rows <= 0 {
+            return Ok(None);
+        }
+        let committed_at: chrono::DateTime<chrono::Utc> = row.try_get("committed_at")?;
+        Ok(Some(BatchEntry {
+            stream_id: row.try_get("stream_id")?,
+            batch_id: row.try_get("batch_id")?,
+            rows,
+            encoding,
+            root,
+            committed_at_micros: committed_at.timestamp_micros(),
+            tx_id: row.try_get("tx_id")?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_changes_the_leaf() {
+        let entry = BatchEntry {
+            stream_id: 1,
+            batch_id: 2,
+            rows: 3,
+            encoding: 1,
+            root: [7; 32],
+            committed_at_micros: 4,
+            tx_id: 5,
+        };
+        let variants = [
+            BatchEntry {
+                stream_id: 9,
+                ..entry
+            },
+            BatchEntry {
+                batch_id: 9,
+                ..entry
+            },
+            BatchEntry { rows: 9, ..entry },
+            BatchEntry {
+                encoding: 9,
+                ..entry
+            },
+            BatchEntry {
+                root: [9; 32],
+                ..entry
+            },
+            BatchEntry {
+                committed_at_micros: 9,
+                ..entry
+            },
+            BatchEntry { tx_id: 9, ..entry },
+        ];
+        for variant in variants {
+            assert_ne!(variant.leaf(), entry.leaf(), "{variant:?}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Sealing: appending the batches committed since the last seal to the signed log
+//! (`audit_log_tree`, migration 0005) and signing a checkpoint of it, in one transaction.
+//!
+//! Commit order without a race: a batch is taken only once its transaction id is below
+//! the snapshot horizon (`pg_snapshot_xmin(pg_current_snapshot())`), so every transaction
+//! that could still commit a batch before it has ended; the horizon is stored with the
+//! checkpoint, and the next seal starts there. Seals are serialised by an advisory lock,
+//! so any number of auditd processes (and `auditd seal` from cron) may run them.
+//!
+//! Before appending, the sealer checks that the stored tree is the one its latest
+//! checkpoint signed, and refuses to sign on top of a tree someone changed.
+
+use std::fmt;
+use std::time::Duration;
+
+use audit_layer::integrity::merkle::{CompactTree, Hash};
+use audit_layer::integrity::{BatchEntry, BATCH_ENTRY_COLUMNS};
+use chrono::Utc;
+use tokio_postgres::{Client, GenericClient};
+
+use super::checkpoint::Checkpoint;
+use super::keys::SigningKey;
+
+/// The advisory lock that serialises seals (`auditsea` in ASCII).
+const SEAL_LOCK: i64 = 0x6175_6469_7473_6561;
+
+/// Most batches appended by one seal; a backlog is sealed over several.
+pub const MAX_BATCHES_PER_SEAL: i64 = 100_000;
+
+/// Why a seal did not happen.
+#[derive(Debug)]
+pub enum SealError {
+    /// A database call failed.
+    Database(tokio_postgres::Error),
+    /// The stored tree is not the one the latest checkpoint signed: someone changed it.
+    Inconsistent(String),
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SealError::Database(e) => write!(f, "database: {e}"),
+            SealError::Inconsistent(why) => write!(
+                f,
+                "refusing to seal: {why}; run `auditd verify` to see what changed"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SealError {}
+
+impl From<tokio_postgres::Error> for SealError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SealError::Database(e)
+    }
+}
+
+/// What one seal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The tree's size after it.
+    pub tree_size: u64,
+    /// Batches appended.
+    pub batches: u64,
+    /// Records those batches hold.
+    pub records: u64,
+    /// The checkpoint signed, when one was (the tree grew, or the key is new).
+    pub note: Option<String>,
+    /// How long the oldest batch appended had waited since its commit.
+    pub longest_wait: Option<Duration>,
+}
+
+/// Seals with one key, remembering the tree between seals so that each costs what it
+/// appends, not the size of the log.
+pub struct Sealer {
+    key: SigningKey,
+    known: Option<Known>,
+}
+
+struct Known {
+    checkpoint_id: i64,
+    tree: CompactTree,
+}
+
+impl Sealer {
+    /// A sealer signing with `key`.
+    pub fn new(key: SigningKey) -> Self {
+        Sealer { key, known: None }
+    }
+
+    /// The key it signs with.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Appends what is ready and signs a checkpoint when the tree grew (or when this
+    /// key has not signed the latest one: a rotation starts with a checkpoint).
+    pub async fn seal(&mut self, client: &mut Client) -> Result<Sealed, SealError> {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEAL_LOCK])
+            .await?;
+        let latest = tx
+            .query_opt(
+                "SELECT id, tree_size, horizon, key_id, note FROM audit_checkpoints \
+                 ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        let (last_id, last_size, last_horizon, last_key, last_root) = match &latest {
+            None => (0, 0, 0, String::new(), CompactTree::default().root()),
+            Some(row) => {
+                let note: String = row.get(4);
+                let claimed = Checkpoint::parse_unverified(&note).map_err(|e| {
+                    SealError::Inconsistent(format!("the latest stored checkpoint: {e}"))
+                })?;
+                let size: i64 = row.get(1);
+                if claimed.size != size as u64 {
+                    return Err(SealError::Inconsistent(format!(
+                        "the latest checkpoint row says size {size}, its note {}",
+                        claimed.size
+                    )));
+                }
+                (
+                    row.get(0),
+                    size,
+                    row.get::<_, i64>(2),
+                    row.get(3),
+                    claimed.root,
+                )
+            }
+        };
+        let stored_size: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(position) + 1, 0) FROM audit_log_tree",
+                &[],
+            )
+            .await?
+            .get(0);
+        if stored_size != last_size {
+            return Err(SealError::Inconsistent(format!(
+                "the tree has {stored_size} leaves, its latest checkpoint {last_size}"
+            )));
+        }
+        let mut tree = match self.known.take() {
+            Some(known) if known.checkpoint_id == last_id => known.tree,
+            _ => load_tree(&tx, last_size).await?,
+        };
+        if tree.root() != last_root {
+            return Err(SealError::Inconsistent(
+                "the stored tree's root is not the one its latest checkpoint signed".to_owned(),
+            ));
+        }
+
+        let horizon: i64 = tx
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        let ready = tx
+            .query(
+                &format!(
+                    "SELECT {BATCH_ENTRY_COLUMNS} FROM audit_writer_batches b \
+                     WHERE tx_id >= $1 AND tx_id < $2 AND rows > 0 AND encoding IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM audit_log_tree t \
+                                       WHERE t.stream_id = b.stream_id AND t.batch_id = b.batch_id) \
+                     ORDER BY tx_id, stream_id, batch_id LIMIT $3"
+                ),
+                &[&last_horizon, &horizon, &MAX_BATCHES_PER_SEAL],
+            )
+            .await?;
+        // A seal cut short by the limit takes up again at its last batch's transaction.
+        let next_horizon = match ready.last() {
+            Some(last) if ready.len() as i64 == MAX_BATCHES_PER_SEAL => last.get("tx_id"),
+            _ => horizon,
+        };
+        let mut positions = Vec::with_capacity(ready.len());
+        let mut streams = Vec::with_capacity(ready.len());
+        let mut batches = Vec::with_capacity(ready.len());
+        let mut leaves: Vec<Vec<u8>> = Vec::with_capacity(ready.len());
+        let mut records = 0u64;
+        let mut oldest = None;
+        for row in &ready {
+            // The query's filter keeps only rows with an entry; a row whose root is not
+            // a hash is left out, for the verifier to report.
+            let Some(entry) = BatchEntry::from_row(row)? else {
+                continue;
+            };
+            let leaf = entry.leaf();
+            positions.push(tree.size() as i64);
+            streams.push(entry.stream_id);
+            batches.push(entry.batch_id);
+            leaves.push(leaf.to_vec());
+            tree.push(leaf);
+            records += entry.rows as u64;
+            oldest = Some(oldest.map_or(entry.committed_at_micros, |o: i64| {
+                o.min(entry.committed_at_micros)
+            }));
+        }
+        if !positions.is_empty() {
+            tx.execute(
+                "INSERT INTO audit_log_tree (position, stream_id, batch_id, leaf) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[])",
+                &[&positions, &streams, &batches, &leaves],
+            )
+            .await?;
+        }
+        let our_key = crate::hex::encode(&self.key.id());
+        let sign = !positions.is_empty() || latest.is_none() || last_key != our_key;
+        let now = Utc::now();
+        let note = if sign {
+            let checkpoint = Checkpoint {
+                origin: self.key.name().to_owned(),
+                size: tree.size(),
+                root: tree.root(),
+                time: Some(now),
+            };
+            let note = checkpoint.sign(&self.key);
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO audit_checkpoints (tree_size, horizon, key_name, key_id, note) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    &[
+                        &(tree.size() as i64),
+                        &next_horizon,
+                        &self.key.name(),
+                        &our_key,
+                        &note,
+                    ],
+                )
+                .await?
+                .get(0);
+            Some((id, note))
+        } else {
+            None
+        };
+        tx.commit().await?;
+        let checkpoint_id = note.as_ref().map_or(last_id, |(id, _)| *id);
+        let tree_size = tree.size();
+        self.known = Some(Known {
+            checkpoint_id,
+            tree,
+        });
+        Ok(Sealed {
+            tree_size,
+            batches: positions.len() as u64,
+            records,
+            note: note.map(|(_, note)| note),
+            longest_wait: oldest.map(|micros| {
+                let waited = now.timestamp_micros().saturating_sub(micros).max(0);
+                Duration::from_micros(waited as u64)
+            }),
+        })
+    }
+}
+
+/// The stored tree of `size` leaves, checking that positions run 0, 1, 2, ...
+pub async fn load_leaves(client: &impl GenericClient, size: i64) -> Result<Vec<Hash>, SealError> {
+    let rows = client
+        .query(
+            "SELECT position, leaf FROM audit_log_tree WHERE position < $1 ORDER BY position",
+            &[&size],
+        )
+        .await?;
+    let mut leaves = Vec::with_capacity(rows.len());
+    for (expected, row) in rows.iter().enumerate() {
+        let position: i64 = row.get(0);
+        let leaf: Vec<u8> = row.get(1);
+        if position != expected as i64 {
+            return Err(SealError::Inconsistent(format!(
+                "leaf {expected} of the tree is missing"
+            )));
+        }
+        let leaf = Hash::try_from(leaf.as_slice()).map_err(|_| {
+            SealError::Inconsistent(format!("leaf {position} of the tree is not a hash"))
+        })?;
+        leaves.push(leaf);
+    }
+    if leaves.len() as i64 != size {
+        return Err(SealError::Inconsistent(format!(
+            "the tree has {} leaves below its checkpoint's size {size}",
+            leaves.len()
+        )));
+    }
+    Ok(leaves)
+}
+
+async fn load_tree(client: &impl GenericClient, size: i64) -> Result<CompactTree, SealError> {
+    Ok(CompactTree::from_leaves(&load_leaves(client, size).await?))
+}

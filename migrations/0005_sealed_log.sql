@@ -1,0 +1,43 @@
+-- 0005: the signed log. auditd seals committed batches, in commit order, into one
+-- append-only RFC 6962 Merkle tree and signs checkpoints of it (C2SP tlog-checkpoint,
+-- Ed25519, with a key that is never in the database).
+--
+-- audit_log_tree: leaf `position` (0, 1, 2, ...) of the tree is the entry of one batch
+-- (audit_layer::integrity::BatchEntry, version 1: the ledger row's stream, batch, rows,
+-- encoding, root, committed_at and tx_id). A batch enters when every transaction that
+-- could still commit before it has ended: its tx_id is below the snapshot horizon
+-- pg_snapshot_xmin(pg_current_snapshot()) at sealing, so no batch overtakes another.
+CREATE TABLE audit_log_tree (
+    position  bigint PRIMARY KEY CHECK (position >= 0),
+    stream_id bigint NOT NULL,
+    batch_id  bigint NOT NULL,
+    leaf      bytea NOT NULL CHECK (octet_length(leaf) = 32),
+    sealed_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (stream_id, batch_id)
+);
+
+COMMENT ON TABLE audit_log_tree IS
+    'The signed log: leaf position n is the entry hash of one committed batch, in commit order. Append-only.';
+
+-- audit_checkpoints: every signed checkpoint, verbatim. `horizon`: every batch whose
+-- transaction id is below it was sealed by this checkpoint (the next seal starts there).
+CREATE TABLE audit_checkpoints (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tree_size bigint NOT NULL CHECK (tree_size >= 0),
+    horizon   bigint NOT NULL,
+    signed_at timestamptz NOT NULL DEFAULT now(),
+    key_name  text NOT NULL,
+    key_id    text NOT NULL,
+    note      text NOT NULL
+);
+
+CREATE INDEX audit_checkpoints_tree_size ON audit_checkpoints (tree_size);
+
+COMMENT ON TABLE audit_checkpoints IS
+    'Signed checkpoints of audit_log_tree (C2SP signed notes, Ed25519). Publish copies outside the database.';
+
+-- Sealing reads the batches committed since the last horizon.
+CREATE INDEX audit_writer_batches_tx_id ON audit_writer_batches (tx_id);
+
+COMMENT ON TABLE audit_writer_batches IS
+    'One row per batch committed by an audit-layer writer (rows = 0: an attempt fenced off after an unknown outcome). With integrity, evidence: kept as long as its records.';

@@ -1,0 +1,340 @@
+//! The signed log (migration 0005, `auditd::seal`): committed batches sealed in commit
+//! order into one Merkle tree whose checkpoints verify with the log's public key, and
+//! every tampering a superuser can do to the ledger, the tree or the checkpoints caught
+//! and named by the verifier, with no false alarm on an intact log.
+
+mod support;
+
+use std::time::Duration;
+
+use audit_layer::integrity::verify;
+use auditd::seal::{verify_log, Checkpoint, LogReport, SealError, Sealer, SigningKey};
+use support::{builder, connect, dispatch, emit_and_flush, TestDb};
+use tracing::info;
+
+async fn emit(db: &TestDb, n: usize, batch_size: usize) {
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_size(batch_size));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..n {
+            info!(target: "audit", username = "alice", event_type = "authentication", attempt = i, "User login");
+        }
+    });
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+async fn seal(db: &TestDb, sealer: &mut Sealer) -> Result<auditd::seal::Sealed, SealError> {
+    let mut client = connect(&db.url).await;
+    sealer.seal(&mut client).await
+}
+
+/// Seals until every committed batch is in the log. Another test's open transaction,
+/// in any database of the cluster, holds the horizon back for a moment: batches wait
+/// for it, as they should.
+async fn seal_all(db: &TestDb, sealer: &mut Sealer) -> auditd::seal::Sealed {
+    let mut total = seal(db, sealer).await.unwrap();
+    for _ in 0..200 {
+        let waiting = db
+            .count(
+                "SELECT count(*) FROM audit_writer_batches b WHERE rows > 0 AND NOT EXISTS
+                   (SELECT 1 FROM audit_log_tree t WHERE (t.stream_id, t.batch_id) = (b.stream_id, b.batch_id))",
+            )
+            .await;
+        if waiting == 0 {
+            return total;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let more = seal(db, sealer).await.unwrap();
+        total.batches += more.batches;
+        total.records += more.records;
+        total.tree_size = more.tree_size;
+        total.note = more.note.or(total.note);
+    }
+    panic!("batches still unsealed after 10 s");
+}
+
+/// The findings of both checks, records and log, joined; empty when intact.
+async fn findings(db: &TestDb, sealer: &Sealer, published: &[String]) -> (String, LogReport) {
+    let keys = [sealer.key().verifier()];
+    let records = verify(&db.client).await.unwrap();
+    let log = verify_log(&db.client, &keys, published).await.unwrap();
+    let all: Vec<String> = records
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .chain(log.findings.iter().map(ToString::to_string))
+        .collect();
+    (all.join("; "), log)
+}
+
+fn sealer() -> Sealer {
+    Sealer::new(SigningKey::generate("test.example/log").unwrap())
+}
+
+#[tokio::test]
+async fn committed_batches_are_sealed_once_under_checkpoints_that_verify() {
+    let db = TestDb::migrated("sealed_log_basics").await;
+    let mut sealer = sealer();
+    emit(&db, 500, 100).await;
+    let first = seal_all(&db, &mut sealer).await;
+    let batches = db
+        .count("SELECT count(*) FROM audit_writer_batches WHERE rows > 0")
+        .await;
+    assert_eq!(first.batches as i64, batches);
+    assert_eq!(first.records, 500);
+    assert_eq!(first.tree_size as i64, batches);
+    // The signed note is the one stored, and it opens with the public key.
+    let stored: String = db
+        .client
+        .query_one(
+            "SELECT note FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(Some(&stored), first.note.as_ref());
+    let (checkpoint, _) = Checkpoint::open(&stored, &[sealer.key().verifier()]).unwrap();
+    assert_eq!(checkpoint.size, first.tree_size);
+    assert_eq!(checkpoint.origin, "test.example/log");
+
+    // Nothing new: nothing appended, nothing signed.
+    let signed = db.count("SELECT count(*) FROM audit_checkpoints").await;
+    let again = seal(&db, &mut sealer).await.unwrap();
+    assert_eq!((again.batches, again.note), (0, None));
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_checkpoints").await,
+        signed
+    );
+
+    // More records, a second checkpoint; a fresh sealer (a restart) reloads the tree.
+    emit(&db, 250, 100).await;
+    let mut restarted = Sealer::new(SigningKey::parse(&sealer.key().to_text()).unwrap());
+    let second = seal_all(&db, &mut restarted).await;
+    assert_eq!(second.records, 250);
+    let (found, log) = findings(&db, &sealer, &[stored]).await;
+    assert_eq!(found, "");
+    assert_eq!(log.tree_size, second.tree_size);
+    assert_eq!(log.sealed_records, 750);
+    assert!(log.checkpoints >= 2);
+    assert_eq!(log.unsealed_batches, 0);
+    // Each batch is in the tree once.
+    assert_eq!(
+        db.count("SELECT count(*) - count(DISTINCT (stream_id, batch_id)) FROM audit_log_tree")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_open_transaction_holds_sealing_back_so_no_batch_is_overtaken() {
+    let db = TestDb::migrated("sealed_log_horizon").await;
+    let mut sealer = sealer();
+    // A transaction that has begun writing and not committed yet, like a writer's
+    // batch in flight: every batch committed after it waits until it ends.
+    let open = connect(&db.url).await;
+    open.batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    emit(&db, 50, 10).await;
+    let held = seal(&db, &mut sealer).await.unwrap();
+    assert_eq!(held.batches, 0, "no batch sealed past an open transaction");
+    let (found, log) = findings(&db, &sealer, &[]).await;
+    assert_eq!(found, "");
+    assert_eq!(log.unsealed_records, 50);
+    open.batch_execute("COMMIT").await.unwrap();
+    let released = seal_all(&db, &mut sealer).await;
+    assert_eq!(released.records, 50);
+    // Sealed in commit order: leaf positions follow the committing transactions.
+    let out_of_order = db
+        .count(
+            "SELECT count(*) FROM (SELECT b.tx_id, lag(b.tx_id) OVER (ORDER BY t.position) AS before
+               FROM audit_log_tree t JOIN audit_writer_batches b USING (stream_id, batch_id)) s
+             WHERE before > tx_id",
+        )
+        .await;
+    assert_eq!(out_of_order, 0);
+}
+
+#[tokio::test]
+async fn every_tampering_with_ledger_tree_or_checkpoints_is_caught_and_named() {
+    let db = TestDb::migrated("sealed_log_tamper").await;
+    let mut sealer = sealer();
+    emit(&db, 300, 50).await;
+    let published = seal_all(&db, &mut sealer).await.note.unwrap();
+    emit(&db, 100, 50).await;
+    seal_all(&db, &mut sealer).await;
+    assert_eq!(findings(&db, &sealer, &[]).await.0, "");
+    let newest = "(SELECT max(position) FROM audit_log_tree)";
+    let last_published = Checkpoint::parse_unverified(&published).unwrap().size - 1;
+    let cases = [
+        // The ledger row of a sealed batch, edited.
+        (
+            "UPDATE audit_writer_batches SET committed_at = committed_at - interval '1 hour'
+             WHERE batch_id = 2".to_owned(),
+            "ledger row of batch 2 (stream",
+        ),
+        (
+            "UPDATE audit_writer_batches SET rows = rows - 1 WHERE batch_id = 3".to_owned(),
+            "ledger row of batch 3 (stream",
+        ),
+        // A whole batch removed: its records and its ledger row.
+        (
+            "DELETE FROM audit_logs WHERE seq BETWEEN 101 AND 150;
+             DELETE FROM audit_writer_batches WHERE batch_id = 3".to_owned(),
+            "batch 3 (stream",
+        ),
+        // The newest sealed batch removed with its leaf: the checkpoints still say it.
+        (
+            format!(
+                "DELETE FROM audit_writer_batches b USING audit_log_tree t
+                  WHERE (b.stream_id, b.batch_id) = (t.stream_id, t.batch_id) AND t.position = {newest};
+                 DELETE FROM audit_log_tree WHERE position = {newest}"
+            ),
+            "log not consistent with checkpoint",
+        ),
+        // ... and with every checkpoint that says it: the published copy still does.
+        (
+            format!(
+                "DELETE FROM audit_log_tree WHERE position >= {last_published};
+                 DELETE FROM audit_checkpoints WHERE tree_size > {last_published}"
+            ),
+            "log not consistent with the published checkpoint",
+        ),
+        // A stored checkpoint edited: its note, or its row.
+        (
+            "UPDATE audit_checkpoints SET note = regexp_replace(note, E'\\n[0-9]+\\n', E'\\n1\\n')
+             WHERE id = 1".to_owned(),
+            "checkpoint 1 not trusted: its signature does not verify",
+        ),
+        (
+            "UPDATE audit_checkpoints SET tree_size = 0 WHERE id = 1".to_owned(),
+            "checkpoint 1 changed",
+        ),
+        // A forged ledger row, plausible and older than the last seal.
+        (
+            "INSERT INTO audit_writer_batches (stream_id, batch_id, rows, encoding, leaves, root, tx_id)
+             SELECT stream_id, 999, 1, 1, ''::bytea, sha256(''::bytea), 3 FROM audit_writer_batches LIMIT 1".to_owned(),
+            "ledger row of batch 999 (stream",
+        ),
+        // Records, ledger rows and leaves rewritten consistently: only the signature knows.
+        (
+            "UPDATE audit_log_tree SET leaf = sha256(leaf) WHERE position = 0".to_owned(),
+            "log not consistent with checkpoint 1",
+        ),
+        // The table emptied and a subset put back.
+        (
+            "CREATE TEMP TABLE keep AS SELECT * FROM audit_logs WHERE seq % 2 = 0;
+             TRUNCATE audit_logs;
+             INSERT INTO audit_logs OVERRIDING SYSTEM VALUE SELECT * FROM keep".to_owned(),
+            "seq 1 missing",
+        ),
+    ];
+    for (change, finding) in cases {
+        db.client.batch_execute("BEGIN").await.unwrap();
+        db.client
+            .batch_execute("SET LOCAL session_replication_role = replica")
+            .await
+            .unwrap();
+        db.client.batch_execute(&change).await.unwrap();
+        let (found, _) = findings(&db, &sealer, std::slice::from_ref(&published)).await;
+        db.client.batch_execute("ROLLBACK").await.unwrap();
+        assert!(found.contains(finding), "{change}\n  found: {found}");
+    }
+    // Rolled back, all of it: intact again.
+    assert_eq!(findings(&db, &sealer, &[published]).await.0, "");
+}
+
+#[tokio::test]
+async fn the_sealer_refuses_to_sign_over_a_tree_that_was_changed() {
+    let db = TestDb::migrated("sealed_log_refuse").await;
+    let mut sealer = sealer();
+    emit(&db, 100, 20).await;
+    seal_all(&db, &mut sealer).await;
+    db.client
+        .batch_execute("UPDATE audit_log_tree SET leaf = sha256(leaf) WHERE position = 1")
+        .await
+        .unwrap();
+    emit(&db, 10, 20).await;
+    // A fresh sealer (a restart, or cron) reads the tree and sees it.
+    let mut fresh = Sealer::new(SigningKey::parse(&sealer.key().to_text()).unwrap());
+    let refused = seal(&db, &mut fresh).await.unwrap_err();
+    assert!(matches!(refused, SealError::Inconsistent(_)), "{refused}");
+    assert_eq!(db.count("SELECT count(*) FROM audit_checkpoints").await, 1);
+}
+
+#[tokio::test]
+async fn a_new_key_signs_from_a_checkpoint_on_and_old_checkpoints_verify_with_the_old_key() {
+    let db = TestDb::migrated("sealed_log_rotation").await;
+    let mut old = sealer();
+    emit(&db, 60, 20).await;
+    seal_all(&db, &mut old).await;
+    let mut new = Sealer::new(SigningKey::generate("test.example/log").unwrap());
+    let rotated = seal(&db, &mut new).await.unwrap();
+    assert!(
+        rotated.note.is_some(),
+        "a new key signs at once, even with nothing new"
+    );
+    emit(&db, 60, 20).await;
+    seal_all(&db, &mut new).await;
+    let both = [old.key().verifier(), new.key().verifier()];
+    let log = verify_log(&db.client, &both, &[]).await.unwrap();
+    assert!(log.intact(), "{:?}", log.findings);
+    assert!(log.checkpoints >= 3);
+    // Given only the new key, the old key's checkpoint is not trusted, and says why.
+    let only_new = verify_log(&db.client, &[new.key().verifier()], &[])
+        .await
+        .unwrap();
+    let old_ids: Vec<i64> = db
+        .client
+        .query(
+            "SELECT id FROM audit_checkpoints WHERE key_id = $1 ORDER BY id",
+            &[&old.key().verifier().to_text().split('+').nth(1).unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!old_ids.is_empty());
+    let found: Vec<String> = only_new.findings.iter().map(ToString::to_string).collect();
+    let expected: Vec<String> = old_ids
+        .iter()
+        .map(|id| format!("checkpoint {id} not trusted: signed by none of the public keys given"))
+        .collect();
+    assert_eq!(found, expected);
+}
+
+#[tokio::test]
+async fn records_dropped_rejected_or_bisected_seal_without_false_alarms() {
+    let db = TestDb::migrated("sealed_log_no_false_alarm").await;
+    db.client
+        .batch_execute(
+            "ALTER TABLE audit_logs ADD CONSTRAINT no_poison CHECK (message <> 'poison') NOT VALID",
+        )
+        .await
+        .unwrap();
+    let mut sealer = sealer();
+    // A tiny queue drops records (and says so in an audit_dropped record); a poison
+    // record is bisected out into audit_logs_rejected.
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_size(200).queue_capacity(64));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..5_000 {
+            let message = if i == 77 { "poison" } else { "fine" };
+            info!(target: "audit", username = "u", event_type = "e", "{message}");
+        }
+    });
+    let stats = handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    emit_and_flush(
+        &db,
+        || info!(target: "audit", username = "v", event_type = "e", "later"),
+    )
+    .await;
+    seal_all(&db, &mut sealer).await;
+    let (found, log) = findings(&db, &sealer, &[]).await;
+    assert_eq!(found, "");
+    assert!(stats.dropped > 0, "the test dropped records: {stats:?}");
+    assert_eq!(
+        log.sealed_records as i64,
+        db.count("SELECT count(*) FROM audit_logs").await,
+    );
+}
