@@ -119,6 +119,11 @@ async fn a_change_made_after_commit_no_longer_matches_its_batch() {
     ] {
         // Each change in a transaction of its own, rolled back after the check.
         db.client.batch_execute("BEGIN").await.unwrap();
+        // The append-only trigger stops this; a superuser gets past it like so.
+        db.client
+            .batch_execute("SET LOCAL session_replication_role = replica")
+            .await
+            .unwrap();
         db.client.batch_execute(change).await.unwrap();
         let found = prove_every_record(&db).await;
         db.client.batch_execute("ROLLBACK").await.unwrap();

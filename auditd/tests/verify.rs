@@ -115,7 +115,11 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     assert!(out.contains("chmod 600"), "{out}");
 
     client
-        .batch_execute("UPDATE audit_logs SET username = 'mallory' WHERE seq = 3")
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE audit_logs SET username = 'mallory' WHERE seq = 3;
+             RESET session_replication_role",
+        )
         .await
         .unwrap();
     let (code, out) = verify(&url, &["--public-key", &public]);

@@ -43,6 +43,7 @@ migrations! {
     3 => "0003_exactly_once.sql",
     4 => "0004_integrity.sql",
     5 => "0005_sealed_log.sql",
+    6 => "0006_append_only.sql",
 }
 
 /// The highest migration version embedded.
