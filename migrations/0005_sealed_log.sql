@@ -4,7 +4,7 @@
 --
 -- audit_log_tree: leaf `position` (0, 1, 2, ...) of the tree is the entry of one batch
 -- (audit_layer::integrity::BatchEntry, version 1: the ledger row's stream, batch, rows,
--- encoding, root, committed_at and tx_id). A batch enters when every transaction that
+-- seq range, encoding, root, committed_at and tx_id). A batch enters when every transaction that
 -- could still commit before it has ended: its tx_id is below the snapshot horizon
 -- pg_snapshot_xmin(pg_current_snapshot()) at sealing, so no batch overtakes another.
 CREATE TABLE audit_log_tree (
@@ -38,6 +38,14 @@ COMMENT ON TABLE audit_checkpoints IS
 
 -- Sealing reads the batches committed since the last horizon.
 CREATE INDEX audit_writer_batches_tx_id ON audit_writer_batches (tx_id);
+
+-- The seq range of a proven batch (its first and last record in audit_logs), so that a
+-- record's batch is found by index, for its proof, and sealed with the entry.
+ALTER TABLE audit_writer_batches
+    ADD COLUMN first_seq bigint,
+    ADD COLUMN last_seq bigint;
+CREATE INDEX audit_writer_batches_seq_range ON audit_writer_batches (stream_id, first_seq)
+    WHERE first_seq IS NOT NULL;
 
 COMMENT ON TABLE audit_writer_batches IS
     'One row per batch committed by an audit-layer writer (rows = 0: an attempt fenced off after an unknown outcome). With integrity, evidence: kept as long as its records.';

@@ -212,8 +212,10 @@ async fn every_tampering_with_ledger_tree_or_checkpoints_is_caught_and_named() {
         ),
         // A forged ledger row, plausible and older than the last seal.
         (
-            "INSERT INTO audit_writer_batches (stream_id, batch_id, rows, encoding, leaves, root, tx_id)
-             SELECT stream_id, 999, 1, 1, ''::bytea, sha256(''::bytea), 3 FROM audit_writer_batches LIMIT 1".to_owned(),
+            "INSERT INTO audit_writer_batches
+               (stream_id, batch_id, rows, first_seq, last_seq, encoding, leaves, root, tx_id)
+             SELECT stream_id, 999, 1, 401, 401, 1, ''::bytea, sha256(''::bytea), 3
+             FROM audit_writer_batches LIMIT 1".to_owned(),
             "ledger row of batch 999 (stream",
         ),
         // Records, ledger rows and leaves rewritten consistently: only the signature knows.
@@ -251,7 +253,11 @@ async fn the_sealer_refuses_to_sign_over_a_tree_that_was_changed() {
     emit(&db, 100, 20).await;
     seal_all(&db, &mut sealer).await;
     db.client
-        .batch_execute("UPDATE audit_log_tree SET leaf = sha256(leaf) WHERE position = 1")
+        .batch_execute(
+            "SET session_replication_role = replica;
+             UPDATE audit_log_tree SET leaf = sha256(leaf) WHERE position = 1;
+             RESET session_replication_role",
+        )
         .await
         .unwrap();
     emit(&db, 10, 20).await;

@@ -19,6 +19,7 @@ use crate::auth::TokenStore;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::query::{CommitNotices, Filters, Params, SharedSample};
+use crate::seal::LogLeaves;
 
 /// Limits and intervals of the API.
 #[derive(Debug, Clone)]
@@ -107,6 +108,8 @@ pub struct App {
     pub connections: Arc<Connections>,
     /// Messages sampled to tune text search, renewed by the server.
     pub text_sample: Arc<SharedSample>,
+    /// The signed log's leaves, held for proofs.
+    pub log_leaves: LogLeaves,
     narrowed_text_searches: AtomicU64,
 }
 
@@ -138,6 +141,7 @@ impl App {
             audit_handle,
             commit_notices,
             text_sample: Arc::default(),
+            log_leaves: LogLeaves::default(),
             narrowed_text_searches: AtomicU64::new(0),
         }
     }

@@ -53,7 +53,8 @@ const RECORD_BATCH: &str =
 
 /// The ledger row of a batch with its proof (migration 0004).
 const RECORD_PROVEN_BATCH: &str = "INSERT INTO audit_writer_batches \
-     (stream_id, batch_id, rows, encoding, leaves, root) VALUES ($1, $2, $3, $4, $5, $6)";
+     (stream_id, batch_id, rows, encoding, leaves, root, first_seq, last_seq) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 const FENCE_BATCH: &str = "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING rows";
@@ -268,6 +269,8 @@ async fn copy_batch(
             Some(proof) => {
                 let encoding = i16::from(RECORD_ENCODING_V1);
                 let root: &[u8] = &proof.root;
+                let first_seq = records.first().map(|r| r.seq);
+                let last_seq = records.last().map(|r| r.seq);
                 client
                     .execute(
                         RECORD_PROVEN_BATCH,
@@ -278,6 +281,8 @@ async fn copy_batch(
                             &encoding,
                             &proof.leaves,
                             &root,
+                            &first_seq,
+                            &last_seq,
                         ],
                     )
                     .await?

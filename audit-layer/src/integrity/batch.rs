@@ -19,6 +19,10 @@ pub struct BatchEntry {
     pub batch_id: i64,
     /// How many records the batch committed to `audit_logs`.
     pub rows: i32,
+    /// The seq of its first record.
+    pub first_seq: i64,
+    /// The seq of its last record.
+    pub last_seq: i64,
     /// The record encoding version of its leaves.
     pub encoding: i16,
     /// The Merkle root of its records' leaves.
@@ -31,20 +35,22 @@ pub struct BatchEntry {
 
 /// The columns to select for [`BatchEntry::from_row`].
 pub const BATCH_ENTRY_COLUMNS: &str =
-    "stream_id, batch_id, rows, encoding, root, committed_at, tx_id";
+    "stream_id, batch_id, rows, first_seq, last_seq, encoding, root, committed_at, tx_id";
 
 impl BatchEntry {
     /// The encoding (version 1): fixed-width big-endian fields after the version byte.
-    pub fn encode(&self) -> [u8; 71] {
-        let mut out = [0u8; 71];
+    pub fn encode(&self) -> [u8; 87] {
+        let mut out = [0u8; 87];
         out[0] = BATCH_ENCODING_V1;
         out[1..9].copy_from_slice(&self.stream_id.to_be_bytes());
         out[9..17].copy_from_slice(&self.batch_id.to_be_bytes());
         out[17..21].copy_from_slice(&self.rows.to_be_bytes());
-        out[21..23].copy_from_slice(&self.encoding.to_be_bytes());
-        out[23..55].copy_from_slice(&self.root);
-        out[55..63].copy_from_slice(&self.committed_at_micros.to_be_bytes());
-        out[63..71].copy_from_slice(&self.tx_id.to_be_bytes());
+        out[21..29].copy_from_slice(&self.first_seq.to_be_bytes());
+        out[29..37].copy_from_slice(&self.last_seq.to_be_bytes());
+        out[37..39].copy_from_slice(&self.encoding.to_be_bytes());
+        out[39..71].copy_from_slice(&self.root);
+        out[71..79].copy_from_slice(&self.committed_at_micros.to_be_bytes());
+        out[79..87].copy_from_slice(&self.tx_id.to_be_bytes());
         out
     }
 
@@ -54,13 +60,17 @@ impl BatchEntry {
     }
 
     /// The entry of a ledger row read with [`BATCH_ENTRY_COLUMNS`], or `None` when the
-    /// row proves nothing (written without integrity, a fenced attempt) or its root is
-    /// not a hash.
+    /// row proves nothing (written without integrity, a fenced attempt) or is malformed
+    /// (its root not a hash, its seq range missing).
     pub fn from_row(row: &tokio_postgres::Row) -> Result<Option<Self>, tokio_postgres::Error> {
         let encoding: Option<i16> = row.try_get("encoding")?;
         let root: Option<Vec<u8>> = row.try_get("root")?;
         let rows: i32 = row.try_get("rows")?;
-        let (Some(encoding), Some(root)) = (encoding, root) else {
+        let first_seq: Option<i64> = row.try_get("first_seq")?;
+        let last_seq: Option<i64> = row.try_get("last_seq")?;
+        let (Some(encoding), Some(root), Some(first_seq), Some(last_seq)) =
+            (encoding, root, first_seq, last_seq)
+        else {
             return Ok(None);
         };
         let Ok(root) = Hash::try_from(root.as_slice()) else {
@@ -74,6 +84,8 @@ impl BatchEntry {
             stream_id: row.try_get("stream_id")?,
             batch_id: row.try_get("batch_id")?,
             rows,
+            first_seq,
+            last_seq,
             encoding,
             root,
             committed_at_micros: committed_at.timestamp_micros(),
@@ -92,6 +104,8 @@ mod tests {
             stream_id: 1,
             batch_id: 2,
             rows: 3,
+            first_seq: 10,
+            last_seq: 12,
             encoding: 1,
             root: [7; 32],
             committed_at_micros: 4,
@@ -107,6 +121,14 @@ mod tests {
                 ..entry
             },
             BatchEntry { rows: 9, ..entry },
+            BatchEntry {
+                first_seq: 9,
+                ..entry
+            },
+            BatchEntry {
+                last_seq: 9,
+                ..entry
+            },
             BatchEntry {
                 encoding: 9,
                 ..entry

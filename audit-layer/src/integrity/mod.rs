@@ -23,5 +23,8 @@ mod verify;
 
 pub use batch::{BatchEntry, BATCH_ENCODING_V1, BATCH_ENTRY_COLUMNS};
 pub use canonical_json::{jsonb_text, NotJsonb};
-pub use record::{stored_leaf, StoredRecord, RECORD_ENCODING_V1, STORED_RECORD_COLUMNS};
+pub use record::{
+    stored_encoding, stored_leaf, stored_record, NotAnEncoding, StoredRecord, RECORD_ENCODING_V1,
+    STORED_RECORD_COLUMNS,
+};
 pub use verify::{verify, Finding, Report};

@@ -100,9 +100,8 @@ pub const STORED_RECORD_COLUMNS: &str = "stream_id, seq, created_at, username, u
      event_type, severity, message, ip_address, resource_type, resource_id, resource_name, \
      metadata::text AS metadata_text";
 
-/// The leaf hash of a row read with [`STORED_RECORD_COLUMNS`], recomputed from what
-/// PostgreSQL holds.
-pub fn stored_leaf(row: &tokio_postgres::Row) -> Result<Hash, tokio_postgres::Error> {
+/// The stored values of a row read with [`STORED_RECORD_COLUMNS`].
+pub fn stored_record(row: &tokio_postgres::Row) -> Result<StoredRecord<'_>, tokio_postgres::Error> {
     let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
     Ok(StoredRecord {
         stream_id: row.try_get("stream_id")?,
@@ -118,13 +117,143 @@ pub fn stored_leaf(row: &tokio_postgres::Row) -> Result<Hash, tokio_postgres::Er
         resource_id: row.try_get("resource_id")?,
         resource_name: row.try_get("resource_name")?,
         metadata: row.try_get("metadata_text")?,
+    })
+}
+
+/// The canonical encoding of a row read with [`STORED_RECORD_COLUMNS`], recomputed
+/// from what PostgreSQL holds.
+pub fn stored_encoding(row: &tokio_postgres::Row) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let record = stored_record(row)?;
+    let mut out = Vec::with_capacity(256 + record.message.len());
+    record.encode(&mut out);
+    Ok(out)
+}
+
+/// The leaf hash of a row read with [`STORED_RECORD_COLUMNS`], recomputed from what
+/// PostgreSQL holds.
+pub fn stored_leaf(row: &tokio_postgres::Row) -> Result<Hash, tokio_postgres::Error> {
+    Ok(stored_record(row)?.leaf())
+}
+
+/// Why bytes are not a record encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAnEncoding(&'static str);
+
+impl std::fmt::Display for NotAnEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a record encoding (version 1): {}", self.0)
     }
-    .leaf())
+}
+
+impl std::error::Error for NotAnEncoding {}
+
+impl<'a> StoredRecord<'a> {
+    /// Reads an encoding (version 1) back, so that a record shown beside its proof can
+    /// be compared with the bytes the proof covers. The exact inverse of
+    /// [`encode`](Self::encode): anything else (trailing bytes, a wrong width, text that
+    /// is not UTF-8) is refused.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, NotAnEncoding> {
+        let mut fields = Fields { rest: bytes };
+        if fields.take(1)? != [RECORD_ENCODING_V1] {
+            return Err(NotAnEncoding("the version byte"));
+        }
+        let record = StoredRecord {
+            stream_id: fields.int()?,
+            seq: fields.int()?,
+            created_at_micros: fields.int()?.ok_or(NotAnEncoding("created_at is NULL"))?,
+            username: fields.text()?.ok_or(NotAnEncoding("username is NULL"))?,
+            user_id: fields.int()?,
+            event_type: fields.text()?.ok_or(NotAnEncoding("event_type is NULL"))?,
+            severity: fields.text()?.ok_or(NotAnEncoding("severity is NULL"))?,
+            message: fields.text()?.ok_or(NotAnEncoding("message is NULL"))?,
+            ip_address: match fields.field()? {
+                None => None,
+                Some(b) if b.len() == 4 => {
+                    Some(IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()))
+                }
+                Some(b) if b.len() == 16 => {
+                    Some(IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()))
+                }
+                Some(_) => return Err(NotAnEncoding("ip_address is not 4 or 16 bytes")),
+            },
+            resource_type: fields.text()?,
+            resource_id: fields.text()?,
+            resource_name: fields.text()?,
+            metadata: fields.text()?,
+        };
+        if !fields.rest.is_empty() {
+            return Err(NotAnEncoding("bytes after the last field"));
+        }
+        Ok(record)
+    }
+}
+
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], NotAnEncoding> {
+        if self.rest.len() < n {
+            return Err(NotAnEncoding("cut short"));
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    fn field(&mut self) -> Result<Option<&'a [u8]>, NotAnEncoding> {
+        match self.take(1)? {
+            [0] => Ok(None),
+            [1] => {
+                let mut length = [0u8; 4];
+                length.copy_from_slice(self.take(4)?);
+                Ok(Some(self.take(u32::from_be_bytes(length) as usize)?))
+            }
+            _ => Err(NotAnEncoding("a field marker is neither 0 nor 1")),
+        }
+    }
+
+    fn int(&mut self) -> Result<Option<i64>, NotAnEncoding> {
+        match self.field()? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes)
+                .map(|b| Some(i64::from_be_bytes(b)))
+                .map_err(|_| NotAnEncoding("an integer is not 8 bytes")),
+        }
+    }
+
+    fn text(&mut self) -> Result<Option<&'a str>, NotAnEncoding> {
+        self.field()?
+            .map(|bytes| std::str::from_utf8(bytes).map_err(|_| NotAnEncoding("text is not UTF-8")))
+            .transpose()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoding_decodes_to_the_record_and_nothing_else_does() {
+        let mut bytes = Vec::new();
+        record().encode(&mut bytes);
+        assert_eq!(StoredRecord::decode(&bytes), Ok(record()));
+        let v6 = StoredRecord {
+            ip_address: Some("2001:db8::1".parse().unwrap()),
+            metadata: None,
+            ..record()
+        };
+        let mut v6_bytes = Vec::new();
+        v6.encode(&mut v6_bytes);
+        assert_eq!(StoredRecord::decode(&v6_bytes), Ok(v6));
+        for cut in 0..bytes.len() {
+            assert!(StoredRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(StoredRecord::decode(&longer).is_err());
+    }
 
     fn record() -> StoredRecord<'static> {
         StoredRecord {

@@ -108,7 +108,8 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
     let mut proven_streams: HashSet<i64> = HashSet::new();
     let ledger = client
         .query(
-            "SELECT stream_id, batch_id, encoding, leaves, root FROM audit_writer_batches \
+            "SELECT stream_id, batch_id, encoding, leaves, root, first_seq, last_seq \
+             FROM audit_writer_batches \
              WHERE rows > 0 ORDER BY stream_id, batch_id",
             &[],
         )
@@ -137,17 +138,21 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
             });
             continue;
         }
+        let range: (Option<i64>, Option<i64>) = (batch.get(5), batch.get(6));
         let mut hashes = Vec::with_capacity(leaves.len() / 40);
+        let mut seqs = (None, None);
         for entry in leaves.chunks_exact(40) {
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&entry[..8]);
             let seq = i64::from_be_bytes(seq);
+            seqs = (seqs.0.or(Some(seq)), Some(seq));
             let mut leaf = [0u8; 32];
             leaf.copy_from_slice(&entry[8..]);
             committed.insert((stream_id, seq), leaf);
             hashes.push(leaf);
         }
-        if root(&hashes).as_slice() != committed_root.as_slice() {
+        // The seq range says where the batch's records are; it must be theirs.
+        if root(&hashes).as_slice() != committed_root.as_slice() || range != seqs {
             report.findings.push(Finding::BatchChanged {
                 stream_id,
                 batch_id,

@@ -13,7 +13,9 @@ use serde_json::Value;
 use super::table::{route_for, Route, RouteId};
 use crate::access::{Answer, Caller};
 use crate::auth::links;
-use crate::handlers::{export, export_link, health, logs, metrics, openapi, stats, tail, viewer};
+use crate::handlers::{
+    export, export_link, health, logs, metrics, openapi, proof, stats, tail, viewer,
+};
 use crate::http::{ApiError, Body};
 use crate::query::Params;
 use crate::state::App;
@@ -164,6 +166,9 @@ async fn dispatch(
             tail::stream(app, params, last_event_id, caller, route.path).await
         }
         RouteId::Stats => stats::stats(app, params).await,
+        RouteId::LogProof => proof::record_proof(app, id.as_deref().unwrap_or(""), params).await,
+        RouteId::Checkpoints => proof::checkpoints(app, params).await,
+        RouteId::Consistency => proof::consistency(app, params).await,
     }
 }
 

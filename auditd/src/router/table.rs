@@ -30,6 +30,12 @@ pub enum RouteId {
     Stream,
     /// Record counts by event type and severity.
     Stats,
+    /// A record's proof: in its batch, its batch in the signed log.
+    LogProof,
+    /// The signed checkpoints of the log.
+    Checkpoints,
+    /// A consistency proof between two sizes of the log.
+    Consistency,
 }
 
 /// A row of the route table: a path, and how requests to it are handled.
@@ -149,6 +155,28 @@ pub const ROUTES: &[Route] = &[
         audited: true,
         records_refusals: true,
     },
+    Route {
+        id: RouteId::LogProof,
+        path: "/api/v1/logs/{id}/proof",
+        protected: true,
+        // A proof carries the record's encoding: it is a read of the record.
+        audited: true,
+        records_refusals: true,
+    },
+    Route {
+        id: RouteId::Checkpoints,
+        path: "/api/v1/checkpoints",
+        protected: true,
+        audited: false,
+        records_refusals: false,
+    },
+    Route {
+        id: RouteId::Consistency,
+        path: "/api/v1/checkpoints/consistency",
+        protected: true,
+        audited: false,
+        records_refusals: false,
+    },
 ];
 
 /// Finds the route for a path, and the `{id}` segment when the route has one.
@@ -156,12 +184,14 @@ pub fn route_for(path: &str) -> Option<(&'static Route, Option<&str>)> {
     if let Some(route) = ROUTES.iter().find(|r| r.path == path) {
         return Some((route, None));
     }
-    let id = path.strip_prefix("/api/v1/logs/")?;
-    if id.is_empty() || id.contains('/') {
+    let rest = path.strip_prefix("/api/v1/logs/")?;
+    let (id, route) = match rest.split_once('/') {
+        None => (rest, RouteId::LogById),
+        Some((id, "proof")) => (id, RouteId::LogProof),
+        Some(_) => return None,
+    };
+    if id.is_empty() {
         return None;
     }
-    ROUTES
-        .iter()
-        .find(|r| r.id == RouteId::LogById)
-        .map(|r| (r, Some(id)))
+    ROUTES.iter().find(|r| r.id == route).map(|r| (r, Some(id)))
 }

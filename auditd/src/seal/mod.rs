@@ -8,6 +8,7 @@
 //! | checkpoints as C2SP signed notes: writing, signing, reading, checking | `checkpoint` |
 //! | appending batches and signing, one transaction per seal | `log` |
 //! | copies of each checkpoint outside the database | `publish` |
+//! | a record's proof up to the latest checkpoint; consistency between sizes | `proof` |
 //! | the tree and its checkpoints, checked from what is stored | `verify` |
 //!
 //! Per-record proofs chain two trees: a record's leaf is in its batch's tree (root in
@@ -16,6 +17,7 @@
 mod checkpoint;
 mod keys;
 mod log;
+mod proof;
 mod publish;
 mod verify;
 
@@ -24,6 +26,9 @@ use std::time::Duration;
 pub use checkpoint::{Checkpoint, NoteError};
 pub use keys::{valid_name as valid_key_name, KeyError, SigningKey, VerifierKey};
 pub use log::{load_leaves, SealError, Sealed, Sealer, MAX_BATCHES_PER_SEAL};
+pub use proof::{
+    consistency, latest_checkpoint, record_proof, LogLeaves, Provable, RecordProof, SealedProof,
+};
 pub use publish::{publish, Destination};
 pub use verify::{verify_log, LogFinding, LogReport};
 
