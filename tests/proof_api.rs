@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use audit_layer::integrity::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash};
 use audit_layer::integrity::{BatchEntry, StoredRecord};
-use auditd::seal::{Checkpoint, Sealer, SigningKey, VerifierKey};
+use auditd::seal::{check_bundle, Bundle, Checkpoint, Sealer, SigningKey, VerifierKey};
 use base64::Engine;
 use hyper::StatusCode;
 use serde_json::Value;
@@ -227,4 +227,80 @@ async fn a_proof_is_a_read_and_is_audited() {
 async fn sealer_size(db: &TestDb) -> u64 {
     db.count("SELECT tree_size FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
         .await as u64
+}
+
+#[tokio::test]
+async fn a_bundle_proves_its_records_offline_and_a_complete_one_that_none_is_missing() {
+    let db = TestDb::migrated("proof_bundle").await;
+    let (dispatch, handle) = support::dispatch(support::builder(&db.url).batch_size(10));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..60 {
+            let user = if i % 3 == 0 { "mallory" } else { "alice" };
+            info!(target: "audit", username = user, event_type = "authentication", attempt = i, "User login");
+        }
+    });
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    let mut sealer = Sealer::new(SigningKey::generate("test.example/log").unwrap());
+    seal_everything(&db, &mut sealer).await;
+    let keys = [sealer.key().verifier()];
+    let server = TestServer::start_quiet(&db).await;
+
+    // The records an auditor was handed: each genuine.
+    let bundle = server
+        .get_json("/api/v1/logs/bundle?username=mallory&limit=1000")
+        .await;
+    let parsed = Bundle::from_json(&bundle).unwrap();
+    let report = check_bundle(&parsed, &keys);
+    assert!(report.intact(), "{:?}", report.findings);
+    assert_eq!(report.proven, 20);
+    assert_eq!(report.complete_positions, None);
+
+    // Played by the one who hands them over: a record shown otherwise than proven, a
+    // forged encoding, a checkpoint from another key.
+    let mut shown = bundle.clone();
+    shown["batches"][0]["records"][0]["record"]["username"] = "alice".into();
+    let found = check_bundle(&Bundle::from_json(&shown).unwrap(), &keys).findings;
+    assert!(found[0].contains("shown differently"), "{found:?}");
+    let mut forged = bundle.clone();
+    let mut record = StoredRecord::decode(&parsed.batches[0].records[0].encoded).unwrap();
+    record.message = "User logout";
+    let mut bytes = Vec::new();
+    record.encode(&mut bytes);
+    forged["batches"][0]["records"][0]["encoded"] = base64::engine::general_purpose::STANDARD
+        .encode(&bytes)
+        .into();
+    forged["batches"][0]["records"][0]["record"]["message"] = "User logout".into();
+    let found = check_bundle(&Bundle::from_json(&forged).unwrap(), &keys).findings;
+    assert!(found[0].contains("not in its batch"), "{found:?}");
+    let other = [SigningKey::generate("test.example/log").unwrap().verifier()];
+    assert!(!check_bundle(&parsed, &other).intact());
+
+    // Complete: every record of the batches from the first to the last holding a match.
+    let complete = server.get_json("/api/v1/logs/bundle?complete=true").await;
+    let parsed = Bundle::from_json(&complete).unwrap();
+    let report = check_bundle(&parsed, &keys);
+    assert!(report.intact(), "{:?}", report.findings);
+    assert_eq!(report.proven, 60);
+    let leaves = db.count("SELECT count(*) FROM audit_log_tree").await as u64;
+    assert_eq!(report.complete_positions, Some((0, leaves - 1)));
+    // One record taken out, or a whole batch: the bundle no longer proves it.
+    let mut short = complete.clone();
+    let rows = short["batches"][1]["entry"]["rows"].clone();
+    short["batches"][1]["records"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
+    let found = check_bundle(&Bundle::from_json(&short).unwrap(), &keys).findings;
+    assert!(
+        found[0].contains(&format!("are not the {rows} it committed")),
+        "{found:?}"
+    );
+    let mut gap = complete.clone();
+    gap["batches"].as_array_mut().unwrap().remove(1);
+    let found = check_bundle(&Bundle::from_json(&gap).unwrap(), &keys).findings;
+    assert!(
+        found[0].contains("the batches before it are missing"),
+        "{found:?}"
+    );
+    server.stop().await;
 }

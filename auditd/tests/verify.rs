@@ -105,6 +105,24 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signatures NOT checked"), "{out}");
 
+    // A bundle of records, checked offline with the public key alone; then with one
+    // record's message changed in it.
+    let bundle_path = dir.join("bundle.json");
+    let bundle = bundle_of_every_record(&client).await;
+    std::fs::write(&bundle_path, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let bundle_file = bundle_path.to_str().unwrap();
+    let (code, out) = auditd(&["verify", "--bundle", bundle_file, "--public-key", &public]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 20 record(s)"), "{out}");
+    let mut edited = bundle.clone();
+    edited["batches"][0]["records"][0]["record"]["message"] = "User logout".into();
+    std::fs::write(&bundle_path, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let (code, out) = auditd(&["verify", "--bundle", bundle_file, "--public-key", &public]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("shown differently"), "{out}");
+    let (code, out) = auditd(&["verify", "--bundle", bundle_file]);
+    assert_eq!(code, 2, "no key, no check: {out}");
+
     // A key others may read is refused.
     {
         use std::os::unix::fs::PermissionsExt;
@@ -130,4 +148,38 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     let (code, out) = verify("postgres://nobody@127.0.0.1:9/none?connect_timeout=1", &[]);
     assert_eq!(code, 2, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A proof bundle of every record, made with the library as the bundle route makes it.
+async fn bundle_of_every_record(client: &tokio_postgres::Client) -> serde_json::Value {
+    use auditd::seal::{latest_checkpoint, record_proof_at, Bundle, LogLeaves, Provable};
+    let leaves = LogLeaves::default();
+    let checkpoint = latest_checkpoint(client).await.unwrap().expect("sealed");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, {} FROM audit_logs ORDER BY id",
+                audit_layer::RECORD_COLUMNS
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut proofs = Vec::new();
+    for row in &rows {
+        let id: i64 = row.get("id");
+        let Provable::Proof(proof) = record_proof_at(client, &leaves, id, Some(&checkpoint))
+            .await
+            .unwrap()
+        else {
+            panic!("record {id} has no proof");
+        };
+        let mut record = format!("{{\"id\":{id},").into_bytes();
+        audit_layer::AuditLog::from_row(row)
+            .unwrap()
+            .write_json_fields(&mut record);
+        record.push(b'}');
+        proofs.push((*proof, serde_json::from_slice(&record).unwrap()));
+    }
+    Bundle::from_proofs(checkpoint.1, proofs).to_json()
 }

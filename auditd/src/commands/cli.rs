@@ -141,9 +141,21 @@ pub struct SealArgs {
 /// The flags of `auditd verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The database to check.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// The database to check, like postgres://user:password@host:5432/dbname.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "bundle"
+    )]
+    pub database_url: Option<String>,
+    /// Longest time to wait for a connection or a database call.
+    #[arg(long, env = "AUDITD_DB_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+    /// Check a proof bundle (from GET /api/v1/logs/bundle) instead of a database: each
+    /// record against the signed checkpoint, with nothing but --public-key.
+    #[arg(long, value_name = "FILE", conflicts_with = "checkpoint")]
+    pub bundle: Option<PathBuf>,
     /// Files of public keys (from `auditd keygen`, one key per line: every key that
     /// has signed, for rotations), comma-separated. Without one, checkpoint signatures
     /// are not checked, and verify says so.

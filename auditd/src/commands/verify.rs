@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use super::cli::VerifyArgs;
-use crate::seal::{verify_log, VerifierKey};
+use crate::seal::{check_bundle, verify_log, Bundle, VerifierKey};
 
 /// Checks the database and prints the report: exit 0 intact, 1 not, 2 not checked.
 pub async fn run(args: &VerifyArgs) -> ExitCode {
@@ -24,6 +24,12 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
     for path in &args.public_key {
         keys.extend(VerifierKey::load_all(path)?);
     }
+    if let Some(path) = &args.bundle {
+        return check_bundle_file(path, &keys);
+    }
+    let Some(database_url) = &args.database_url else {
+        anyhow::bail!("no database: set DATABASE_URL or --database-url, or give --bundle");
+    };
     let mut published = Vec::new();
     for path in &args.checkpoint {
         published.push(
@@ -31,7 +37,7 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
         );
     }
-    let client = crate::db::connect(&args.database.database_url, args.database.db_timeout).await?;
+    let client = crate::db::connect(database_url, args.db_timeout).await?;
     let records = audit_layer::integrity::verify(&client).await?;
     let log = verify_log(&client, &keys, &published).await?;
     for finding in &records.findings {
@@ -67,6 +73,54 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
             "signed log: no checkpoint yet; {} batch(es) ({} records) not sealed (run auditd seal, or serve --signing-key)",
             log.unsealed_batches, log.unsealed_records
         ),
+    }
+    Ok(intact)
+}
+
+/// Checks a proof bundle offline; `Ok(false)` when it does not prove what it holds.
+fn check_bundle_file(path: &std::path::Path, keys: &[VerifierKey]) -> anyhow::Result<bool> {
+    if keys.is_empty() {
+        anyhow::bail!("a bundle is checked against the log's public key: give --public-key");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
+    let bundle =
+        Bundle::from_json(&value).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let report = check_bundle(&bundle, keys);
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let intact = report.intact();
+    let checkpoint = report.checkpoint.as_ref().map_or_else(
+        || "no trusted checkpoint".to_owned(),
+        |c| {
+            format!(
+                "checkpoint {} size {} signed {}",
+                c.origin,
+                c.size,
+                c.time
+                    .map_or_else(|| "at an unknown time".to_owned(), |t| t.to_string())
+            )
+        },
+    );
+    println!(
+        "{}: {} record(s) in {} batch(es) proven genuine against {checkpoint}{}",
+        if intact { "intact" } else { "NOT INTACT" },
+        report.proven,
+        report.batches,
+        match report.complete_positions {
+            Some((first, last)) if intact =>
+                format!("; complete: no record is missing from log leaves {first} to {last}"),
+            _ => String::new(),
+        }
+    );
+    if bundle.unsealed > 0 {
+        println!(
+            "{} record(s) asked for were not sealed yet, so not in the bundle",
+            bundle.unsealed
+        );
     }
     Ok(intact)
 }

@@ -2,6 +2,7 @@
 //! what it needs (the shared [`App`](crate::state::App), the request's parameters, the
 //! caller) and returns an [`Answer`](crate::access::Answer); none knows the router.
 
+pub mod bundle;
 pub mod export;
 pub mod export_link;
 pub mod health;

@@ -14,7 +14,7 @@ use super::table::{route_for, Route, RouteId};
 use crate::access::{Answer, Caller};
 use crate::auth::links;
 use crate::handlers::{
-    export, export_link, health, logs, metrics, openapi, proof, stats, tail, viewer,
+    bundle, export, export_link, health, logs, metrics, openapi, proof, stats, tail, viewer,
 };
 use crate::http::{ApiError, Body};
 use crate::query::Params;
@@ -167,6 +167,7 @@ async fn dispatch(
         }
         RouteId::Stats => stats::stats(app, params).await,
         RouteId::LogProof => proof::record_proof(app, id.as_deref().unwrap_or(""), params).await,
+        RouteId::Bundle => bundle::bundle(app, params).await,
         RouteId::Checkpoints => proof::checkpoints(app, params).await,
         RouteId::Consistency => proof::consistency(app, params).await,
     }

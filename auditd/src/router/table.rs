@@ -32,6 +32,8 @@ pub enum RouteId {
     Stats,
     /// A record's proof: in its batch, its batch in the signed log.
     LogProof,
+    /// Records with their proofs, to check offline.
+    Bundle,
     /// The signed checkpoints of the log.
     Checkpoints,
     /// A consistency proof between two sizes of the log.
@@ -137,6 +139,13 @@ pub const ROUTES: &[Route] = &[
     Route {
         id: RouteId::Stream,
         path: "/api/v1/logs/stream",
+        protected: true,
+        audited: true,
+        records_refusals: true,
+    },
+    Route {
+        id: RouteId::Bundle,
+        path: "/api/v1/logs/bundle",
         protected: true,
         audited: true,
         records_refusals: true,

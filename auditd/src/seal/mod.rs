@@ -9,11 +9,13 @@
 //! | appending batches and signing, one transaction per seal | `log` |
 //! | copies of each checkpoint outside the database | `publish` |
 //! | a record's proof up to the latest checkpoint; consistency between sizes | `proof` |
+//! | records with their proofs, to check offline; checking them | `bundle` |
 //! | the tree and its checkpoints, checked from what is stored | `verify` |
 //!
 //! Per-record proofs chain two trees: a record's leaf is in its batch's tree (root in
 //! the ledger row, `audit_layer::integrity`), and the batch's entry is in this log.
 
+mod bundle;
 mod checkpoint;
 mod keys;
 mod log;
@@ -23,11 +25,13 @@ mod verify;
 
 use std::time::Duration;
 
+pub use bundle::{check_bundle, complete_bundle, Bundle, BundleReport, BUNDLE_FORMAT};
 pub use checkpoint::{Checkpoint, NoteError};
 pub use keys::{valid_name as valid_key_name, KeyError, SigningKey, VerifierKey};
 pub use log::{load_leaves, SealError, Sealed, Sealer, MAX_BATCHES_PER_SEAL};
 pub use proof::{
-    consistency, latest_checkpoint, record_proof, LogLeaves, Provable, RecordProof, SealedProof,
+    consistency, latest_checkpoint, record_proof, record_proof_at, LogLeaves, Provable,
+    RecordProof, SealedProof,
 };
 pub use publish::{publish, Destination};
 pub use verify::{verify_log, LogFinding, LogReport};

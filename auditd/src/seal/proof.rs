@@ -117,6 +117,18 @@ pub async fn record_proof(
     leaves: &LogLeaves,
     id: i64,
 ) -> Result<Provable, SealError> {
+    let checkpoint = latest_checkpoint(client).await?;
+    record_proof_at(client, leaves, id, checkpoint.as_ref()).await
+}
+
+/// The proof of record `id` up to `checkpoint` (size, note), so that many proofs share
+/// one checkpoint.
+pub async fn record_proof_at(
+    client: &impl GenericClient,
+    leaves: &LogLeaves,
+    id: i64,
+    checkpoint: Option<&(u64, String)>,
+) -> Result<Provable, SealError> {
     let Some(row) = client
         .query_opt(
             &format!("SELECT id, {STORED_RECORD_COLUMNS} FROM audit_logs WHERE id = $1"),
@@ -166,7 +178,10 @@ pub async fn record_proof(
     };
     let hashes: Vec<Hash> = entries.iter().map(|(_, leaf)| *leaf).collect();
     let batch_path = inclusion_proof(&hashes, index).unwrap_or_default();
-    let sealed = sealed_proof(client, leaves, &batch).await?;
+    let sealed = match checkpoint {
+        Some(checkpoint) => sealed_proof(client, leaves, &batch, checkpoint).await?,
+        None => None,
+    };
     Ok(Provable::Proof(Box::new(RecordProof {
         id,
         stream_id,
@@ -185,6 +200,7 @@ async fn sealed_proof(
     client: &impl GenericClient,
     leaves: &LogLeaves,
     batch: &BatchEntry,
+    checkpoint: &(u64, String),
 ) -> Result<Option<SealedProof>, SealError> {
     let Some(position) = client
         .query_opt(
@@ -196,9 +212,6 @@ async fn sealed_proof(
         return Ok(None);
     };
     let position: i64 = position.get(0);
-    let Some(checkpoint) = latest_checkpoint(client).await? else {
-        return Ok(None);
-    };
     if position as u64 >= checkpoint.0 {
         return Ok(None);
     }
@@ -211,7 +224,7 @@ async fn sealed_proof(
         position: position as u64,
         tree_size: checkpoint.0,
         path,
-        checkpoint: checkpoint.1,
+        checkpoint: checkpoint.1.clone(),
     }))
 }
 
