@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::cli::{DemoArgs, ServeArgs};
 use super::{logging, schema, serve};
+use crate::seal::{Sealer, SigningKey};
 
 const DB_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,12 +86,39 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
     println!(
         "  psql '{url}' -c 'SELECT * FROM audit_logs ORDER BY created_at DESC, id DESC LIMIT 20'"
     );
+    // On its own throwaway database the demo seals the log with a throwaway key, so the
+    // proofs can be tried; a database of the user's is left to the user's own key.
+    let keys = match &cluster {
+        Some(_) => Some(DemoKeys::create()?),
+        None => None,
+    };
+    if let Some(keys) = &keys {
+        let mut sealer = Sealer::new(SigningKey::load(&keys.signing)?);
+        let mut sealing = schema::connect(&url, DB_TIMEOUT).await?;
+        let sealed = sealer.seal(&mut sealing).await?;
+        println!();
+        println!(
+            "The log is sealed: {} records in {} batches under a checkpoint signed with a throwaway key.",
+            sealed.records, sealed.batches
+        );
+        println!("Check every record, batch and checkpoint:");
+        println!(
+            "  auditd verify --database-url '{url}' --public-key {}",
+            keys.public.display()
+        );
+    }
 
     let handle = Arc::new(handle);
     if !args.exit {
         let listen = args.listen.to_string();
-        let serve_args =
-            ServeArgs::parse_from(["serve", "--database-url", &url, "--listen", &listen]);
+        let mut serve_flags = vec!["serve", "--database-url", &url, "--listen", &listen];
+        let signing = keys
+            .as_ref()
+            .map(|k| k.signing.to_string_lossy().into_owned());
+        if let Some(signing) = &signing {
+            serve_flags.extend(["--signing-key", signing, "--seal-interval", "2s"]);
+        }
+        let serve_args = ServeArgs::parse_from(serve_flags);
         let listener = TcpListener::bind(args.listen).await.with_context(|| {
             format!(
                 "cannot listen on {} (choose another with --listen)",
@@ -110,6 +138,10 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         println!("  curl '{base}/api/v1/logs/export?format=csv' -o audit_logs.csv");
         println!("  curl -N '{base}/api/v1/logs/stream'        # live tail (Server-Sent Events)");
         println!("  curl '{base}/api/v1/openapi.json'          # every route and parameter");
+        if keys.is_some() {
+            println!("  curl '{base}/api/v1/logs/1/proof'          # a record's proof up to the signed checkpoint");
+            println!("  curl '{base}/api/v1/logs/bundle?username=admin' -o bundle.json   # proofs to check offline");
+        }
         println!();
         if cluster.is_some() {
             println!("Press Ctrl-C to stop; the throwaway database is removed then.");
@@ -121,8 +153,12 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         let tokens = serve::load_tokens(&serve_args)?;
         serve::serve_until_signal(listener, pool, &url, tokens, &serve_args, handle.clone())
             .await?;
+        serve::shutdown_audit(&handle).await;
+        serve::final_seal(&url, &serve_args).await;
+    } else {
+        serve::shutdown_audit(&handle).await;
     }
-    serve::shutdown_audit(&handle).await;
+    drop(keys);
     // Close our connection before the throwaway server goes, or it reports the loss.
     drop(client);
     drop(cluster);
@@ -253,4 +289,34 @@ async fn show(client: &tokio_postgres::Client) -> Result<()> {
     println!();
     println!("By event type: {}", counts.join(", "));
     Ok(())
+}
+
+/// The demo's throwaway key pair, in a directory of its own that goes when it does.
+struct DemoKeys {
+    dir: std::path::PathBuf,
+    signing: std::path::PathBuf,
+    public: std::path::PathBuf,
+}
+
+impl DemoKeys {
+    fn create() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("auditd-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let signing = dir.join("demo-log.key");
+        let _ = std::fs::remove_file(&signing);
+        let _ = std::fs::remove_file(dir.join("demo-log.key.pub"));
+        super::keygen::write_pair(&signing, "demo.auditd.invalid/log")?;
+        Ok(DemoKeys {
+            public: dir.join("demo-log.key.pub"),
+            signing,
+            dir,
+        })
+    }
+}
+
+impl Drop for DemoKeys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -30,12 +30,10 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
         bail!("no database: set DATABASE_URL or --database-url (see auditd --help)");
     };
     let tokens = load_tokens(&args)?;
-    let sealer = args
-        .signing_key
-        .as_deref()
-        .map(SigningKey::load)
-        .transpose()?
-        .map(Sealer::new);
+    // A key that cannot be read stops the start, before anything is served.
+    if let Some(path) = &args.signing_key {
+        SigningKey::load(path)?;
+    }
     let (audit, audit_handle) = AuditLayer::builder()
         .database_url(args.audit_database_url.as_deref().unwrap_or(&url))
         .build()
@@ -46,36 +44,19 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let audit_handle = Arc::new(audit_handle);
-    let sealing = sealer.map(|sealer| {
-        tracing::info!(
-            log = sealer.key().name(),
-            interval = ?args.seal_interval,
-            "sealing the log"
-        );
-        tokio::spawn(seal_periodically(
-            url.clone(),
-            args.db_timeout,
-            sealer,
-            args.seal_interval,
-            args.publish_checkpoints.clone(),
-        ))
-    });
     let served =
         serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await;
     shutdown_audit(&audit_handle).await;
-    if let Some(sealing) = sealing {
-        // A seal cut short rolls back; the last one seals what the shutdown committed.
-        sealing.abort();
-        if let Some(path) = &args.signing_key {
-            final_seal(&url, &args, path).await;
-        }
-    }
+    final_seal(&url, &args).await;
     served
 }
 
-/// Seals once more at exit, so that the records committed while shutting down (the
-/// access records of the last reads) do not wait for the next start.
-async fn final_seal(url: &str, args: &ServeArgs, key: &std::path::Path) {
+/// With `--signing-key`, seals once more at exit, so that the records committed while
+/// shutting down (the access records of the last reads) do not wait for the next start.
+pub async fn final_seal(url: &str, args: &ServeArgs) {
+    let Some(key) = &args.signing_key else {
+        return;
+    };
     let sealed = async {
         let mut sealer = Sealer::new(SigningKey::load(key)?);
         let mut client = crate::db::connect(url, args.db_timeout).await?;
@@ -137,8 +118,8 @@ pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
     Ok(tokens)
 }
 
-/// Serves (with partition upkeep alongside) until SIGINT or SIGTERM; on SIGHUP, reads
-/// the tokens and the TLS certificate again.
+/// Serves (with partition upkeep, and sealing with `--signing-key`, alongside) until
+/// SIGINT or SIGTERM; on SIGHUP, reads the tokens and the TLS certificate again.
 pub async fn serve_until_signal(
     listener: TcpListener,
     pool: Pool,
@@ -155,6 +136,24 @@ pub async fn serve_until_signal(
         ))
     });
     let (certificate, tls) = tls_from_args(args)?;
+    let sealing = match &args.signing_key {
+        Some(path) => {
+            let sealer = Sealer::new(SigningKey::load(path)?);
+            tracing::info!(
+                log = sealer.key().name(),
+                interval = ?args.seal_interval,
+                "sealing the log"
+            );
+            Some(tokio::spawn(seal_periodically(
+                database_url.to_owned(),
+                args.db_timeout,
+                sealer,
+                args.seal_interval,
+                args.publish_checkpoints.clone(),
+            )))
+        }
+        None => None,
+    };
     let tokens = Arc::new(TokenStore::new(tokens));
     let reloads = tokio::spawn(reload_on_hangup(
         args.clone(),
@@ -182,6 +181,10 @@ pub async fn serve_until_signal(
     let result = server::serve(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();
+    }
+    // A seal cut short rolls back; `final_seal` seals what the shutdown commits.
+    if let Some(sealing) = sealing {
+        sealing.abort();
     }
     reloads.abort();
     result
