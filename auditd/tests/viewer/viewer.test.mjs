@@ -53,6 +53,13 @@ after(async () => {
 
 const rows = () => page.locator("#results tbody tr");
 
+// The detail pane's integrity line, once the proof was fetched and checked.
+async function integrityVerdict() {
+  await waitUntil(() => !["—", "Checking…"].includes(document.getElementById("detail-integrity").textContent),
+    "the proof is checked");
+  return page.locator("#detail-integrity").textContent();
+}
+
 // Polls a predicate through page.evaluate (a CDP call the page's CSP does not govern).
 // page.waitForFunction would be shorter, but when its first try fails it re-evaluates the
 // predicate as a string inside the page, which the CSP rightly refuses (`unsafe-eval`).
@@ -127,8 +134,24 @@ test("a row opens a detail pane with the whole record and its metadata", async (
   const metadata = JSON.parse(await page.locator("#detail-metadata").textContent());
   assert.equal(metadata.total_devices, 48);
   assert.match(await page.locator("#detail-fields").textContent(), /backup/);
+  // The demo sealed its records: the pane fetched the proof and checked it here.
+  const integrity = await integrityVerdict();
+  assert.match(integrity, /^✓ Sealed/);
+  assert.match(integrity, /checks out in this browser/);
   await page.keyboard.press("Escape");
   await page.locator("#detail").waitFor({ state: "hidden" });
+});
+
+test("a record changed in the database after it was sealed shows as changed", async () => {
+  // A superuser, past the append-only trigger, edits a sealed record.
+  psql(`SET session_replication_role = replica;
+        UPDATE audit_logs SET message = 'Sync completed (tampered)'
+        WHERE id = (SELECT min(id) FROM audit_logs WHERE event_type = 'sync')`);
+  await page.goto(base + "/?event_type=sync&q=tampered");
+  await rows().first().waitFor();
+  await rows().first().click();
+  assert.match(await integrityVerdict(), /^✗ Changed after it was committed/);
+  await page.keyboard.press("Escape");
 });
 
 test("a hostile message is shown as text, never run", async () => {

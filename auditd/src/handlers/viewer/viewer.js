@@ -198,6 +198,145 @@ function showDetail(record) {
   $("detail-metadata").textContent = record.metadata == null ? "—" : JSON.stringify(record.metadata, null, 2);
   $("detail").hidden = false;
   $("detail-close").focus();
+  showIntegrity(record.id);
+}
+
+// ---- integrity: the record's proof, fetched and checked in this browser ----
+// The proof chains the record's canonical encoding to its batch's root, and the batch's
+// entry to the root of the signed checkpoint; both RFC 9162 inclusion proofs are checked
+// here with SHA-256. The checkpoint's signature is not (the page has no key to trust):
+// `auditd verify` with the log's public key checks that.
+
+function hexBytes(hex) {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
+  return out;
+}
+
+function base64Bytes(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+function sameBytes(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+async function sha256(...parts) {
+  const data = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { data.set(p, at); at += p.length; }
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+}
+
+const leafHash = (bytes) => sha256(Uint8Array.of(0), bytes);
+const nodeHash = (left, right) => sha256(Uint8Array.of(1), left, right);
+
+// RFC 9162 section 2.1.3.2, with sizes as plain numbers (exact below 2^53).
+async function verifyInclusion(index, size, leaf, path, root) {
+  if (index >= size) return false;
+  let fn = index, sn = size - 1, r = leaf;
+  const half = (n) => Math.floor(n / 2);
+  for (const p of path) {
+    if (sn === 0) return false;
+    if (fn % 2 === 1 || fn === sn) {
+      r = await nodeHash(p, r);
+      if (fn % 2 === 0) while (fn % 2 === 0 && fn !== 0) { fn = half(fn); sn = half(sn); }
+    } else {
+      r = await nodeHash(r, p);
+    }
+    fn = half(fn); sn = half(sn);
+  }
+  return sn === 0 && sameBytes(r, root);
+}
+
+// Microseconds since the epoch of an RFC 3339 time with up to 6 fraction digits.
+function micros(rfc3339) {
+  const m = /^(.*?)(?:\.(\d{1,6}))?Z$/.exec(rfc3339);
+  const seconds = BigInt(Date.parse(m[1] + "Z")) / 1000n;
+  return seconds * 1000000n + BigInt((m[2] || "").padEnd(6, "0"));
+}
+
+// The batch's entry in the log (audit_layer::integrity::BatchEntry, version 1).
+function batchEntry(b) {
+  const bytes = new Uint8Array(87);
+  const view = new DataView(bytes.buffer);
+  bytes[0] = 1;
+  view.setBigInt64(1, BigInt(b.stream_id));
+  view.setBigInt64(9, BigInt(b.batch_id));
+  view.setInt32(17, b.rows);
+  view.setBigInt64(21, BigInt(b.first_seq));
+  view.setBigInt64(29, BigInt(b.last_seq));
+  view.setInt16(37, b.encoding);
+  bytes.set(hexBytes(b.root), 39);
+  view.setBigInt64(71, micros(b.committed_at));
+  view.setBigInt64(79, BigInt(b.tx_id));
+  return bytes;
+}
+
+async function checkProof(proof) {
+  const leaf = await leafHash(base64Bytes(proof.encoded));
+  const b = proof.batch;
+  const inBatch = await verifyInclusion(b.index, b.rows, leaf, b.path.map(hexBytes), hexBytes(b.root));
+  const [origin, size, root] = proof.log.checkpoint.split("\n");
+  const entry = await leafHash(batchEntry(b));
+  const inLog = Number(size) === proof.log.tree_size &&
+    await verifyInclusion(proof.log.position, proof.log.tree_size, entry,
+      proof.log.path.map(hexBytes), base64Bytes(root));
+  return { ok: inBatch && inLog, origin, size };
+}
+
+// JSON with 64-bit integers (stream ids) read exactly, as BigInt, where the browser
+// gives the number's source text (JSON.parse source text access); `exact` is false when
+// it does not and a number was rounded.
+function parseExact(text) {
+  let exact = true;
+  const value = JSON.parse(text, (key, v, context) => {
+    if (typeof v === "number" && Number.isInteger(v) && !Number.isSafeInteger(v)) {
+      if (context && typeof context.source === "string") return BigInt(context.source);
+      exact = false;
+    }
+    return v;
+  });
+  return { value, exact };
+}
+
+let integrityFor = null;
+
+async function showIntegrity(id) {
+  const out = $("detail-integrity");
+  integrityFor = id;
+  const show = (text, kind) => {
+    if (integrityFor !== id) return;
+    out.textContent = text;
+    out.className = "integrity" + (kind ? " integrity-" + kind : "");
+  };
+  show("Checking…");
+  try {
+    const { value: proof, exact } = parseExact(await (await api("/api/v1/logs/" + id + "/proof")).text());
+    if (proof.status === "unproven") {
+      show("Written without integrity: there is no proof for this record.");
+    } else if (proof.status === "changed") {
+      show("✗ Changed after it was committed: the stored record no longer matches its batch's proof.", "changed");
+    } else if (proof.status === "committed") {
+      show("Committed in its batch's proof; not sealed into the signed log yet (the next seal signs it).", "committed");
+    } else if (!window.crypto || !crypto.subtle) {
+      show("Sealed; this page cannot check the proof here (not a secure context: use https or localhost).", "sealed");
+    } else if (!exact) {
+      show("Sealed; this browser cannot read the proof's 64-bit numbers exactly, so it does not check it: use auditd verify.", "sealed");
+    } else {
+      const result = await checkProof(proof);
+      const time = (/\ntime (\S+)\n/.exec(proof.log.checkpoint) || [])[1];
+      if (result.ok) {
+        show("✓ Sealed: in the signed log of " + result.size + " batches (checkpoint of " + result.origin +
+          (time ? ", signed " + showTime(time) : "") + "). The proof checks out in this browser; " +
+          "check the signature with auditd verify and the log's public key.", "sealed");
+      } else {
+        show("✗ The proof does not check out: the record, its batch or the log was changed.", "changed");
+      }
+    }
+  } catch (e) {
+    show("No proof: " + e.message);
+  }
 }
 
 // ---- listing and paging ----
