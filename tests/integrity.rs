@@ -110,6 +110,16 @@ async fn a_change_made_after_commit_no_longer_matches_its_batch() {
             "UPDATE audit_writer_batches SET root = sha256(root)",
             "ledger row of batch 1",
         ),
+        // A genuine record copied: the copy is a record no batch committed twice.
+        (
+            "INSERT INTO audit_logs (created_at, username, user_id, event_type, message,
+               ip_address, resource_type, resource_id, resource_name, severity, metadata,
+               stream_id, seq)
+             SELECT created_at, username, user_id, event_type, message, ip_address,
+               resource_type, resource_id, resource_name, severity, metadata, stream_id, seq
+             FROM audit_logs WHERE seq = 13",
+            "seq 13) added",
+        ),
         // Two records' contents swapped: both are changed records.
         (
             "UPDATE audit_logs a SET metadata = b.metadata FROM audit_logs b

@@ -100,23 +100,31 @@ pub const STORED_RECORD_COLUMNS: &str = "stream_id, seq, created_at, username, u
      event_type, severity, message, ip_address, resource_type, resource_id, resource_name, \
      metadata::text AS metadata_text";
 
-/// The stored values of a row read with [`STORED_RECORD_COLUMNS`].
+/// The stored values of a row read with [`STORED_RECORD_COLUMNS`] (other columns may
+/// come before them).
 pub fn stored_record(row: &tokio_postgres::Row) -> Result<StoredRecord<'_>, tokio_postgres::Error> {
-    let created_at: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
+    // Found once, then read by position: a verifier reads millions of rows, and a lookup
+    // by name is a scan of the columns for each value.
+    let at = row
+        .columns()
+        .iter()
+        .position(|c| c.name() == "stream_id")
+        .unwrap_or(0);
+    let created_at: chrono::DateTime<chrono::Utc> = row.try_get(at + 2)?;
     Ok(StoredRecord {
-        stream_id: row.try_get("stream_id")?,
-        seq: row.try_get("seq")?,
+        stream_id: row.try_get(at)?,
+        seq: row.try_get(at + 1)?,
         created_at_micros: created_at.timestamp_micros(),
-        username: row.try_get("username")?,
-        user_id: row.try_get("user_id")?,
-        event_type: row.try_get("event_type")?,
-        severity: row.try_get("severity")?,
-        message: row.try_get("message")?,
-        ip_address: row.try_get("ip_address")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        resource_name: row.try_get("resource_name")?,
-        metadata: row.try_get("metadata_text")?,
+        username: row.try_get(at + 3)?,
+        user_id: row.try_get(at + 4)?,
+        event_type: row.try_get(at + 5)?,
+        severity: row.try_get(at + 6)?,
+        message: row.try_get(at + 7)?,
+        ip_address: row.try_get(at + 8)?,
+        resource_type: row.try_get(at + 9)?,
+        resource_id: row.try_get(at + 10)?,
+        resource_name: row.try_get(at + 11)?,
+        metadata: row.try_get(at + 12)?,
     })
 }
 
