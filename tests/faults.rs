@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{assert_exactly_once, builder, connect, dispatch, own_cluster, TestDb};
+use support::{
+    assert_exactly_once, assert_intact_when_sealed, builder, connect, dispatch, own_cluster, TestDb,
+};
 use tracing::info;
 
 /// Emits `n` records from a thread, about `per_ms` per millisecond, while `during` runs.
@@ -54,6 +56,7 @@ async fn a_server_crash_and_restart_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!((stats.written, stats.dropped), (30_000, 0), "{stats:?}");
     assert!(stats.retries > 0, "the crash went unnoticed: {stats:?}");
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 30_000).await;
+    assert_intact_when_sealed(&url).await;
 }
 
 #[tokio::test]
@@ -91,6 +94,7 @@ async fn backends_killed_mid_copy_lose_and_duplicate_nothing() {
     assert!(killed > 0, "no backend was killed mid-write");
     assert_eq!((stats.written, stats.dropped), (40_000, 0), "{stats:?}");
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 40_000).await;
+    assert_intact_when_sealed(&url).await;
 }
 
 #[tokio::test]
@@ -120,6 +124,7 @@ async fn a_table_locked_for_seconds_delays_but_loses_and_duplicates_nothing() {
         "the lock never made a write time out: {stats:?}"
     );
     assert_exactly_once(&db.client, handle.stream_id(), 20_000).await;
+    assert_intact_when_sealed(&db.url).await;
 }
 
 #[tokio::test]
@@ -161,6 +166,7 @@ async fn a_batch_that_commits_after_its_call_timed_out_is_not_written_again() {
         "the commit never timed out: {stats:?}"
     );
     assert_exactly_once(&db.client, handle.stream_id(), 1000).await;
+    assert_intact_when_sealed(&db.url).await;
     let ledger = db
         .count("SELECT rows::bigint FROM audit_writer_batches WHERE batch_id = 1")
         .await;
@@ -182,6 +188,7 @@ async fn the_server_down_at_start_then_up_delivers_everything_exactly_once() {
     let stats = handle.shutdown(Duration::from_secs(60)).await.unwrap();
     assert_eq!(stats.written, 5000, "{stats:?}");
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 5000).await;
+    assert_intact_when_sealed(&url).await;
 }
 
 #[tokio::test]

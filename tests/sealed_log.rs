@@ -203,12 +203,13 @@ async fn every_tampering_with_ledger_tree_or_checkpoints_is_caught_and_named() {
         // A stored checkpoint edited: its note, or its row.
         (
             "UPDATE audit_checkpoints SET note = regexp_replace(note, E'\\n[0-9]+\\n', E'\\n1\\n')
-             WHERE id = 1".to_owned(),
-            "checkpoint 1 not trusted: its signature does not verify",
+             WHERE id = (SELECT max(id) FROM audit_checkpoints)".to_owned(),
+            "not trusted: its signature does not verify",
         ),
         (
-            "UPDATE audit_checkpoints SET tree_size = 0 WHERE id = 1".to_owned(),
-            "checkpoint 1 changed",
+            "UPDATE audit_checkpoints SET tree_size = 0 WHERE id = (SELECT max(id) FROM audit_checkpoints)"
+                .to_owned(),
+            "changed: its row does not say what its signed note says",
         ),
         // A forged ledger row, plausible and older than the last seal.
         (
@@ -221,7 +222,7 @@ async fn every_tampering_with_ledger_tree_or_checkpoints_is_caught_and_named() {
         // Records, ledger rows and leaves rewritten consistently: only the signature knows.
         (
             "UPDATE audit_log_tree SET leaf = sha256(leaf) WHERE position = 0".to_owned(),
-            "log not consistent with checkpoint 1",
+            "log not consistent with checkpoint",
         ),
         // The table emptied and a subset put back.
         (
@@ -252,6 +253,7 @@ async fn the_sealer_refuses_to_sign_over_a_tree_that_was_changed() {
     let mut sealer = sealer();
     emit(&db, 100, 20).await;
     seal_all(&db, &mut sealer).await;
+    let signed = db.count("SELECT count(*) FROM audit_checkpoints").await;
     db.client
         .batch_execute(
             "SET session_replication_role = replica;
@@ -265,7 +267,10 @@ async fn the_sealer_refuses_to_sign_over_a_tree_that_was_changed() {
     let mut fresh = Sealer::new(SigningKey::parse(&sealer.key().to_text()).unwrap());
     let refused = seal(&db, &mut fresh).await.unwrap_err();
     assert!(matches!(refused, SealError::Inconsistent(_)), "{refused}");
-    assert_eq!(db.count("SELECT count(*) FROM audit_checkpoints").await, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_checkpoints").await,
+        signed
+    );
 }
 
 #[tokio::test]
@@ -342,5 +347,108 @@ async fn records_dropped_rejected_or_bisected_seal_without_false_alarms() {
     assert_eq!(
         log.sealed_records as i64,
         db.count("SELECT count(*) FROM audit_logs").await,
+    );
+}
+
+#[tokio::test]
+async fn a_seal_cut_short_at_any_point_leaves_the_log_as_it_was() {
+    let db = TestDb::migrated("sealed_log_cut_short").await;
+    let key = SigningKey::generate("test.example/log").unwrap().to_text();
+    for (round, cut_after_micros) in [0u64, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000]
+        .into_iter()
+        .enumerate()
+    {
+        emit(&db, 30, 10).await;
+        // A seal stopped where it stands (auditd killed, its task aborted at shutdown):
+        // its transaction never commits.
+        let mut cut = Sealer::new(SigningKey::parse(&key).unwrap());
+        let mut client = connect(&db.url).await;
+        let _ = tokio::time::timeout(
+            Duration::from_micros(cut_after_micros),
+            cut.seal(&mut client),
+        )
+        .await;
+        drop(client);
+        // Every few rounds the whole connection goes too, as with a crash.
+        if round % 3 == 2 {
+            db.client
+                .batch_execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND application_name = ''",
+                )
+                .await
+                .ok();
+        }
+        let mut next = Sealer::new(SigningKey::parse(&key).unwrap());
+        seal_all(&db, &mut next).await;
+        let (found, log) = findings(&db, &next, &[]).await;
+        assert_eq!(found, "", "after a seal cut at {cut_after_micros} µs");
+        assert_eq!(log.unsealed_batches, 0);
+    }
+    assert_eq!(
+        db.count("SELECT count(*) - count(DISTINCT (stream_id, batch_id)) FROM audit_log_tree")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn two_writers_and_auditds_own_access_records_seal_without_false_alarms() {
+    let db = TestDb::migrated("sealed_log_busy").await;
+    let key = SigningKey::generate("test.example/log").unwrap().to_text();
+    // auditd serving reads, each leaving an access record in the same database.
+    let server = support::http::TestServer::start(&db).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sealing = {
+        let (url, key, stop) = (db.url.clone(), key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sealer = Sealer::new(SigningKey::parse(&key).unwrap());
+            let mut client = connect(&url).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sealer.seal(&mut client).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                let (dispatch, handle) = dispatch(builder(&url).batch_size(25));
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for i in 0..2_000 {
+                        info!(target: "audit", username = "u", event_type = "busy", writer = w, i, "m");
+                        if i % 100 == 0 {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                });
+                handle
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        server.get_json("/api/v1/logs?limit=5").await;
+    }
+    for writer in writers {
+        let handle = writer.join().unwrap();
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+    server.stop().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sealing.await.unwrap();
+    let mut sealer = Sealer::new(SigningKey::parse(&key).unwrap());
+    seal_all(&db, &mut sealer).await;
+    let (found, log) = findings(&db, &sealer, &[]).await;
+    assert_eq!(found, "");
+    assert_eq!(
+        log.sealed_records as i64,
+        db.count("SELECT count(*) FROM audit_logs").await
+    );
+    assert!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'audit_access'")
+            .await
+            >= 40
     );
 }

@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{assert_exactly_once, builder, connect, dispatch, own_cluster};
+use support::{
+    assert_exactly_once, assert_intact_when_sealed, builder, connect, dispatch, own_cluster,
+};
 use tracing::info;
 
 async fn stopped_cluster() -> (pg_provision::Cluster, String) {
@@ -72,6 +74,7 @@ async fn records_wait_in_the_spool_while_the_database_is_down_then_arrive_exactl
     let stats = handle.stats();
     assert_eq!((stats.written, stats.spool_bytes), (20_000, 0), "{stats:?}");
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 20_000).await;
+    assert_intact_when_sealed(&url).await;
     // In order: the spool is replayed oldest first, so ids follow seq.
     let out_of_order: i64 = connect(&url)
         .await
@@ -172,6 +175,7 @@ async fn spool_is_replayed_after_the_application_is_killed_and_restarted() {
         .unwrap();
     assert_eq!(handle.stats().written, 5000);
     assert_exactly_once(&connect(&url).await, stream_id, 5000).await;
+    assert_intact_when_sealed(&url).await;
     handle.shutdown(Duration::from_secs(10)).await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -203,6 +207,7 @@ async fn a_spooled_batch_that_already_committed_is_not_written_again_on_replay()
         .unwrap();
     handle.shutdown(Duration::from_secs(10)).await.unwrap();
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 300).await;
+    assert_intact_when_sealed(&url).await;
 
     // "Restart" with the stale spool: every batch in it is already in the table.
     let (_dispatch, again) = dispatch(builder(&url).spool_dir(&copy));
@@ -216,6 +221,7 @@ async fn a_spooled_batch_that_already_committed_is_not_written_again_on_replay()
         "replayed batches count as written: {stats:?}"
     );
     assert_exactly_once(&connect(&url).await, handle.stream_id(), 300).await;
+    assert_intact_when_sealed(&url).await;
     again.shutdown(Duration::from_secs(10)).await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&copy).unwrap();

@@ -137,3 +137,43 @@ pub async fn own_cluster() -> (pg_provision::Cluster, String) {
         .expect("migrations apply");
     (cluster, url)
 }
+
+/// Seals everything committed to the database at `url` and asserts that every record,
+/// batch and checkpoint verifies: no false alarm after whatever the test put the writer
+/// through. Another test's open transaction may hold sealing back for a moment.
+pub async fn assert_intact_when_sealed(url: &str) {
+    let client = connect(url).await;
+    let mut sealing = connect(url).await;
+    // One key for the whole test binary, so a database sealed twice is one log.
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        auditd::seal::SigningKey::generate("test.example/log")
+            .expect("key")
+            .to_text()
+    });
+    let mut sealer = auditd::seal::Sealer::new(auditd::seal::SigningKey::parse(key).expect("key"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sealer.seal(&mut sealing).await.expect("seal");
+        let log = auditd::seal::verify_log(&client, &[sealer.key().verifier()], &[])
+            .await
+            .expect("verify the log");
+        assert!(log.intact(), "false alarm in the log: {:?}", log.findings);
+        if log.unsealed_batches == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batches left unsealed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = audit_layer::integrity::verify(&client)
+        .await
+        .expect("verify the records");
+    assert!(
+        records.intact(),
+        "false alarm in the records: {:?}",
+        records.findings
+    );
+}
