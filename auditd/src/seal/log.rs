@@ -24,6 +24,11 @@ use super::keys::SigningKey;
 /// The advisory lock that serialises seals (`auditsea` in ASCII).
 const SEAL_LOCK: i64 = 0x6175_6469_7473_6561;
 
+/// How old the latest checkpoint may grow before one is signed again with nothing new:
+/// a quiet hour still gets a checkpoint, so that a stretch without records is provable
+/// (and a verifier sees that the sealer was alive), as CloudTrail's hourly digests do.
+pub const HEARTBEAT: Duration = Duration::from_secs(3600);
+
 /// Most batches appended by one seal; a backlog is sealed over several.
 pub const MAX_BATCHES_PER_SEAL: i64 = 100_000;
 
@@ -94,19 +99,22 @@ impl Sealer {
         &self.key
     }
 
-    /// Appends what is ready and signs a checkpoint when the tree grew (or when this
-    /// key has not signed the latest one: a rotation starts with a checkpoint).
+    /// Appends what is ready and signs a checkpoint when the tree grew, when this key has
+    /// not signed the latest one (a rotation starts with a checkpoint), or when the latest
+    /// is older than [`HEARTBEAT`].
     pub async fn seal(&mut self, client: &mut Client) -> Result<Sealed, SealError> {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEAL_LOCK])
             .await?;
         let latest = tx
             .query_opt(
-                "SELECT id, tree_size, horizon, key_id, note FROM audit_checkpoints \
-                 ORDER BY id DESC LIMIT 1",
-                &[],
+                "SELECT id, tree_size, horizon, key_id, note, \
+                        now() - signed_at > make_interval(secs => $1) AS stale \
+                 FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+                &[&HEARTBEAT.as_secs_f64()],
             )
             .await?;
+        let stale = latest.as_ref().is_some_and(|row| row.get::<_, bool>(5));
         let (last_id, last_size, last_horizon, last_key, last_root) = match &latest {
             None => (0, 0, 0, String::new(), CompactTree::default().root()),
             Some(row) => {
@@ -208,7 +216,7 @@ impl Sealer {
             .await?;
         }
         let our_key = crate::hex::encode(&self.key.id());
-        let sign = !positions.is_empty() || latest.is_none() || last_key != our_key;
+        let sign = !positions.is_empty() || latest.is_none() || last_key != our_key || stale;
         let now = Utc::now();
         let note = if sign {
             let checkpoint = Checkpoint {

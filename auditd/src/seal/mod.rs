@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use bundle::{check_bundle, complete_bundle, Bundle, BundleReport, BUNDLE_FORMAT};
 pub use checkpoint::{Checkpoint, NoteError};
 pub use keys::{valid_name as valid_key_name, KeyError, SigningKey, VerifierKey};
-pub use log::{load_leaves, SealError, Sealed, Sealer, MAX_BATCHES_PER_SEAL};
+pub use log::{load_leaves, SealError, Sealed, Sealer, HEARTBEAT, MAX_BATCHES_PER_SEAL};
 pub use proof::{
     consistency, latest_checkpoint, record_proof, record_proof_at, LogLeaves, Provable,
     RecordProof, SealedProof,
