@@ -47,5 +47,11 @@ ALTER TABLE audit_writer_batches
 CREATE INDEX audit_writer_batches_seq_range ON audit_writer_batches (stream_id, first_seq)
     WHERE first_seq IS NOT NULL;
 
+-- With the seq range known, a batch whose seqs run without a gap (nearly every batch:
+-- only a record refused into audit_logs_rejected leaves one) stores its leaf hashes
+-- alone, 32 bytes a record instead of 40 (audit_layer::integrity::batch_leaves).
+COMMENT ON COLUMN audit_writer_batches.leaves IS
+    'Per record in seq order, its RFC 6962 leaf hash (32 bytes) when the seqs run from first_seq to last_seq without a gap; else its seq (int8, big-endian) then its hash';
+
 COMMENT ON TABLE audit_writer_batches IS
     'One row per batch committed by an audit-layer writer (rows = 0: an attempt fenced off after an unknown outcome). With integrity, evidence: kept as long as its records.';

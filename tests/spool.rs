@@ -40,10 +40,13 @@ async fn records_wait_in_the_spool_while_the_database_is_down_then_arrive_exactl
     let (cluster, url) = stopped_cluster().await;
     let dir = spool_dir("down");
     // A queue far smaller than what is emitted: without the spool most would be dropped.
+    // It still holds half a second of the stream, so that a writer thread kept off the
+    // CPU for a moment by the tests running beside it (two cores) drops nothing: with a
+    // tenth of a second it did, now and then, in full runs.
     let (dispatch, handle) = dispatch(
         builder(&url)
             .spool_dir(&dir)
-            .queue_capacity(1000)
+            .queue_capacity(5000)
             .batch_size(500),
     );
     tracing::dispatcher::with_default(&dispatch, || {

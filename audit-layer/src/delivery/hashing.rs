@@ -6,8 +6,9 @@ use crate::integrity::merkle::{leaf_hash, root, Hash};
 use crate::integrity::{jsonb_text, StoredRecord};
 use crate::queue::Pending;
 
-/// A batch's proof: per record `seq || leaf` (40 bytes each, in the batch's order, which
-/// is seq order), and the tree head of the leaves.
+/// A batch's proof: its leaves (in the batch's order, which is seq order) in the ledger's
+/// dense form when the seqs run without a gap, else each after its seq
+/// ([`batch_leaves`](crate::integrity::batch_leaves) reads both), and their tree head.
 pub(crate) struct BatchProof {
     pub(crate) leaves: Vec<u8>,
     pub(crate) root: Hash,
@@ -17,7 +18,7 @@ pub(crate) struct BatchProof {
 /// while PostgreSQL parses the rows already sent (not before the copy starts).
 pub(crate) struct ProofBuilder {
     stream_id: i64,
-    leaves: Vec<u8>,
+    seqs: Vec<i64>,
     hashes: Vec<Hash>,
     encoding: Vec<u8>,
 }
@@ -26,7 +27,7 @@ impl ProofBuilder {
     pub(crate) fn new(stream_id: i64, records: usize) -> Self {
         ProofBuilder {
             stream_id,
-            leaves: Vec::with_capacity(records * 40),
+            seqs: Vec::with_capacity(records),
             hashes: Vec::with_capacity(records),
             encoding: Vec::with_capacity(512),
         }
@@ -58,15 +59,22 @@ impl ProofBuilder {
         self.encoding.clear();
         stored.encode(&mut self.encoding);
         let leaf = leaf_hash(&self.encoding);
-        self.leaves.extend_from_slice(&seq.to_be_bytes());
-        self.leaves.extend_from_slice(&leaf);
+        self.seqs.push(seq);
         self.hashes.push(leaf);
     }
 
     pub(crate) fn finish(self) -> BatchProof {
+        let dense = self.seqs.windows(2).all(|pair| pair[1] == pair[0] + 1);
+        let mut leaves = Vec::with_capacity(self.hashes.len() * if dense { 32 } else { 40 });
+        for (seq, leaf) in self.seqs.iter().zip(&self.hashes) {
+            if !dense {
+                leaves.extend_from_slice(&seq.to_be_bytes());
+            }
+            leaves.extend_from_slice(leaf);
+        }
         BatchProof {
             root: root(&self.hashes),
-            leaves: self.leaves,
+            leaves,
         }
     }
 }

@@ -94,9 +94,68 @@ impl BatchEntry {
     }
 }
 
+/// The committed leaves of a ledger row, each with its record's seq, read from its
+/// `leaves` column in either of its two forms: *dense*, the leaf hashes alone (32 bytes
+/// each) when the batch's seqs run without a gap from `first_seq` to `last_seq`, the
+/// usual case; or *sparse*, each seq (8 bytes, big-endian) before its hash, when a
+/// record refused into `audit_logs_rejected` left a gap. `None` when the bytes are
+/// neither (the row was changed).
+pub fn batch_leaves(
+    leaves: &[u8],
+    rows: i32,
+    first_seq: Option<i64>,
+    last_seq: Option<i64>,
+) -> Option<Vec<(i64, Hash)>> {
+    let rows = usize::try_from(rows).ok()?;
+    let hash = |bytes: &[u8]| Hash::try_from(bytes).ok();
+    if leaves.len() == rows * 32 {
+        let (first, last) = (first_seq?, last_seq?);
+        if rows == 0 || last.checked_sub(first)?.checked_add(1)? != rows as i64 {
+            return None;
+        }
+        return leaves
+            .chunks_exact(32)
+            .zip(first..)
+            .map(|(leaf, seq)| Some((seq, hash(leaf)?)))
+            .collect();
+    }
+    if leaves.len() == rows * 40 {
+        return leaves
+            .chunks_exact(40)
+            .map(|entry| {
+                let seq = i64::from_be_bytes(entry[..8].try_into().ok()?);
+                Some((seq, hash(&entry[8..])?))
+            })
+            .collect();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_read_in_both_forms_and_nothing_else() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let dense = [a, b].concat();
+        assert_eq!(
+            batch_leaves(&dense, 2, Some(7), Some(8)),
+            Some(vec![(7, a), (8, b)])
+        );
+        // Dense only when the seqs run without a gap.
+        assert_eq!(batch_leaves(&dense, 2, Some(7), Some(9)), None);
+        assert_eq!(batch_leaves(&dense, 2, None, Some(8)), None);
+        let sparse = [&7i64.to_be_bytes()[..], &a, &9i64.to_be_bytes(), &b].concat();
+        assert_eq!(
+            batch_leaves(&sparse, 2, Some(7), Some(9)),
+            Some(vec![(7, a), (9, b)])
+        );
+        assert_eq!(batch_leaves(&sparse[..79], 2, Some(7), Some(9)), None);
+        assert_eq!(batch_leaves(&dense, 3, Some(7), Some(9)), None);
+        assert_eq!(batch_leaves(&dense, -1, Some(7), Some(9)), None);
+        assert_eq!(batch_leaves(&[], 0, Some(1), Some(0)), None);
+    }
 
     #[test]
     fn every_field_changes_the_leaf() {

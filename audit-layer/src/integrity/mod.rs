@@ -21,7 +21,7 @@ pub mod merkle;
 mod record;
 mod verify;
 
-pub use batch::{BatchEntry, BATCH_ENCODING_V1, BATCH_ENTRY_COLUMNS};
+pub use batch::{batch_leaves, BatchEntry, BATCH_ENCODING_V1, BATCH_ENTRY_COLUMNS};
 pub use canonical_json::{jsonb_text, NotJsonb};
 pub use record::{
     stored_encoding, stored_leaf, stored_record, NotAnEncoding, StoredRecord, RECORD_ENCODING_V1,

@@ -14,6 +14,7 @@ use std::fmt;
 use futures_util::TryStreamExt;
 use tokio_postgres::Client;
 
+use super::batch::batch_leaves;
 use super::merkle::{leaf_hash, root, Hash};
 use super::record::{stored_record, STORED_RECORD_COLUMNS};
 use crate::error::Error;
@@ -108,7 +109,7 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
     let mut committed = Committed::default();
     let ledger = client
         .query(
-            "SELECT stream_id, batch_id, encoding, leaves, root, first_seq, last_seq \
+            "SELECT stream_id, batch_id, encoding, leaves, root, first_seq, last_seq, rows \
              FROM audit_writer_batches \
              WHERE rows > 0 ORDER BY stream_id, batch_id",
             &[],
@@ -131,25 +132,21 @@ pub async fn verify(client: &Client) -> Result<Report, Error> {
             });
             continue;
         };
-        if encoding != Some(1) || leaves.len() % 40 != 0 {
+        let range: (Option<i64>, Option<i64>) = (batch.get(5), batch.get(6));
+        let entries = (encoding == Some(1))
+            .then(|| batch_leaves(&leaves, batch.get(7), range.0, range.1))
+            .flatten();
+        let Some(entries) = entries else {
             report.findings.push(Finding::BatchChanged {
                 stream_id,
                 batch_id,
             });
             continue;
-        }
-        let range: (Option<i64>, Option<i64>) = (batch.get(5), batch.get(6));
-        let mut hashes = Vec::with_capacity(leaves.len() / 40);
-        let mut seqs = (None, None);
-        for entry in leaves.chunks_exact(40) {
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&entry[..8]);
-            let seq = i64::from_be_bytes(seq);
-            seqs = (seqs.0.or(Some(seq)), Some(seq));
-            let mut leaf = [0u8; 32];
-            leaf.copy_from_slice(&entry[8..]);
+        };
+        let seqs = (entries.first().map(|e| e.0), entries.last().map(|e| e.0));
+        let hashes: Vec<Hash> = entries.iter().map(|(_, leaf)| *leaf).collect();
+        for (seq, leaf) in entries {
             committed.insert(stream_id, seq, leaf);
-            hashes.push(leaf);
         }
         // The seq range says where the batch's records are; it must be theirs.
         if root(&hashes).as_slice() != committed_root.as_slice() || range != seqs {

@@ -6,7 +6,7 @@
 
 use audit_layer::integrity::merkle::{consistency_proof, inclusion_proof, Hash};
 use audit_layer::integrity::{
-    stored_encoding, BatchEntry, BATCH_ENTRY_COLUMNS, STORED_RECORD_COLUMNS,
+    batch_leaves, stored_encoding, BatchEntry, BATCH_ENTRY_COLUMNS, STORED_RECORD_COLUMNS,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::GenericClient;
@@ -163,16 +163,14 @@ pub async fn record_proof_at(
         return Ok(Provable::Unproven);
     };
     let committed: Vec<u8> = batch_row.try_get("leaves")?;
-    let entries: Vec<(i64, Hash)> = committed
-        .chunks_exact(40)
-        .map(|entry| {
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&entry[..8]);
-            let mut leaf = [0u8; 32];
-            leaf.copy_from_slice(&entry[8..]);
-            (i64::from_be_bytes(seq), leaf)
-        })
-        .collect();
+    let Some(entries) = batch_leaves(
+        &committed,
+        batch.rows,
+        Some(batch.first_seq),
+        Some(batch.last_seq),
+    ) else {
+        return Ok(Provable::Unproven);
+    };
     let Some(index) = entries.iter().position(|(s, _)| *s == seq) else {
         return Ok(Provable::Unproven);
     };
