@@ -9,7 +9,7 @@
 //!   the layer uses: the ceiling for any writer.
 //!
 //! `cargo bench --bench ingest -- [--events N] [--threads T] [--batch-size B] [--in-flight F]
-//!  [--baseline-records N]`
+//!  [--pairs P] [--baseline-records N]`
 //!
 //! Uses `DATABASE_URL` when set, otherwise a throwaway cluster with PostgreSQL's default
 //! durability (fsync on), on this machine. Each measurement gets a fresh database. Prints
@@ -17,7 +17,7 @@
 
 mod support;
 
-use support::{connect_migrated, emit_backups, peak_rss_mib};
+use support::{connect_migrated, cpu_seconds, emit_backups, peak_rss_mib};
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use pg_provision::{ClusterOptions, Postgres};
 use tracing_subscriber::prelude::*;
 
 struct Args {
+    pairs: usize,
     baseline_records: u64,
     events: u64,
     threads: u64,
@@ -34,6 +35,7 @@ struct Args {
 
 fn args() -> Args {
     let mut parsed = Args {
+        pairs: 3,
         baseline_records: 20_000,
         events: 1_000_000,
         threads: 4,
@@ -48,6 +50,7 @@ fn args() -> Args {
             "--threads" => parsed.threads = value().expect("--threads N"),
             "--batch-size" => parsed.batch_size = value().expect("--batch-size N") as usize,
             "--in-flight" => parsed.in_flight = value().expect("--in-flight N") as usize,
+            "--pairs" => parsed.pairs = (value().expect("--pairs N") as usize).max(1),
             "--baseline-records" => {
                 parsed.baseline_records = value().expect("--baseline-records N")
             }
@@ -67,29 +70,57 @@ fn main() {
         .expect("bench database");
     runtime.block_on(connect_migrated(&url));
 
-    // Integrity off and on, alternately and twice each: the VM drifts by a third within
-    // minutes, so the ratio is taken between neighbouring runs.
+    // Integrity off and on, alternately, `--pairs` times each (3 by default): the VM drifts
+    // by a third within minutes, so the ratio is taken between neighbouring runs, and
+    // reported as the ratio of the sums, with the range of the pairs.
     let mut rates = Vec::new();
-    for (round, integrity) in [false, true, false, true].into_iter().enumerate() {
+    for round in 0..args.pairs * 2 {
+        let integrity = round % 2 == 1;
         let url = runtime
             .block_on(server.create_database(&format!("bench_ingest_{round}")))
             .expect("bench database");
         runtime.block_on(connect_migrated(&url));
         rates.push((integrity, layer_run(&runtime, &url, &args, integrity)));
     }
-    let on: Vec<f64> = rates.iter().filter(|(i, _)| *i).map(|(_, r)| *r).collect();
-    let off: Vec<f64> = rates.iter().filter(|(i, _)| !*i).map(|(_, r)| *r).collect();
+    let cpu = |integrity: bool| -> f64 {
+        let runs: Vec<f64> = rates
+            .iter()
+            .filter(|(i, _)| *i == integrity)
+            .map(|(_, r)| r.cpu_per_event)
+            .collect();
+        runs.iter().sum::<f64>() / runs.len() as f64
+    };
+    let (cpu_on, cpu_off) = (cpu(true), cpu(false));
+    let on: Vec<f64> = rates
+        .iter()
+        .filter(|(i, _)| *i)
+        .map(|(_, r)| r.rate)
+        .collect();
+    let off: Vec<f64> = rates
+        .iter()
+        .filter(|(i, _)| !*i)
+        .map(|(_, r)| r.rate)
+        .collect();
+    let pairs: Vec<String> = on
+        .iter()
+        .zip(&off)
+        .map(|(on, off)| format!("{:.2}", on / off))
+        .collect();
     println!(
-        "ingest: integrity on = {:.2} x off (pairs: {:.2}, {:.2}; on {:.0} and {:.0}, off {:.0} and {:.0} events/s)",
-        (on[0] + on[1]) / (off[0] + off[1]),
-        on[0] / off[0],
-        on[1] / off[1],
-        on[0],
-        on[1],
-        off[0],
-        off[1]
+        "ingest: integrity on = {:.2} x off (pairs: {}; on {:.0}, off {:.0} events/s on average)",
+        on.iter().sum::<f64>() / off.iter().sum::<f64>(),
+        pairs.join(", "),
+        on.iter().sum::<f64>() / on.len() as f64,
+        off.iter().sum::<f64>() / off.len() as f64,
     );
-    let layer_rate = on[1];
+    println!(
+        "ingest: CPU per event, this process and PostgreSQL together: integrity on {:.2} µs, off {:.2} µs = {:.3} x (throughput bound by CPU: 1/that = {:.2} x)",
+        cpu_on * 1e6,
+        cpu_off * 1e6,
+        cpu_on / cpu_off,
+        cpu_off / cpu_on
+    );
+    let layer_rate = on[on.len() - 1];
 
     // Baseline 1: one INSERT, one commit, per record (the original design's repository).
     let url = runtime
@@ -317,7 +348,7 @@ async fn raw_copy(url: &str, n: u64, batch: usize, connections: usize) -> Durati
 
 /// One end-to-end run of the layer into `url`: the events/s from the first emission to
 /// the last commit.
-fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrity: bool) -> f64 {
+fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrity: bool) -> Run {
     let (layer, handle) = audit_layer::AuditLayer::builder()
         .database_url(url)
         .queue_capacity(1 << 20)
@@ -329,6 +360,7 @@ fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrit
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
 
     let per_thread = args.events / args.threads;
+    let (ours_before, postgres_before) = cpu_seconds();
     let started = Instant::now();
     emit_backups(&dispatch, args.threads, per_thread);
     let emitted = started.elapsed();
@@ -338,9 +370,11 @@ fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrit
     let committed = started.elapsed();
     let total = per_thread * args.threads;
     assert_eq!(stats.written, total, "{stats:?}");
+    let (ours_after, postgres_after) = cpu_seconds();
+    let cpu = (ours_after - ours_before, postgres_after - postgres_before);
     println!(
         "ingest (integrity {}): {total} events, {} threads, batch {}, {} in flight: emitted in {:.2} s, committed in {:.2} s = {:.0} events/s end to end; \
-         {} batches, {} dropped, peak RSS {:.0} MiB",
+         {} batches, {} dropped, peak RSS {:.0} MiB; CPU {:.2} µs/event here and {:.2} µs/event in PostgreSQL",
         if integrity { "on" } else { "off" },
         args.threads,
         args.batch_size,
@@ -350,7 +384,18 @@ fn layer_run(runtime: &tokio::runtime::Runtime, url: &str, args: &Args, integrit
         total as f64 / committed.as_secs_f64(),
         stats.batches,
         stats.dropped,
-        peak_rss_mib()
+        peak_rss_mib(),
+        cpu.0 * 1e6 / total as f64,
+        cpu.1 * 1e6 / total as f64,
     );
-    total as f64 / committed.as_secs_f64()
+    Run {
+        rate: total as f64 / committed.as_secs_f64(),
+        cpu_per_event: (cpu.0 + cpu.1) / total as f64,
+    }
+}
+
+/// What one layer run measured.
+struct Run {
+    rate: f64,
+    cpu_per_event: f64,
 }

@@ -81,3 +81,36 @@ pub fn emit_backups(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64)
         }
     });
 }
+
+/// CPU seconds (user and system) used so far by this process (threads that ended
+/// included) and by every `postgres` process on the machine: CPU time is steadier than
+/// wall time on a VM whose speed drifts, so a cost shows in it when throughput is too
+/// noisy to tell.
+pub fn cpu_seconds() -> (f64, f64) {
+    // utime and stime; with `children`, also the times of reaped children (a backend that
+    // ended is counted in its postmaster's).
+    fn stat_seconds(path: &std::path::Path, children: bool) -> f64 {
+        let stat = std::fs::read_to_string(path).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let reaped = if children { ticks(13) + ticks(14) } else { 0.0 };
+        (ticks(11) + ticks(12) + reaped) / 100.0
+    }
+    let ours = stat_seconds(std::path::Path::new("/proc/self/stat"), false);
+    let mut postgres = 0.0;
+    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = process.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            postgres += stat_seconds(&path.join("stat"), true);
+        }
+    }
+    (ours, postgres)
+}
