@@ -104,6 +104,19 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     let (code, out) = verify(&url, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signatures NOT checked"), "{out}");
+    // Incrementally from the checkpoint just published: nothing sealed since, nothing read.
+    let (code, out) = verify(
+        &url,
+        &["--public-key", &public, "--since-checkpoint", published],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("intact: 0 records proven in 0 batches (in scope"),
+        "{out}"
+    );
+    let (code, out) = verify(&url, &["--since", "1h", "--public-key", &public]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 20 records proven"), "{out}");
 
     // A bundle of records, checked offline with the public key alone; then with one
     // record's message changed in it.
