@@ -229,7 +229,7 @@ pub async fn verify_scoped(
     let mut checked = 0u64;
     while let Some(row) = rows.try_next().await? {
         checked += 1;
-        if checked % 100_000 == 0 {
+        if checked.is_multiple_of(100_000) {
             progress(checked);
         }
         let id: i64 = row.try_get(0)?;
