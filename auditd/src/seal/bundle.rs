@@ -290,10 +290,17 @@ pub async fn complete_bundle(
         let rows = client
             .query(
                 &format!(
+                    // The batch's own transaction wrote its records: found by the
+                    // BRIN index on (id, tx_id), not by a scan.
                     "SELECT id, {RECORD_COLUMNS}, {STORED_RECORD_COLUMNS} FROM audit_logs \
-                     WHERE stream_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
+                     WHERE tx_id = $4 AND stream_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
                 ),
-                &[&entry.stream_id, &entry.first_seq, &entry.last_seq],
+                &[
+                    &entry.stream_id,
+                    &entry.first_seq,
+                    &entry.last_seq,
+                    &entry.tx_id,
+                ],
             )
             .await?;
         let mut records = Vec::with_capacity(rows.len());

@@ -149,4 +149,81 @@ mod tests {
         assert!("https://x".parse::<Destination>().is_err());
         assert!("http://user@x/".parse::<Destination>().is_err());
     }
+
+    /// A one-request HTTP server answering `status`; returns its address and the request
+    /// it received.
+    async fn one_request_server(status: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let served = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then as many body bytes as Content-Length says.
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            stream
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (addr, served)
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_is_posted_as_text_and_a_refusal_is_an_error() {
+        let note = "log\n1\nAAAA\n\n\u{2014} log AAAA\n";
+        let (addr, served) = one_request_server("204 No Content").await;
+        let destination: Destination = format!("http://{addr}/checkpoints").parse().unwrap();
+        publish(&destination, note).await.unwrap();
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("POST /checkpoints HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            "{request}"
+        );
+        assert!(request.ends_with(note), "{request}");
+
+        let (addr, _served) = one_request_server("500 Internal Server Error").await;
+        let destination: Destination = format!("http://{addr}/").parse().unwrap();
+        let refused = publish(&destination, note).await.unwrap_err();
+        assert!(format!("{refused:#}").contains("500"), "{refused:#}");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("auditd-publish-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint");
+        let destination = Destination::File(path.clone());
+        publish(&destination, "first\n").await.unwrap();
+        publish(&destination, "second\n").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second\n");
+        assert!(!dir.join("checkpoint.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
