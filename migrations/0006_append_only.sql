@@ -9,13 +9,18 @@
 -- owner, who can drop the trigger or set session_replication_role = replica: what they
 -- change anyway is what `auditd verify` finds. Writers get INSERT only (see the README's
 -- least-privilege roles), so for them the trigger is a second lock.
+-- The function's search_path is pinned and every name qualified: a role that may create
+-- objects in some schema must not be able to put its own current_setting or pg_has_role
+-- in front of the real ones.
 CREATE FUNCTION audit_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF current_setting('audit.upkeep', true) = 'on'
-       AND pg_has_role(current_user,
-                       (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+    IF pg_catalog.current_setting('audit.upkeep', true) = 'on'
+       AND pg_catalog.pg_has_role(current_user,
+                       (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID),
+                       'MEMBER') THEN
         IF TG_LEVEL = 'STATEMENT' THEN
             RETURN NULL;
         ELSIF TG_OP = 'DELETE' THEN
@@ -32,7 +37,9 @@ $$;
 COMMENT ON FUNCTION audit_refuse_change() IS
     'Refuses UPDATE, DELETE and TRUNCATE on the audit tables, except for the schema''s own upkeep run by the owner.';
 
--- Row triggers on the partitioned table apply to every partition, present and future.
+-- Row triggers on the partitioned table apply to every partition, present and future;
+-- a statement trigger (TRUNCATE) is not passed on to partitions, so each partition gets
+-- its own: the existing ones below, new ones from audit_logs_ensure_partitions.
 CREATE TRIGGER audit_logs_append_only
     BEFORE UPDATE OR DELETE ON audit_logs
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
@@ -61,7 +68,37 @@ CREATE TRIGGER audit_checkpoints_no_truncate
     BEFORE TRUNCATE ON audit_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
 
--- Partition upkeep moves rows out of DEFAULT: it now says it is upkeep while it does.
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT inhrelid::regclass FROM pg_catalog.pg_inherits
+                WHERE inhparent = 'audit_logs'::regclass LOOP
+        EXECUTE format('CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()', part);
+    END LOOP;
+END;
+$$;
+
+-- The ledger's transaction id is the committing transaction's, whatever an INSERT says:
+-- sealing orders batches by it, so a writer may not choose it. (One row per batch: the
+-- trigger costs nothing measurable.)
+CREATE FUNCTION audit_writer_batches_stamp_tx() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.tx_id := pg_catalog.pg_current_xact_id()::text::bigint;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER audit_writer_batches_stamp_tx
+    BEFORE INSERT ON audit_writer_batches
+    FOR EACH ROW EXECUTE FUNCTION audit_writer_batches_stamp_tx();
+
+-- Partition upkeep moves rows out of DEFAULT: it now says it is upkeep while it does, and
+-- gives every partition it creates its TRUNCATE trigger.
 CREATE OR REPLACE FUNCTION audit_logs_ensure_partitions(from_ts timestamptz DEFAULT now(),
                                              months_ahead integer DEFAULT 2)
 RETURNS integer
@@ -112,11 +149,15 @@ BEGIN
             PERFORM set_config('audit.upkeep', '', true);
             EXECUTE format('ALTER TABLE audit_logs ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                            part_name, month_start, month_end);
+            EXECUTE format('CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()', part_name);
             RAISE NOTICE 'created partition % and moved % rows into it from audit_logs_default',
                 part_name, moved;
         ELSE
             EXECUTE format('CREATE TABLE %I PARTITION OF audit_logs FOR VALUES FROM (%L) TO (%L)',
                            part_name, month_start, month_end);
+            EXECUTE format('CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()', part_name);
         END IF;
         created := created + 1;
     END LOOP;

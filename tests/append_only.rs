@@ -155,7 +155,75 @@ async fn a_writer_role_may_insert_only_and_a_role_granted_too_much_is_still_refu
             lax_client.batch_execute("ROLLBACK").await.unwrap();
         }
     }
+    // Nor by partition: TRUNCATE of one partition does not reach the parent's trigger,
+    // so each partition has its own, the DEFAULT one and those made later included.
+    let partition: String = db
+        .client
+        .query_one(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'audit_logs'::regclass ORDER BY 1 LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.client
+        .query_one("SELECT audit_logs_ensure_partitions('2034-01-01Z', 0)", &[])
+        .await
+        .unwrap();
+    db.client
+        .batch_execute(&format!(
+            "GRANT TRUNCATE ON audit_logs_default, audit_logs_2034m01, {partition} TO {lax}"
+        ))
+        .await
+        .unwrap();
+    for part in [
+        "audit_logs_default",
+        "audit_logs_2034m01",
+        partition.as_str(),
+    ] {
+        let attempt = format!("TRUNCATE {part}");
+        let refused = lax_client
+            .batch_execute(&attempt)
+            .await
+            .expect_err(&attempt);
+        assert_eq!(
+            refused.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{attempt}"
+        );
+    }
+    // Nor by its own functions in front of the trigger's (a role that may create a schema).
+    let schema = format!("ao_evil_{pid}");
+    db.client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema} AUTHORIZATION {lax}"
+        ))
+        .await
+        .unwrap();
+    let shadowed = lax_client
+        .batch_execute(&format!(
+            "CREATE FUNCTION {schema}.current_setting(text, boolean) RETURNS text
+               LANGUAGE sql AS 'SELECT ''on''::text';
+             CREATE FUNCTION {schema}.pg_has_role(name, oid, text) RETURNS boolean
+               LANGUAGE sql AS 'SELECT true';
+             SET search_path = {schema}, pg_catalog, public;
+             UPDATE audit_logs SET message = 'edited'"
+        ))
+        .await
+        .expect_err("the trigger's own functions are the catalog's");
+    assert_eq!(shadowed.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    lax_client.batch_execute("RESET search_path").await.unwrap();
     assert_eq!(db.count("SELECT count(*) FROM audit_logs").await, 11);
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE message = 'edited'")
+            .await,
+        0
+    );
+    db.client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
     drop((writer_db, lax_client));
     db.client
         .batch_execute(&format!(
