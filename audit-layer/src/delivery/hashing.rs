@@ -51,6 +51,8 @@ impl ProofBuilder {
             severity: log.severity.as_str(),
             message: log.message(),
             ip_address: log.ip_address,
+            // The layer writes host addresses (no netmask).
+            ip_prefix: None,
             resource_type: log.resource_type(),
             resource_id: log.resource_id(),
             resource_name: log.resource_name(),

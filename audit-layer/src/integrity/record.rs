@@ -37,6 +37,11 @@ pub struct StoredRecord<'a> {
     pub message: &'a str,
     /// `ip_address`.
     pub ip_address: Option<IpAddr>,
+    /// `ip_address`'s netmask length when it is shorter than the address (an `inet` such
+    /// as `192.0.2.1/24`, which only SQL writes: the layer stores host addresses), so
+    /// that a mask added afterwards, which changes what searches by address find,
+    /// changes the leaf. `None` for a host address.
+    pub ip_prefix: Option<u8>,
     /// `resource_type`.
     pub resource_type: Option<&'a str>,
     /// `resource_id`.
@@ -67,9 +72,14 @@ impl StoredRecord<'_> {
         let stream = self.stream_id.map(i64::to_be_bytes);
         let seq = self.seq.map(i64::to_be_bytes);
         let user_id = self.user_id.map(i64::to_be_bytes);
-        let ip = self.ip_address.map(|ip| match ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
+        let ip = self.ip_address.map(|ip| {
+            let mut bytes = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            // One byte more, only for a network: host addresses encode as before.
+            bytes.extend(self.ip_prefix);
+            bytes
         });
         field(out, stream.as_ref().map(|b| &b[..]));
         field(out, seq.as_ref().map(|b| &b[..]));
@@ -97,7 +107,8 @@ impl StoredRecord<'_> {
 /// The columns to select for [`stored_leaf`]: every stored value, `metadata` as the text
 /// PostgreSQL prints for it.
 pub const STORED_RECORD_COLUMNS: &str = "stream_id, seq, created_at, username, user_id, \
-     event_type, severity, message, ip_address, resource_type, resource_id, resource_name, \
+     event_type, severity, message, ip_address, masklen(ip_address) AS ip_prefix, \
+     resource_type, resource_id, resource_name, \
      metadata::text AS metadata_text";
 
 /// The stored values of a row read with [`STORED_RECORD_COLUMNS`] (other columns may
@@ -111,6 +122,13 @@ pub fn stored_record(row: &tokio_postgres::Row) -> Result<StoredRecord<'_>, toki
         .position(|c| c.name() == "stream_id")
         .unwrap_or(0);
     let created_at: chrono::DateTime<chrono::Utc> = row.try_get(at + 2)?;
+    let ip_address: Option<IpAddr> = row.try_get(at + 8)?;
+    let masklen: Option<i32> = row.try_get(at + 9)?;
+    let ip_prefix = match (ip_address, masklen) {
+        (Some(IpAddr::V4(_)), Some(bits)) if bits < 32 => Some(bits as u8),
+        (Some(IpAddr::V6(_)), Some(bits)) if bits < 128 => Some(bits as u8),
+        _ => None,
+    };
     Ok(StoredRecord {
         stream_id: row.try_get(at)?,
         seq: row.try_get(at + 1)?,
@@ -120,11 +138,12 @@ pub fn stored_record(row: &tokio_postgres::Row) -> Result<StoredRecord<'_>, toki
         event_type: row.try_get(at + 5)?,
         severity: row.try_get(at + 6)?,
         message: row.try_get(at + 7)?,
-        ip_address: row.try_get(at + 8)?,
-        resource_type: row.try_get(at + 9)?,
-        resource_id: row.try_get(at + 10)?,
-        resource_name: row.try_get(at + 11)?,
-        metadata: row.try_get(at + 12)?,
+        ip_address,
+        ip_prefix,
+        resource_type: row.try_get(at + 10)?,
+        resource_id: row.try_get(at + 11)?,
+        resource_name: row.try_get(at + 12)?,
+        metadata: row.try_get(at + 13)?,
     })
 }
 
@@ -165,34 +184,39 @@ impl<'a> StoredRecord<'a> {
         if fields.take(1)? != [RECORD_ENCODING_V1] {
             return Err(NotAnEncoding("the version byte"));
         }
-        let record = StoredRecord {
-            stream_id: fields.int()?,
-            seq: fields.int()?,
-            created_at_micros: fields.int()?.ok_or(NotAnEncoding("created_at is NULL"))?,
-            username: fields.text()?.ok_or(NotAnEncoding("username is NULL"))?,
-            user_id: fields.int()?,
-            event_type: fields.text()?.ok_or(NotAnEncoding("event_type is NULL"))?,
-            severity: fields.text()?.ok_or(NotAnEncoding("severity is NULL"))?,
-            message: fields.text()?.ok_or(NotAnEncoding("message is NULL"))?,
-            ip_address: match fields.field()? {
-                None => None,
-                Some(b) if b.len() == 4 => {
-                    Some(IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default()))
-                }
-                Some(b) if b.len() == 16 => {
-                    Some(IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()))
-                }
-                Some(_) => return Err(NotAnEncoding("ip_address is not 4 or 16 bytes")),
-            },
-            resource_type: fields.text()?,
-            resource_id: fields.text()?,
-            resource_name: fields.text()?,
-            metadata: fields.text()?,
-        };
+        // In the encoding's order.
+        let stream_id = fields.int()?;
+        let seq = fields.int()?;
+        let created_at_micros = fields.int()?.ok_or(NotAnEncoding("created_at is NULL"))?;
+        let username = fields.text()?.ok_or(NotAnEncoding("username is NULL"))?;
+        let user_id = fields.int()?;
+        let event_type = fields.text()?.ok_or(NotAnEncoding("event_type is NULL"))?;
+        let severity = fields.text()?.ok_or(NotAnEncoding("severity is NULL"))?;
+        let message = fields.text()?.ok_or(NotAnEncoding("message is NULL"))?;
+        let (ip_address, ip_prefix) = fields.ip()?;
+        let resource_type = fields.text()?;
+        let resource_id = fields.text()?;
+        let resource_name = fields.text()?;
+        let metadata = fields.text()?;
         if !fields.rest.is_empty() {
             return Err(NotAnEncoding("bytes after the last field"));
         }
-        Ok(record)
+        Ok(StoredRecord {
+            stream_id,
+            seq,
+            created_at_micros,
+            username,
+            user_id,
+            event_type,
+            severity,
+            message,
+            ip_address,
+            ip_prefix,
+            resource_type,
+            resource_id,
+            resource_name,
+            metadata,
+        })
     }
 }
 
@@ -231,6 +255,34 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An address (4 or 16 bytes), with one byte more for a netmask shorter than it.
+    fn ip(&mut self) -> Result<(Option<IpAddr>, Option<u8>), NotAnEncoding> {
+        let Some(bytes) = self.field()? else {
+            return Ok((None, None));
+        };
+        let (address, prefix) = match bytes.len() {
+            4 | 16 => (bytes, None),
+            5 | 17 => (&bytes[..bytes.len() - 1], bytes.last().copied()),
+            _ => {
+                return Err(NotAnEncoding(
+                    "ip_address is not 4 or 16 bytes (and a mask)",
+                ))
+            }
+        };
+        let ip = match <[u8; 4]>::try_from(address) {
+            Ok(v4) => IpAddr::from(v4),
+            Err(_) => IpAddr::from(
+                <[u8; 16]>::try_from(address).map_err(|_| NotAnEncoding("ip_address"))?,
+            ),
+        };
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        // A mask as long as the address is written without one: one form per value.
+        if prefix.is_some_and(|p| p >= full) {
+            return Err(NotAnEncoding("ip_address has a full-length mask byte"));
+        }
+        Ok((Some(ip), prefix))
+    }
+
     fn text(&mut self) -> Result<Option<&'a str>, NotAnEncoding> {
         self.field()?
             .map(|bytes| std::str::from_utf8(bytes).map_err(|_| NotAnEncoding("text is not UTF-8")))
@@ -255,6 +307,21 @@ mod tests {
         let mut v6_bytes = Vec::new();
         v6.encode(&mut v6_bytes);
         assert_eq!(StoredRecord::decode(&v6_bytes), Ok(v6));
+        for network in [
+            StoredRecord {
+                ip_prefix: Some(24),
+                ..record()
+            },
+            StoredRecord {
+                ip_address: Some("2001:db8::".parse().unwrap()),
+                ip_prefix: Some(64),
+                ..record()
+            },
+        ] {
+            let mut bytes = Vec::new();
+            network.encode(&mut bytes);
+            assert_eq!(StoredRecord::decode(&bytes), Ok(network));
+        }
         for cut in 0..bytes.len() {
             assert!(StoredRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -274,6 +341,7 @@ mod tests {
             severity: "info",
             message: "User login",
             ip_address: Some("10.1.2.3".parse().unwrap()),
+            ip_prefix: None,
             resource_type: None,
             resource_id: None,
             resource_name: None,
@@ -340,6 +408,11 @@ mod tests {
             },
             StoredRecord {
                 metadata: None,
+                ..base
+            },
+            // A netmask added to the address changes what address searches find.
+            StoredRecord {
+                ip_prefix: Some(24),
                 ..base
             },
         ];
