@@ -279,7 +279,13 @@ async fn a_new_key_signs_from_a_checkpoint_on_and_old_checkpoints_verify_with_th
     let mut old = sealer();
     emit(&db, 60, 20).await;
     seal_all(&db, &mut old).await;
-    let mut new = Sealer::new(SigningKey::generate("test.example/log").unwrap());
+    // The new key's sealer refuses a log whose checkpoints it has no reason to trust ...
+    let mut stranger = Sealer::new(SigningKey::generate("test.example/log").unwrap());
+    let refused = seal(&db, &mut stranger).await.unwrap_err();
+    assert!(format!("{refused}").contains("not trusted"), "{refused}");
+    // ... and, told the earlier key, takes over from it.
+    let mut new = Sealer::new(SigningKey::generate("test.example/log").unwrap())
+        .trusting([old.key().verifier()]);
     let rotated = seal(&db, &mut new).await.unwrap();
     assert!(
         rotated.note.is_some(),
@@ -499,8 +505,14 @@ async fn an_incremental_check_reads_only_what_was_sealed_after_a_checkpoint() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
+    let second: i64 = db
+        .client
+        .query_one("SELECT max(id) - 4 FROM audit_logs", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(
-        found[0].contains("seq 96) changed"),
+        found[0].starts_with(&format!("record {second} ")),
         "the second round's: {found:?}"
     );
     assert_eq!(incremental.proven, 99);
@@ -514,4 +526,39 @@ async fn an_incremental_check_reads_only_what_was_sealed_after_a_checkpoint() {
         .await
         .unwrap();
     assert_eq!((none.proven, none.findings.len()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_sealer_anchored_on_its_published_checkpoint_refuses_a_log_emptied_or_rewritten() {
+    let db = TestDb::migrated("sealed_log_anchor").await;
+    let key = SigningKey::generate("test.example/log").unwrap().to_text();
+    let mut sealer = Sealer::new(SigningKey::parse(&key).unwrap());
+    emit(&db, 60, 20).await;
+    let published = seal_all(&db, &mut sealer).await.note.unwrap();
+    // A superuser empties the log and its checkpoints (and could rewrite the records and
+    // ledger to match): a sealer that only looked inside would start a new log, signed.
+    db.client
+        .batch_execute(
+            "SET session_replication_role = replica;
+             DELETE FROM audit_checkpoints; DELETE FROM audit_log_tree;
+             RESET session_replication_role",
+        )
+        .await
+        .unwrap();
+    let mut anchored = Sealer::new(SigningKey::parse(&key).unwrap())
+        .anchored(&published)
+        .unwrap();
+    let refused = seal(&db, &mut anchored).await.unwrap_err();
+    assert!(
+        format!("{refused}").contains("the log was removed"),
+        "{refused}"
+    );
+    assert_eq!(db.count("SELECT count(*) FROM audit_checkpoints").await, 0);
+    // A stored checkpoint signed by someone else is not built on either.
+    let forger = SigningKey::generate("test.example/log").unwrap();
+    let mut forged = Sealer::new(SigningKey::parse(&forger.to_text()).unwrap());
+    seal_all(&db, &mut forged).await;
+    let mut honest = Sealer::new(SigningKey::parse(&key).unwrap());
+    let refused = seal(&db, &mut honest).await.unwrap_err();
+    assert!(format!("{refused}").contains("not trusted"), "{refused}");
 }

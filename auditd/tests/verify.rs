@@ -101,7 +101,11 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signed log: "), "{out}");
     assert!(!out.contains("NOT checked"), "{out}");
+    // Without the key a signed log is not checked, unless asked to compare only.
     let (code, out) = verify(&url, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("give the log's public key"), "{out}");
+    let (code, out) = verify(&url, &["--no-signatures"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signatures NOT checked"), "{out}");
     // Incrementally from the checkpoint just published: nothing sealed since, nothing read.

@@ -133,9 +133,19 @@ pub struct SealArgs {
     #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: PathBuf,
     /// Where to publish each new checkpoint, comma-separated: `-` (standard output), a
-    /// file path (replaced atomically), or an http:// URL (POST).
+    /// file path (replaced atomically), or an http:// URL (POST). The first file that
+    /// exists is also the anchor: the seal is refused unless the log extends it.
     #[arg(long, env = "AUDITD_PUBLISH_CHECKPOINTS", value_delimiter = ',')]
     pub publish: Vec<Destination>,
+    /// Public keys of earlier signing keys (after a rotation), comma-separated files:
+    /// the log's existing checkpoints must be signed by one of them or by this key.
+    #[arg(
+        long,
+        env = "AUDITD_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub public_key: Vec<PathBuf>,
 }
 
 /// The flags of `auditd verify`.
@@ -169,6 +179,11 @@ pub struct VerifyArgs {
     /// Published checkpoints (kept outside the database) to check the log against.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Vec<PathBuf>,
+    /// Check without the public key: the checkpoints are compared with the log but their
+    /// signatures are not checked, which proves nothing against whoever can write them.
+    /// Without it, a database with checkpoints and no --public-key is not checked (exit 2).
+    #[arg(long)]
+    pub no_signatures: bool,
     /// Check only the records of batches committed at or after this time: an RFC 3339
     /// time, or a duration before now (`24h`). The log and the ledger are still checked
     /// whole (they are small); rows forged outside any batch are found by a full check.
@@ -332,6 +347,16 @@ pub struct ServeArgs {
         requires = "signing_key"
     )]
     pub publish_checkpoints: Vec<Destination>,
+
+    /// With --signing-key: public keys of earlier signing keys (after a rotation),
+    /// comma-separated files, trusted for the log's existing checkpoints.
+    #[arg(
+        long,
+        env = "AUDITD_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub public_key: Vec<PathBuf>,
 
     /// How often to create partitions ahead of time; 0 disables (when the role may not).
     #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]

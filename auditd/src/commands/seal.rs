@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use super::cli::SealArgs;
-use crate::seal::{publish, Sealer, SigningKey};
+use crate::seal::{publish, sealer_for, SigningKey};
 
 /// Seals everything committed so far (a backlog over several transactions) and
 /// publishes the checkpoint signed.
@@ -11,7 +11,7 @@ pub async fn run(args: &SealArgs) -> Result<()> {
     let key = SigningKey::load(&args.signing_key)?;
     let mut client =
         crate::db::connect(&args.database.database_url, args.database.db_timeout).await?;
-    let mut sealer = Sealer::new(key);
+    let mut sealer = sealer_for(key, &args.public_key, &args.publish)?;
     let (mut batches, mut records, mut note) = (0u64, 0u64, None);
     loop {
         let sealed = tokio::time::timeout(args.database.db_timeout * 4, sealer.seal(&mut client))

@@ -15,7 +15,7 @@ use super::cli::ServeArgs;
 use super::{logging, upkeep};
 use crate::auth::{TokenStore, Tokens};
 use crate::query::commit_notices;
-use crate::seal::{publish, seal_periodically, Sealer, SigningKey};
+use crate::seal::{publish, seal_periodically, sealer_for, SigningKey};
 #[cfg(feature = "tls")]
 use crate::server::Certificate;
 use crate::server::{self, ServerOptions, TlsAcceptor};
@@ -58,7 +58,11 @@ pub async fn final_seal(url: &str, args: &ServeArgs) {
         return;
     };
     let sealed = async {
-        let mut sealer = Sealer::new(SigningKey::load(key)?);
+        let mut sealer = sealer_for(
+            SigningKey::load(key)?,
+            &args.public_key,
+            &args.publish_checkpoints,
+        )?;
         let mut client = crate::db::connect(url, args.db_timeout).await?;
         let sealed = tokio::time::timeout(args.db_timeout, sealer.seal(&mut client))
             .await
@@ -138,7 +142,11 @@ pub async fn serve_until_signal(
     let (certificate, tls) = tls_from_args(args)?;
     let sealing = match &args.signing_key {
         Some(path) => {
-            let sealer = Sealer::new(SigningKey::load(path)?);
+            let sealer = sealer_for(
+                SigningKey::load(path)?,
+                &args.public_key,
+                &args.publish_checkpoints,
+            )?;
             tracing::info!(
                 log = sealer.key().name(),
                 interval = ?args.seal_interval,

@@ -81,6 +81,13 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         eprint!("\r\x1b[K");
     }
     let log = verify_log(&client, &keys, &published).await?;
+    if keys.is_empty() && log.checkpoints > 0 && !args.no_signatures {
+        anyhow::bail!(
+            "the log has {} signed checkpoint(s): give the log's public key (--public-key), \
+             or --no-signatures to compare them with the log without checking who signed them",
+            log.checkpoints
+        );
+    }
     for finding in &records.findings {
         println!("{finding}");
     }

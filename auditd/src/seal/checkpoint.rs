@@ -43,6 +43,10 @@ pub struct Checkpoint {
     pub root: Hash,
     /// When it was signed, from the `time` extension line.
     pub time: Option<DateTime<Utc>>,
+    /// The snapshot horizon of the seal that signed it, from the `horizon` extension line:
+    /// every batch committed by a transaction below it is in the tree. Signed, so that
+    /// neither a sealer nor a verifier takes it from a row anyone could edit.
+    pub horizon: Option<i64>,
 }
 
 /// Why a note is not a checkpoint signed by a known key.
@@ -81,6 +85,9 @@ impl Checkpoint {
             body.push_str("time ");
             body.push_str(&time.to_rfc3339_opts(SecondsFormat::Micros, true));
             body.push('\n');
+        }
+        if let Some(horizon) = self.horizon {
+            body.push_str(&format!("horizon {horizon}\n"));
         }
         body
     }
@@ -128,7 +135,15 @@ impl Checkpoint {
             verified.get_or_insert(key);
         }
         let key = verified.ok_or(NoteError::UnknownKey)?;
-        Ok((Self::parse_body(body)?, key))
+        let checkpoint = Self::parse_body(body)?;
+        // A log's checkpoints are signed under its own name: a key shared by two logs
+        // must not make one's checkpoints pass for the other's.
+        if checkpoint.origin != key.name() {
+            return Err(NoteError::Malformed(
+                "its origin is not the name of the key that signed it",
+            ));
+        }
+        Ok((checkpoint, key))
     }
 
     fn parse_body(body: &str) -> Result<Self, NoteError> {
@@ -153,7 +168,7 @@ impl Checkpoint {
             .ok_or(NoteError::Malformed(
                 "the root is not a base64 SHA-256 hash",
             ))?;
-        let mut time = None;
+        let (mut time, mut horizon) = (None, None);
         for extension in lines {
             if extension.is_empty() {
                 return Err(NoteError::Malformed("an empty extension line"));
@@ -162,6 +177,11 @@ impl Checkpoint {
                 let parsed = DateTime::parse_from_rfc3339(text)
                     .map_err(|_| NoteError::Malformed("the time line is not RFC 3339"))?;
                 time = Some(parsed.with_timezone(&Utc));
+            } else if let Some(text) = extension.strip_prefix("horizon ") {
+                horizon = Some(
+                    text.parse::<i64>()
+                        .map_err(|_| NoteError::Malformed("the horizon line is not a number"))?,
+                );
             }
         }
         Ok(Checkpoint {
@@ -169,6 +189,7 @@ impl Checkpoint {
             size,
             root,
             time,
+            horizon,
         })
     }
 }
@@ -218,6 +239,7 @@ mod tests {
             size: 1042,
             root: [7; 32],
             time: Some(DateTime::from_timestamp_micros(1_764_588_000_123_456).unwrap()),
+            horizon: Some(4242),
         }
     }
 
@@ -237,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_changed_size_root_or_time_does_not_verify() {
-        let key = SigningKey::generate("log").unwrap();
+        let key = SigningKey::generate("audit.example/log").unwrap();
         let keys = [key.verifier()];
         let note = checkpoint().sign(&key);
         for (from, to) in [("1042", "1043"), (":00.123456Z", ":01.123456Z")] {
@@ -276,7 +298,7 @@ mod tests {
 
     #[test]
     fn malformed_notes_are_refused_not_misread() {
-        let key = SigningKey::generate("log").unwrap();
+        let key = SigningKey::generate("audit.example/log").unwrap();
         let keys = [key.verifier()];
         let note = checkpoint().sign(&key);
         for bad in [

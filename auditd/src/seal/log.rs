@@ -19,7 +19,7 @@ use chrono::Utc;
 use tokio_postgres::{Client, GenericClient};
 
 use super::checkpoint::Checkpoint;
-use super::keys::SigningKey;
+use super::keys::{SigningKey, VerifierKey};
 
 /// The advisory lock that serialises seals (`auditsea` in ASCII).
 const SEAL_LOCK: i64 = 0x6175_6469_7473_6561;
@@ -78,8 +78,16 @@ pub struct Sealed {
 
 /// Seals with one key, remembering the tree between seals so that each costs what it
 /// appends, not the size of the log.
+///
+/// A sealer never signs on top of a history it cannot trust: the latest stored checkpoint
+/// must be signed by its key or one it was told to trust (the keys before a rotation),
+/// and the stored tree must extend its *anchor*, a checkpoint kept outside the database
+/// (the file it publishes to), so that a superuser who empties or rewrites the log and its
+/// checkpoints cannot have it signed anew.
 pub struct Sealer {
     key: SigningKey,
+    trusted: Vec<VerifierKey>,
+    anchor: Option<Checkpoint>,
     known: Option<Known>,
 }
 
@@ -91,7 +99,28 @@ struct Known {
 impl Sealer {
     /// A sealer signing with `key`.
     pub fn new(key: SigningKey) -> Self {
-        Sealer { key, known: None }
+        Sealer {
+            trusted: vec![key.verifier()],
+            key,
+            anchor: None,
+            known: None,
+        }
+    }
+
+    /// Also trusts checkpoints signed by `keys` (the keys before a rotation).
+    pub fn trusting(mut self, keys: impl IntoIterator<Item = VerifierKey>) -> Self {
+        self.trusted.extend(keys);
+        self
+    }
+
+    /// Refuses to sign unless the stored log extends `note`, a checkpoint kept outside
+    /// the database (signed by a trusted key).
+    pub fn anchored(mut self, note: &str) -> Result<Self, SealError> {
+        let (checkpoint, _) = Checkpoint::open(note, &self.trusted).map_err(|e| {
+            SealError::Inconsistent(format!("the published checkpoint is not trusted: {e}"))
+        })?;
+        self.anchor = Some(checkpoint);
+        Ok(self)
     }
 
     /// The key it signs with.
@@ -103,7 +132,13 @@ impl Sealer {
     /// not signed the latest one (a rotation starts with a checkpoint), or when the latest
     /// is older than [`HEARTBEAT`].
     pub async fn seal(&mut self, client: &mut Client) -> Result<Sealed, SealError> {
-        let tx = client.transaction().await?;
+        // Read committed, whatever the session's default: each statement must see what
+        // committed before it, the lock's holder's seal included.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SEAL_LOCK])
             .await?;
         let latest = tx
@@ -116,26 +151,34 @@ impl Sealer {
             .await?;
         let stale = latest.as_ref().is_some_and(|row| row.get::<_, bool>(5));
         let (last_id, last_size, last_horizon, last_key, last_root) = match &latest {
-            None => (0, 0, 0, String::new(), CompactTree::default().root()),
-            Some(row) => {
-                let note: String = row.get(4);
-                let claimed = Checkpoint::parse_unverified(&note).map_err(|e| {
-                    SealError::Inconsistent(format!("the latest stored checkpoint: {e}"))
-                })?;
-                let size: i64 = row.get(1);
-                if claimed.size != size as u64 {
+            None => {
+                if let Some(anchor) = self.anchor.as_ref().filter(|a| a.size > 0) {
                     return Err(SealError::Inconsistent(format!(
-                        "the latest checkpoint row says size {size}, its note {}",
-                        claimed.size
+                        "the database holds no checkpoint, but one of size {} was published: the log was removed",
+                        anchor.size
                     )));
                 }
-                (
-                    row.get(0),
-                    size,
-                    row.get::<_, i64>(2),
-                    row.get(3),
-                    claimed.root,
-                )
+                (0, 0, 0, None, CompactTree::default().root())
+            }
+            Some(row) => {
+                let note: String = row.get(4);
+                let (checkpoint, by) = Checkpoint::open(&note, &self.trusted).map_err(|e| {
+                    SealError::Inconsistent(format!(
+                        "the latest stored checkpoint is not trusted: {e} (after a rotation, \
+                         give the earlier public key)"
+                    ))
+                })?;
+                let size: i64 = row.get(1);
+                if checkpoint.size != size as u64 {
+                    return Err(SealError::Inconsistent(format!(
+                        "the latest checkpoint row says size {size}, its note {}",
+                        checkpoint.size
+                    )));
+                }
+                let horizon = checkpoint.horizon.ok_or_else(|| {
+                    SealError::Inconsistent("the latest checkpoint has no horizon line".to_owned())
+                })?;
+                (row.get(0), size, horizon, Some(by.id()), checkpoint.root)
             }
         };
         let stored_size: i64 = tx
@@ -151,8 +194,23 @@ impl Sealer {
             )));
         }
         let mut tree = match self.known.take() {
+            // Its own history, which extended the anchor when it was loaded.
             Some(known) if known.checkpoint_id == last_id => known.tree,
-            _ => load_tree(&tx, last_size).await?,
+            _ => {
+                let leaves = load_leaves(&tx, last_size).await?;
+                if let Some(anchor) = &self.anchor {
+                    let extends = anchor.size <= leaves.len() as u64
+                        && audit_layer::integrity::merkle::root(&leaves[..anchor.size as usize])
+                            == anchor.root;
+                    if !extends {
+                        return Err(SealError::Inconsistent(format!(
+                            "the stored log does not extend the published checkpoint of size {}",
+                            anchor.size
+                        )));
+                    }
+                }
+                CompactTree::from_leaves(&leaves)
+            }
         };
         if tree.root() != last_root {
             return Err(SealError::Inconsistent(
@@ -216,7 +274,8 @@ impl Sealer {
             .await?;
         }
         let our_key = crate::hex::encode(&self.key.id());
-        let sign = !positions.is_empty() || latest.is_none() || last_key != our_key || stale;
+        let sign =
+            !positions.is_empty() || latest.is_none() || last_key != Some(self.key.id()) || stale;
         let now = Utc::now();
         let note = if sign {
             let checkpoint = Checkpoint {
@@ -224,6 +283,7 @@ impl Sealer {
                 size: tree.size(),
                 root: tree.root(),
                 time: Some(now),
+                horizon: Some(next_horizon),
             };
             let note = checkpoint.sign(&self.key);
             let id: i64 = tx
@@ -240,12 +300,12 @@ impl Sealer {
                 )
                 .await?
                 .get(0);
-            Some((id, note))
+            Some((id, note, checkpoint))
         } else {
             None
         };
         tx.commit().await?;
-        let checkpoint_id = note.as_ref().map_or(last_id, |(id, _)| *id);
+        let checkpoint_id = note.as_ref().map_or(last_id, |(id, _, _)| *id);
         let tree_size = tree.size();
         self.known = Some(Known {
             checkpoint_id,
@@ -255,7 +315,11 @@ impl Sealer {
             tree_size,
             batches: positions.len() as u64,
             records,
-            note: note.map(|(_, note)| note),
+            note: note.map(|(_, note, checkpoint)| {
+                // Committed: it is what the next seal must extend.
+                self.anchor = Some(checkpoint);
+                note
+            }),
             longest_wait: oldest.map(|micros| {
                 let waited = now.timestamp_micros().saturating_sub(micros).max(0);
                 Duration::from_micros(waited as u64)
@@ -293,8 +357,4 @@ pub async fn load_leaves(client: &impl GenericClient, size: i64) -> Result<Vec<H
         )));
     }
     Ok(leaves)
-}
-
-async fn load_tree(client: &impl GenericClient, size: i64) -> Result<CompactTree, SealError> {
-    Ok(CompactTree::from_leaves(&load_leaves(client, size).await?))
 }

@@ -36,6 +36,37 @@ pub use proof::{
 pub use publish::{publish, Destination};
 pub use verify::{verify_log, LogFinding, LogReport};
 
+/// The sealer a command runs: signing with `key`, also trusting the keys in
+/// `earlier_keys` (files of public keys, for the checkpoints signed before a rotation),
+/// and anchored on the checkpoint in the first file among `destinations` that exists, so
+/// that it refuses to sign a log that does not extend what it published before.
+pub fn sealer_for(
+    key: SigningKey,
+    earlier_keys: &[std::path::PathBuf],
+    destinations: &[Destination],
+) -> anyhow::Result<Sealer> {
+    let mut trusted = Vec::new();
+    for path in earlier_keys {
+        trusted.extend(VerifierKey::load_all(path)?);
+    }
+    let mut sealer = Sealer::new(key).trusting(trusted);
+    for destination in destinations {
+        if let Destination::File(path) = destination {
+            match std::fs::read_to_string(path) {
+                Ok(note) => {
+                    sealer = sealer
+                        .anchored(&note)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+            }
+        }
+    }
+    Ok(sealer)
+}
+
 /// After a failed seal, the wait before the next try, at first and at most.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
