@@ -295,6 +295,26 @@ async fn a_bundle_proves_its_records_offline_and_a_complete_one_that_none_is_mis
         found[0].contains(&format!("are not the {rows} it committed")),
         "{found:?}"
     );
+    // Cut at its limit, it says so; holding nothing, it proves nothing.
+    let cut = server
+        .get_json("/api/v1/logs/bundle?complete=true&limit=1")
+        .await;
+    assert_eq!(cut["truncated"], true);
+    let report = check_bundle(&Bundle::from_json(&cut).unwrap(), &keys);
+    assert!(
+        report.intact() && report.proven < 60,
+        "{:?}",
+        report.findings
+    );
+    let nothing = server
+        .get_json("/api/v1/logs/bundle?complete=true&username=nobody")
+        .await;
+    let report = check_bundle(&Bundle::from_json(&nothing).unwrap(), &keys);
+    assert!(!report.intact());
+    assert_eq!(
+        report.findings,
+        ["the bundle holds no record: it proves nothing"]
+    );
     let mut gap = complete.clone();
     gap["batches"].as_array_mut().unwrap().remove(1);
     let found = check_bundle(&Bundle::from_json(&gap).unwrap(), &keys).findings;

@@ -115,7 +115,7 @@ pub fn batch_leaves(
         }
         return leaves
             .chunks_exact(32)
-            .zip(first..)
+            .zip(first..=last)
             .map(|(leaf, seq)| Some((seq, hash(leaf)?)))
             .collect();
     }

@@ -169,10 +169,22 @@ fn check_bundle_file(path: &std::path::Path, keys: &[VerifierKey]) -> anyhow::Re
             _ => String::new(),
         }
     );
+    // What the bundle says of itself, beyond its proofs: auditd's word.
     if bundle.unsealed > 0 {
         println!(
-            "{} record(s) asked for were not sealed yet, so not in the bundle",
+            "the bundle says {} record(s) asked for were not sealed yet, so are not in it",
             bundle.unsealed
+        );
+    }
+    if bundle.unproven > 0 {
+        println!(
+            "the bundle says {} record(s) asked for carry no proof (written without integrity), so are not in it",
+            bundle.unproven
+        );
+    }
+    if bundle.truncated {
+        println!(
+            "the bundle says it stopped at its record limit: complete only up to its last batch"
         );
     }
     Ok(intact)

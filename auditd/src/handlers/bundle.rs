@@ -5,7 +5,8 @@
 //! Two kinds: the records that match the filters, each proven genuine; or, with
 //! `complete=true`, every record of the batches at consecutive log positions from the
 //! first batch holding a matching record to the last, which also proves that none is
-//! missing there (with no filter but a time window: none of that time is missing).
+//! missing from those batches. (What the bundle says of itself beyond the proofs,
+//! `truncated`, `unsealed`, `unproven`, is auditd's word, not proven.)
 
 use hyper::StatusCode;
 use serde_json::Value;
@@ -96,19 +97,27 @@ pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {
             .await
             .map_err(|e| ApiError::database(&e))?;
         let mut proofs = Vec::with_capacity(rows.len());
+        let mut unproven = 0;
         for row in &rows {
             let id: i64 = row.get("id");
             let provable = seal::record_proof_at(&**client, &app.log_leaves, id, Some(&checkpoint))
                 .await
                 .map_err(seal_error)?;
-            if let Provable::Proof(proof) = provable {
-                let mut record = Vec::with_capacity(512);
-                records::write_record(&mut record, row, None)?;
-                let record: Value = serde_json::from_slice(&record).unwrap_or(Value::Null);
-                proofs.push((*proof, record));
+            match provable {
+                Provable::Proof(proof) => {
+                    let mut record = Vec::with_capacity(512);
+                    records::write_record(&mut record, row, None)?;
+                    let record: Value = serde_json::from_slice(&record).unwrap_or(Value::Null);
+                    proofs.push((*proof, record));
+                }
+                // Counted, never silently left out.
+                Provable::Unproven | Provable::NoRecord => unproven += 1,
             }
         }
-        Bundle::from_proofs(checkpoint.1.clone(), proofs)
+        Bundle {
+            unproven,
+            ..Bundle::from_proofs(checkpoint.1.clone(), proofs)
+        }
     };
     let rows: u64 = bundle.batches.iter().map(|b| b.records.len() as u64).sum();
     let mut described = described;

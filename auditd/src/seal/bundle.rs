@@ -67,6 +67,11 @@ pub struct Bundle {
     pub batches: Vec<BundleBatch>,
     /// Records asked for that are not sealed yet, so not in it.
     pub unsealed: u64,
+    /// Records asked for that carry no proof (written without integrity), so not in it.
+    pub unproven: u64,
+    /// Whether it stopped at its record limit before the last batch asked for (a
+    /// complete bundle is then complete up to its last batch only).
+    pub truncated: bool,
 }
 
 fn hex_hash(hash: &Hash) -> Value {
@@ -132,6 +137,8 @@ impl Bundle {
             complete: false,
             batches: batches.into_values().collect(),
             unsealed,
+            unproven: 0,
+            truncated: false,
         }
     }
 
@@ -178,6 +185,8 @@ impl Bundle {
             "checkpoint": self.checkpoint,
             "complete": self.complete,
             "unsealed": self.unsealed,
+            "unproven": self.unproven,
+            "truncated": self.truncated,
             "batches": batches,
         })
     }
@@ -240,6 +249,8 @@ impl Bundle {
             complete: value["complete"] == true,
             batches,
             unsealed: value["unsealed"].as_u64().unwrap_or(0),
+            unproven: value["unproven"].as_u64().unwrap_or(0),
+            truncated: value["truncated"] == true,
         })
     }
 }
@@ -272,8 +283,10 @@ pub async fn complete_bundle(
         .await?;
     let mut batches = Vec::new();
     let mut records_taken = 0u64;
+    let mut truncated = false;
     for row in &batch_rows {
         if records_taken >= max_records {
+            truncated = true;
             break;
         }
         let position: i64 = row.get(0);
@@ -330,6 +343,8 @@ pub async fn complete_bundle(
         complete: true,
         batches,
         unsealed: 0,
+        unproven: 0,
+        truncated,
     })
 }
 
@@ -438,6 +453,11 @@ pub fn check_bundle(bundle: &Bundle, keys: &[VerifierKey]) -> BundleReport {
             .first()
             .zip(bundle.batches.last())
             .map(|(first, last)| (first.position, last.position));
+    }
+    if report.batches == 0 {
+        report
+            .findings
+            .push("the bundle holds no record: it proves nothing".to_owned());
     }
     report.checkpoint = Some(checkpoint);
     report

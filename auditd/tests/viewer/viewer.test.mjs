@@ -138,6 +138,7 @@ test("a row opens a detail pane with the whole record and its metadata", async (
   const integrity = await integrityVerdict();
   assert.match(integrity, /^✓ Sealed/);
   assert.match(integrity, /checks out in this browser/);
+  assert.match(integrity, /only its public key tells/);
   await page.keyboard.press("Escape");
   await page.locator("#detail").waitFor({ state: "hidden" });
 });

@@ -327,9 +327,10 @@ async function showIntegrity(id) {
       const result = await checkProof(proof);
       const time = (/\ntime (\S+)\n/.exec(proof.log.checkpoint) || [])[1];
       if (result.ok) {
-        show("✓ Sealed: in the signed log of " + result.size + " batches (checkpoint of " + result.origin +
-          (time ? ", signed " + showTime(time) : "") + "). The proof checks out in this browser; " +
-          "check the signature with auditd verify and the log's public key.", "sealed");
+        show("✓ Sealed: in the log of " + result.size + " batches under the checkpoint auditd serves (" +
+          result.origin + (time ? ", " + showTime(time) : "") + "). The proof checks out in this browser " +
+          "against that checkpoint; whether the checkpoint is genuinely signed, only its public key tells: " +
+          "auditd verify --public-key, or a bundle checked offline.", "sealed");
       } else {
         show("✗ The proof does not check out: the record, its batch or the log was changed.", "changed");
       }
