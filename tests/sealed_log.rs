@@ -211,6 +211,11 @@ async fn every_tampering_with_ledger_tree_or_checkpoints_is_caught_and_named() {
                 .to_owned(),
             "changed: its row does not say what its signed note says",
         ),
+        // The horizon moved, to hide batches left unsealed or one added: it is signed.
+        (
+            "UPDATE audit_checkpoints SET horizon = horizon + 1000".to_owned(),
+            "changed: its row does not say what its signed note says",
+        ),
         // A forged ledger row, plausible and older than the last seal.
         (
             "INSERT INTO audit_writer_batches

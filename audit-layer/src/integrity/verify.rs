@@ -160,15 +160,15 @@ pub async fn verify_scoped(
         )
         .await?;
     for batch in &ledger {
-        let (stream_id, batch_id): (i64, i64) = (batch.get(0), batch.get(1));
-        let encoding: Option<i16> = batch.get(2);
+        let (stream_id, batch_id): (i64, i64) = (batch.try_get(0)?, batch.try_get(1)?);
+        let encoding: Option<i16> = batch.try_get(2)?;
         if encoding.is_none() {
             continue;
         }
         report.batches += 1;
         committed.stream_or_new(stream_id);
-        let leaves: Option<Vec<u8>> = batch.get(3);
-        let committed_root: Option<Vec<u8>> = batch.get(4);
+        let leaves: Option<Vec<u8>> = batch.try_get(3)?;
+        let committed_root: Option<Vec<u8>> = batch.try_get(4)?;
         let (Some(leaves), Some(committed_root)) = (leaves, committed_root) else {
             report.findings.push(Finding::BatchChanged {
                 stream_id,
@@ -176,9 +176,10 @@ pub async fn verify_scoped(
             });
             continue;
         };
-        let range: (Option<i64>, Option<i64>) = (batch.get(5), batch.get(6));
+        let range: (Option<i64>, Option<i64>) = (batch.try_get(5)?, batch.try_get(6)?);
+        let rows: i32 = batch.try_get(7)?;
         let entries = (encoding == Some(1))
-            .then(|| batch_leaves(&leaves, batch.get(7), range.0, range.1))
+            .then(|| batch_leaves(&leaves, rows, range.0, range.1))
             .flatten();
         let Some(entries) = entries else {
             report.findings.push(Finding::BatchChanged {

@@ -289,7 +289,7 @@ pub async fn complete_bundle(
             truncated = true;
             break;
         }
-        let position: i64 = row.get(0);
+        let position: i64 = row.try_get(0)?;
         let Some(entry) = BatchEntry::from_row(row)? else {
             return Err(SealError::Inconsistent(format!(
                 "the ledger row sealed at log leaf {position} is malformed"

@@ -149,7 +149,10 @@ impl Sealer {
                 &[&HEARTBEAT.as_secs_f64()],
             )
             .await?;
-        let stale = latest.as_ref().is_some_and(|row| row.get::<_, bool>(5));
+        let stale = match &latest {
+            Some(row) => row.try_get::<_, Option<bool>>(5)?.unwrap_or(true),
+            None => false,
+        };
         let (last_id, last_size, last_horizon, last_key, last_root) = match &latest {
             None => {
                 if let Some(anchor) = self.anchor.as_ref().filter(|a| a.size > 0) {
@@ -161,14 +164,14 @@ impl Sealer {
                 (0, 0, 0, None, CompactTree::default().root())
             }
             Some(row) => {
-                let note: String = row.get(4);
+                let note: String = row.try_get(4)?;
                 let (checkpoint, by) = Checkpoint::open(&note, &self.trusted).map_err(|e| {
                     SealError::Inconsistent(format!(
                         "the latest stored checkpoint is not trusted: {e} (after a rotation, \
                          give the earlier public key)"
                     ))
                 })?;
-                let size: i64 = row.get(1);
+                let size: i64 = row.try_get(1)?;
                 if checkpoint.size != size as u64 {
                     return Err(SealError::Inconsistent(format!(
                         "the latest checkpoint row says size {size}, its note {}",
@@ -178,7 +181,13 @@ impl Sealer {
                 let horizon = checkpoint.horizon.ok_or_else(|| {
                     SealError::Inconsistent("the latest checkpoint has no horizon line".to_owned())
                 })?;
-                (row.get(0), size, horizon, Some(by.id()), checkpoint.root)
+                (
+                    row.try_get(0)?,
+                    size,
+                    horizon,
+                    Some(by.id()),
+                    checkpoint.root,
+                )
             }
         };
         let stored_size: i64 = tx
@@ -187,7 +196,7 @@ impl Sealer {
                 &[],
             )
             .await?
-            .get(0);
+            .try_get(0)?;
         if stored_size != last_size {
             return Err(SealError::Inconsistent(format!(
                 "the tree has {stored_size} leaves, its latest checkpoint {last_size}"
@@ -224,7 +233,7 @@ impl Sealer {
                 &[],
             )
             .await?
-            .get(0);
+            .try_get(0)?;
         let ready = tx
             .query(
                 &format!(
@@ -239,7 +248,7 @@ impl Sealer {
             .await?;
         // A seal cut short by the limit takes up again at its last batch's transaction.
         let next_horizon = match ready.last() {
-            Some(last) if ready.len() as i64 == MAX_BATCHES_PER_SEAL => last.get("tx_id"),
+            Some(last) if ready.len() as i64 == MAX_BATCHES_PER_SEAL => last.try_get("tx_id")?,
             _ => horizon,
         };
         let mut positions = Vec::with_capacity(ready.len());
@@ -299,7 +308,7 @@ impl Sealer {
                     ],
                 )
                 .await?
-                .get(0);
+                .try_get(0)?;
             Some((id, note, checkpoint))
         } else {
             None
@@ -338,8 +347,8 @@ pub async fn load_leaves(client: &impl GenericClient, size: i64) -> Result<Vec<H
         .await?;
     let mut leaves = Vec::with_capacity(rows.len());
     for (expected, row) in rows.iter().enumerate() {
-        let position: i64 = row.get(0);
-        let leaf: Vec<u8> = row.get(1);
+        let position: i64 = row.try_get(0)?;
+        let leaf: Vec<u8> = row.try_get(1)?;
         if position != expected as i64 {
             return Err(SealError::Inconsistent(format!(
                 "leaf {expected} of the tree is missing"

@@ -38,8 +38,8 @@ impl LogLeaves {
                 )
                 .await?;
             for row in rows {
-                let position: i64 = row.get(0);
-                let leaf: Vec<u8> = row.get(1);
+                let position: i64 = row.try_get(0)?;
+                let leaf: Vec<u8> = row.try_get(1)?;
                 let leaf = Hash::try_from(leaf.as_slice())
                     .ok()
                     .filter(|_| position == leaves.len() as i64);
@@ -209,7 +209,7 @@ async fn sealed_proof(
     else {
         return Ok(None);
     };
-    let position: i64 = position.get(0);
+    let position: i64 = position.try_get(0)?;
     if position as u64 >= checkpoint.0 {
         return Ok(None);
     }
@@ -230,13 +230,19 @@ async fn sealed_proof(
 pub async fn latest_checkpoint(
     client: &impl GenericClient,
 ) -> Result<Option<(u64, String)>, SealError> {
-    Ok(client
+    let Some(row) = client
         .query_opt(
             "SELECT tree_size, note FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
             &[],
         )
         .await?
-        .map(|row| (row.get::<_, i64>(0).max(0) as u64, row.get(1))))
+    else {
+        return Ok(None);
+    };
+    Ok(Some((
+        row.try_get::<_, i64>(0)?.max(0) as u64,
+        row.try_get(1)?,
+    )))
 }
 
 /// The consistency proof from size `from` to size `to`, or `None` when `to` is beyond

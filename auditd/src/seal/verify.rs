@@ -193,7 +193,7 @@ pub async fn verify_log(
         .await?;
     let mut entries: HashMap<(i64, i64), Option<BatchEntry>> = HashMap::with_capacity(ledger.len());
     for row in &ledger {
-        let key = (row.get("stream_id"), row.get("batch_id"));
+        let key = (row.try_get("stream_id")?, row.try_get("batch_id")?);
         entries.insert(key, BatchEntry::from_row(row)?);
     }
 
@@ -208,9 +208,9 @@ pub async fn verify_log(
     let mut sealed: std::collections::HashSet<(i64, i64)> =
         std::collections::HashSet::with_capacity(tree_rows.len());
     for row in &tree_rows {
-        let position: i64 = row.get(0);
-        let (stream_id, batch_id): (i64, i64) = (row.get(1), row.get(2));
-        let stored: Vec<u8> = row.get(3);
+        let position: i64 = row.try_get(0)?;
+        let (stream_id, batch_id): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+        let stored: Vec<u8> = row.try_get(3)?;
         // Positions run 0, 1, 2, ...: a hole is a leaf removed, and the tree ends there
         // (what follows cannot be placed; checkpoints beyond it will not match).
         if position != leaves.len() as i64 {
@@ -256,9 +256,9 @@ pub async fn verify_log(
     let mut claims: Vec<(u64, Hash, Option<i64>)> = Vec::new();
     for row in &checkpoints {
         report.checkpoints += 1;
-        let id: i64 = row.get(0);
-        let size: i64 = row.get(1);
-        let note: String = row.get(3);
+        let id: i64 = row.try_get(0)?;
+        let size: i64 = row.try_get(1)?;
+        let note: String = row.try_get(3)?;
         let checkpoint = match open(&note, keys) {
             Ok(checkpoint) => checkpoint,
             Err(why) => {
@@ -268,12 +268,14 @@ pub async fn verify_log(
                 continue;
             }
         };
-        if checkpoint.size != size as u64 {
+        let row_horizon: i64 = row.try_get(2)?;
+        if checkpoint.size != size as u64 || checkpoint.horizon.is_some_and(|h| h != row_horizon) {
             report
                 .findings
                 .push(LogFinding::CheckpointRowChanged { id });
         }
-        horizon = horizon.max(row.get(2));
+        // The signed horizon, not the row's: a row is anyone's to edit.
+        horizon = horizon.max(checkpoint.horizon.unwrap_or(0));
         claims.push((checkpoint.size, checkpoint.root, Some(id)));
         if checkpoint.size < largest {
             report.findings.push(LogFinding::LogShrank {
