@@ -10,8 +10,8 @@ use crate::duration::parse_duration;
 use crate::seal::Destination;
 
 /// The audit log daemon: serves the audit logs over HTTP (a viewer page at /, and an API to
-/// query, export and tail them), keeps the audit_logs schema and its partitions, and runs
-/// the demo.
+/// query, export, tail and prove them), keeps the audit_logs schema and its partitions,
+/// seals the log under signed checkpoints and verifies it, and runs the demo.
 ///
 /// Without a subcommand it serves, configured by the flags of `auditd serve`.
 #[derive(Debug, Parser)]
