@@ -254,6 +254,14 @@ async fn a_bundle_proves_its_records_offline_and_a_complete_one_that_none_is_mis
     assert!(report.intact(), "{:?}", report.findings);
     assert_eq!(report.proven, 20);
     assert_eq!(report.complete_positions, None);
+    assert_eq!(bundle["truncated"], false);
+    let cut = server
+        .get_json("/api/v1/logs/bundle?username=mallory&limit=5")
+        .await;
+    assert_eq!(
+        cut["truncated"], true,
+        "the limit cut it short, and it says so"
+    );
 
     // Played by the one who hands them over: a record shown otherwise than proven, a
     // forged encoding, a checkpoint from another key.

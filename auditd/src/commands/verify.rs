@@ -42,6 +42,18 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         );
     }
     let client = crate::db::connect(database_url, args.db_timeout).await?;
+    // Refused before the long work, not after it.
+    let checkpoints: i64 = client
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await?
+        .get(0);
+    if keys.is_empty() && checkpoints > 0 && !args.no_signatures {
+        anyhow::bail!(
+            "the log has {checkpoints} signed checkpoint(s): give the log's public key \
+             (--public-key), or --no-signatures to compare them with the log without checking \
+             who signed them"
+        );
+    }
     let mut scope = Scope {
         committed_since: args.since,
         committed_until: args.until,
@@ -81,13 +93,7 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         eprint!("\r\x1b[K");
     }
     let log = verify_log(&client, &keys, &published).await?;
-    if keys.is_empty() && log.checkpoints > 0 && !args.no_signatures {
-        anyhow::bail!(
-            "the log has {} signed checkpoint(s): give the log's public key (--public-key), \
-             or --no-signatures to compare them with the log without checking who signed them",
-            log.checkpoints
-        );
-    }
+
     for finding in &records.findings {
         println!("{finding}");
     }

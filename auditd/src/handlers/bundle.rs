@@ -91,11 +91,14 @@ pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {
             _ => Bundle::from_proofs(checkpoint.1.clone(), Vec::new()).completed(),
         }
     } else {
-        let sql = records::page_sql(&filters, Order::Newest, None, limit);
-        let rows = client
+        // One row more than asked says whether the limit cut the bundle short.
+        let sql = records::page_sql(&filters, Order::Newest, None, limit + 1);
+        let mut rows = client
             .query(&sql.text, &sql.params())
             .await
             .map_err(|e| ApiError::database(&e))?;
+        let truncated = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
         let mut proofs = Vec::with_capacity(rows.len());
         let mut unproven = 0;
         for row in &rows {
@@ -116,6 +119,7 @@ pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         }
         Bundle {
             unproven,
+            truncated,
             ..Bundle::from_proofs(checkpoint.1.clone(), proofs)
         }
     };

@@ -174,10 +174,16 @@ impl Checkpoint {
                 return Err(NoteError::Malformed("an empty extension line"));
             }
             if let Some(text) = extension.strip_prefix("time ") {
+                if time.is_some() {
+                    return Err(NoteError::Malformed("two time lines"));
+                }
                 let parsed = DateTime::parse_from_rfc3339(text)
                     .map_err(|_| NoteError::Malformed("the time line is not RFC 3339"))?;
                 time = Some(parsed.with_timezone(&Utc));
             } else if let Some(text) = extension.strip_prefix("horizon ") {
+                if horizon.is_some() {
+                    return Err(NoteError::Malformed("two horizon lines"));
+                }
                 horizon = Some(
                     text.parse::<i64>()
                         .map_err(|_| NoteError::Malformed("the horizon line is not a number"))?,

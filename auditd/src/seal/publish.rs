@@ -87,10 +87,22 @@ pub async fn publish(destination: &Destination, note: &str) -> Result<()> {
             let mut temporary = path.clone().into_os_string();
             temporary.push(".tmp");
             let temporary = PathBuf::from(temporary);
-            std::fs::write(&temporary, note)
+            // Durable before it counts: the sealer trusts this file as its anchor, and a
+            // crash must leave the old checkpoint or the new one, never an empty file.
+            let mut file = std::fs::File::create(&temporary)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            file.write_all(note.as_bytes())
+                .and_then(|()| file.sync_all())
                 .with_context(|| format!("cannot write {}", temporary.display()))?;
             std::fs::rename(&temporary, path)
-                .with_context(|| format!("cannot replace {}", path.display()))
+                .with_context(|| format!("cannot replace {}", path.display()))?;
+            let directory = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::File::open(directory)
+                .and_then(|dir| dir.sync_all())
+                .with_context(|| format!("cannot sync {}", directory.display()))
         }
         Destination::Post { authority, path } => {
             tokio::time::timeout(POST_TIMEOUT, post(authority, path, note))
