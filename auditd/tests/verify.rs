@@ -140,6 +140,72 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     let (code, out) = auditd(&["verify", "--bundle", bundle_file]);
     assert_eq!(code, 2, "no key, no check: {out}");
 
+    // auditd serve seals at start, then on its interval, and at once on SIGUSR1.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_auditd"))
+        .args([
+            "serve",
+            "--database-url",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--signing-key",
+            key,
+            "--seal-interval",
+            "1h",
+            "--upkeep-interval",
+            "0",
+            "--publish-checkpoints",
+            published,
+        ])
+        .env_remove("AUDITD_TOKENS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+        .spawn()
+        .expect("auditd serve");
+    // Once serve is up and has made its first seal (at start), a record it has not
+    // sealed, which only SIGUSR1 gets sealed within the hour.
+    let up = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.join("serve.log"))
+        .unwrap_or_default()
+        .contains("auditd is serving")
+    {
+        assert!(std::time::Instant::now() < up, "auditd serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (layer, handle) = audit_layer::AuditLayer::builder()
+        .database_url(&url)
+        .batch_max_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info!(target: "audit", username = "bob", event_type = "authentication", "User login");
+    });
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    let started = checkpoint_count(&client).await;
+    let status = Command::new("kill")
+        .args(["-USR1", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while checkpoint_count(&client).await <= started {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGUSR1 did not seal: {}",
+            std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(serve.wait().unwrap().success());
+    let (code, out) = verify(&url, &["--public-key", &public, "--checkpoint", published]);
+    assert_eq!(code, 0, "{out}");
+
     // A key others may read is refused.
     {
         use std::os::unix::fs::PermissionsExt;
@@ -199,4 +265,12 @@ async fn bundle_of_every_record(client: &tokio_postgres::Client) -> serde_json::
         proofs.push((*proof, serde_json::from_slice(&record).unwrap()));
     }
     Bundle::from_proofs(checkpoint.1, proofs).to_json()
+}
+
+async fn checkpoint_count(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -333,8 +333,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
 
-    /// How often to seal; the longest a committed record waits to be sealed is about
-    /// this plus the longest open transaction.
+    /// How often to seal (SIGUSR1 seals at once); the longest a committed record waits to
+    /// be sealed is about this plus the longest open transaction.
     #[arg(long, env = "AUDITD_SEAL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub seal_interval: Duration,
 

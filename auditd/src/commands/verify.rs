@@ -115,6 +115,25 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         findings,
         records.unproven
     );
+    // Not findings, never in a proof, but counted, so that a gap in a stream's seqs has
+    // its explanation beside the report.
+    let rejected: i64 = client
+        .query_one("SELECT count(*) FROM audit_logs_rejected", &[])
+        .await?
+        .get(0);
+    let dropped: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(CASE WHEN jsonb_typeof(metadata->'dropped') = 'number' \
+                                      THEN (metadata->>'dropped')::numeric END), 0)::bigint \
+             FROM audit_logs WHERE event_type = 'audit_dropped'",
+            &[],
+        )
+        .await?
+        .get(0);
+    println!(
+        "not in any proof, by design: {rejected} record(s) refused by PostgreSQL (audit_logs_rejected), \
+         {dropped} announced dropped by audit_dropped records"
+    );
     match &log.latest {
         Some(latest) => println!(
             "signed log: {} batches ({} records) sealed, latest checkpoint size {} signed {}{}; {} batch(es) ({} records) not sealed yet",

@@ -71,7 +71,7 @@ pub fn sealer_for(
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
-/// Seals every `interval` for as long as it runs (auditd serve aborts it at shutdown; a
+/// Seals every `interval`, and at once on SIGUSR1, for as long as it runs (auditd serve aborts it at shutdown; a
 /// seal cut short is a transaction rolled back), publishing each new checkpoint.
 pub async fn seal_periodically(
     database_url: String,
@@ -82,6 +82,8 @@ pub async fn seal_periodically(
 ) {
     let mut client = None;
     let mut wait = RETRY_AFTER;
+    let mut on_demand =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
     loop {
         let outcome = async {
             if client.is_none() {
@@ -113,7 +115,17 @@ pub async fn seal_periodically(
                         }
                     }
                 }
-                tokio::time::sleep(interval).await;
+                // The interval, or at once on SIGUSR1 (a seal on demand, for instance
+                // before handing an auditor a bundle).
+                match on_demand.as_mut() {
+                    Some(signals) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(interval) => {}
+                            _ = signals.recv() => tracing::info!("SIGUSR1 received: sealing now"),
+                        }
+                    }
+                    None => tokio::time::sleep(interval).await,
+                }
             }
             Err(e) => {
                 // A broken connection is opened again; an inconsistent tree keeps
