@@ -14,7 +14,7 @@ use base64::Engine;
 use hyper::StatusCode;
 use serde_json::Value;
 use support::http::TestServer;
-use support::{connect, emit_and_flush, TestDb};
+use support::{emit_and_flush, seal_all, TestDb};
 use tracing::info;
 
 fn hash(value: &Value) -> Hash {
@@ -78,24 +78,6 @@ fn check_proof(proof: &Value, key: &VerifierKey) -> Vec<u8> {
     encoded
 }
 
-async fn seal_everything(db: &TestDb, sealer: &mut Sealer) {
-    let mut client = connect(&db.url).await;
-    for _ in 0..200 {
-        sealer.seal(&mut client).await.unwrap();
-        let waiting = db
-            .count(
-                "SELECT count(*) FROM audit_writer_batches b WHERE rows > 0 AND NOT EXISTS
-                   (SELECT 1 FROM audit_log_tree t WHERE (t.stream_id, t.batch_id) = (b.stream_id, b.batch_id))",
-            )
-            .await;
-        if waiting == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not sealed in 10 s");
-}
-
 #[tokio::test]
 async fn a_records_proof_checks_out_with_only_the_public_key() {
     let db = TestDb::migrated("proof_api").await;
@@ -106,7 +88,7 @@ async fn a_records_proof_checks_out_with_only_the_public_key() {
     })
     .await;
     let mut sealer = Sealer::new(SigningKey::generate("test.example/log").unwrap());
-    seal_everything(&db, &mut sealer).await;
+    seal_all(&db, &mut sealer).await;
     let first_size = sealer_size(&db).await;
     let key = sealer.key().verifier();
     // The access records of this server go elsewhere, so the log above stays as sealed.
@@ -145,7 +127,7 @@ async fn a_records_proof_checks_out_with_only_the_public_key() {
         .await;
     assert_eq!(waiting["status"], "committed");
     assert!(waiting["log"].is_null());
-    seal_everything(&db, &mut sealer).await;
+    seal_all(&db, &mut sealer).await;
     let sealed = server
         .get_json(&format!("/api/v1/logs/{newest}/proof"))
         .await;
@@ -241,7 +223,7 @@ async fn a_bundle_proves_its_records_offline_and_a_complete_one_that_none_is_mis
     });
     handle.shutdown(Duration::from_secs(30)).await.unwrap();
     let mut sealer = Sealer::new(SigningKey::generate("test.example/log").unwrap());
-    seal_everything(&db, &mut sealer).await;
+    seal_all(&db, &mut sealer).await;
     let keys = [sealer.key().verifier()];
     let server = TestServer::start_quiet(&db).await;
 

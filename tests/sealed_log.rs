@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use audit_layer::integrity::verify;
 use auditd::seal::{verify_log, Checkpoint, LogReport, SealError, Sealer, SigningKey};
-use support::{builder, connect, dispatch, emit_and_flush, TestDb};
+use support::{builder, connect, dispatch, emit_and_flush, seal_all, TestDb};
 use tracing::info;
 
 async fn emit(db: &TestDb, n: usize, batch_size: usize) {
@@ -25,31 +25,6 @@ async fn emit(db: &TestDb, n: usize, batch_size: usize) {
 async fn seal(db: &TestDb, sealer: &mut Sealer) -> Result<auditd::seal::Sealed, SealError> {
     let mut client = connect(&db.url).await;
     sealer.seal(&mut client).await
-}
-
-/// Seals until every committed batch is in the log. Another test's open transaction,
-/// in any database of the cluster, holds the horizon back for a moment: batches wait
-/// for it, as they should.
-async fn seal_all(db: &TestDb, sealer: &mut Sealer) -> auditd::seal::Sealed {
-    let mut total = seal(db, sealer).await.unwrap();
-    for _ in 0..200 {
-        let waiting = db
-            .count(
-                "SELECT count(*) FROM audit_writer_batches b WHERE rows > 0 AND NOT EXISTS
-                   (SELECT 1 FROM audit_log_tree t WHERE (t.stream_id, t.batch_id) = (b.stream_id, b.batch_id))",
-            )
-            .await;
-        if waiting == 0 {
-            return total;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let more = seal(db, sealer).await.unwrap();
-        total.batches += more.batches;
-        total.records += more.records;
-        total.tree_size = more.tree_size;
-        total.note = more.note.or(total.note);
-    }
-    panic!("batches still unsealed after 10 s");
 }
 
 /// The findings of both checks, records and log, joined; empty when intact.

@@ -138,12 +138,40 @@ pub async fn own_cluster() -> (pg_provision::Cluster, String) {
     (cluster, url)
 }
 
+/// Seals until every committed batch is in the log, and returns what the seals did
+/// together. Another test's open transaction, in any database of the cluster, holds the
+/// horizon back for a moment: batches wait for it, as they should.
+pub async fn seal_all(db: &TestDb, sealer: &mut auditd::seal::Sealer) -> auditd::seal::Sealed {
+    let mut client = connect(&db.url).await;
+    let mut total = sealer.seal(&mut client).await.expect("seal");
+    for _ in 0..600 {
+        let waiting = db
+            .count(
+                "SELECT count(*) FROM audit_writer_batches b WHERE rows > 0 AND NOT EXISTS
+                   (SELECT 1 FROM audit_log_tree t WHERE (t.stream_id, t.batch_id) = (b.stream_id, b.batch_id))",
+            )
+            .await;
+        if waiting == 0 {
+            return total;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let more = sealer.seal(&mut client).await.expect("seal");
+        total.batches += more.batches;
+        total.records += more.records;
+        total.tree_size = more.tree_size;
+        total.note = more.note.or(total.note);
+    }
+    panic!("batches still unsealed after 30 s");
+}
+
 /// Seals everything committed to the database at `url` and asserts that every record,
 /// batch and checkpoint verifies: no false alarm after whatever the test put the writer
-/// through. Another test's open transaction may hold sealing back for a moment.
+/// through.
 pub async fn assert_intact_when_sealed(url: &str) {
-    let client = connect(url).await;
-    let mut sealing = connect(url).await;
+    let db = TestDb {
+        url: url.to_owned(),
+        client: connect(url).await,
+    };
     // One key for the whole test binary, so a database sealed twice is one log.
     static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| {
@@ -152,23 +180,12 @@ pub async fn assert_intact_when_sealed(url: &str) {
             .to_text()
     });
     let mut sealer = auditd::seal::Sealer::new(auditd::seal::SigningKey::parse(key).expect("key"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        sealer.seal(&mut sealing).await.expect("seal");
-        let log = auditd::seal::verify_log(&client, &[sealer.key().verifier()], &[])
-            .await
-            .expect("verify the log");
-        assert!(log.intact(), "false alarm in the log: {:?}", log.findings);
-        if log.unsealed_batches == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "batches left unsealed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let records = audit_layer::integrity::verify(&client)
+    seal_all(&db, &mut sealer).await;
+    let log = auditd::seal::verify_log(&db.client, &[sealer.key().verifier()], &[])
+        .await
+        .expect("verify the log");
+    assert!(log.intact(), "false alarm in the log: {:?}", log.findings);
+    let records = audit_layer::integrity::verify(&db.client)
         .await
         .expect("verify the records");
     assert!(

@@ -11,30 +11,17 @@
 use hyper::StatusCode;
 use serde_json::Value;
 
+use super::proof::seal_error;
 use crate::access::{Access, Answer};
 use crate::http::{self, ApiError};
 use crate::query::records::{self, Order};
 use crate::query::{self, Params, Sql};
-use crate::seal::{self, Bundle, Provable, SealError};
+use crate::seal::{self, Bundle, Provable};
 use crate::state::App;
 
 /// Most records in one bundle, and how many without `limit`.
 const MAX_BUNDLE_RECORDS: i64 = 10_000;
 const DEFAULT_BUNDLE_RECORDS: i64 = 1_000;
-
-fn seal_error(e: SealError) -> ApiError {
-    match e {
-        SealError::Database(e) => ApiError::database(&e),
-        SealError::Inconsistent(why) => {
-            tracing::error!(%why, "the stored log does not match its checkpoint");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "log_inconsistent",
-                "the stored log does not match its latest checkpoint: run auditd verify",
-            )
-        }
-    }
-}
 
 /// Answers `GET /api/v1/logs/bundle`.
 pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {

@@ -23,7 +23,9 @@ use crate::state::App;
 const MAX_CHECKPOINTS: i64 = 1000;
 const DEFAULT_CHECKPOINTS: i64 = 20;
 
-fn seal_error(e: SealError) -> ApiError {
+/// The answer for a failed proof: a database failure as any other, a log that does not
+/// match its checkpoint as a 500 naming it (and logged), for every route that proves.
+pub(crate) fn seal_error(e: SealError) -> ApiError {
     match e {
         SealError::Database(e) => ApiError::database(&e),
         SealError::Inconsistent(why) => {

@@ -60,6 +60,17 @@ pub fn valid_name(name: &str) -> bool {
             .any(|c| c.is_whitespace() || c == '+' || c.is_control())
 }
 
+/// `<name>+<hex id>+<base64(type || key)>`, the form both kinds of key share.
+fn key_text(name: &str, id: KeyId, key: &[u8; 32]) -> String {
+    let mut typed = vec![ED25519_TYPE];
+    typed.extend_from_slice(key);
+    format!(
+        "{name}+{}+{}",
+        crate::hex::encode(&id),
+        BASE64.encode(typed)
+    )
+}
+
 /// Splits `<name>+<hex id>+<base64(type || key)>` and checks each part.
 fn parse_parts<'a>(text: &'a str, what: &str) -> Result<(&'a str, KeyId, [u8; 32]), KeyError> {
     // The name has no '+', base64 may: split at the first two.
@@ -173,14 +184,7 @@ impl SigningKey {
 
     /// The key in signer-key form, for its file.
     pub fn to_text(&self) -> String {
-        let mut key = vec![ED25519_TYPE];
-        key.extend_from_slice(&self.seed);
-        format!(
-            "PRIVATE+KEY+{}+{}+{}",
-            self.name,
-            crate::hex::encode(&self.id),
-            BASE64.encode(key)
-        )
+        format!("PRIVATE+KEY+{}", key_text(&self.name, self.id, &self.seed))
     }
 
     /// Its name, which is also the log's origin line.
@@ -253,14 +257,7 @@ impl VerifierKey {
 
     /// The key in verifier-key form.
     pub fn to_text(&self) -> String {
-        let mut key = vec![ED25519_TYPE];
-        key.extend_from_slice(&self.public);
-        format!(
-            "{}+{}+{}",
-            self.name,
-            crate::hex::encode(&self.id),
-            BASE64.encode(key)
-        )
+        key_text(&self.name, self.id, &self.public)
     }
 
     /// Its name.
