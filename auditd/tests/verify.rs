@@ -40,18 +40,12 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
     tokio::spawn(connection);
     audit_layer::schema::migrate(&client).await.unwrap();
 
-    let (layer, handle) = audit_layer::AuditLayer::builder()
-        .database_url(&url)
-        .batch_max_wait(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    tracing::dispatcher::with_default(&dispatch, || {
+    emit(&url, || {
         for i in 0..20 {
             tracing::info!(target: "audit", username = "alice", event_type = "authentication", i, "User login");
         }
-    });
-    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    })
+    .await;
 
     let (code, out) = verify(&url, &[]);
     assert_eq!(code, 0, "{out}");
@@ -173,16 +167,10 @@ async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (layer, handle) = audit_layer::AuditLayer::builder()
-        .database_url(&url)
-        .batch_max_wait(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    tracing::dispatcher::with_default(&dispatch, || {
+    emit(&url, || {
         tracing::info!(target: "audit", username = "bob", event_type = "authentication", "User login");
-    });
-    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    })
+    .await;
     let started = checkpoint_count(&client).await;
     let status = Command::new("kill")
         .args(["-USR1", &serve.id().to_string()])
@@ -273,4 +261,16 @@ async fn checkpoint_count(client: &tokio_postgres::Client) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Emits with `events` through a layer writing to `url`, and waits until all is committed.
+async fn emit(url: &str, events: impl FnOnce()) {
+    let (layer, handle) = audit_layer::AuditLayer::builder()
+        .database_url(url)
+        .batch_max_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, events);
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
 }

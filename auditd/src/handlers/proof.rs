@@ -16,7 +16,7 @@ use crate::hex;
 use crate::http::{self, ApiError};
 use crate::query::records;
 use crate::query::{self, Params};
-use crate::seal::{self, Provable, RecordProof, SealError};
+use crate::seal::{self, entry_json, path_json, Provable, RecordProof, SealError};
 use crate::state::App;
 
 /// Most checkpoints in one answer, and how many without `limit`.
@@ -39,19 +39,13 @@ pub(crate) fn seal_error(e: SealError) -> ApiError {
     }
 }
 
-fn hashes(path: &[[u8; 32]]) -> Value {
-    path.iter().map(|h| Value::from(hex::encode(h))).collect()
-}
-
-fn time(micros: i64) -> Value {
-    DateTime::<Utc>::from_timestamp_micros(micros)
-        .map(|t| Value::from(t.to_rfc3339_opts(SecondsFormat::Micros, true)))
-        .unwrap_or(Value::Null)
-}
-
-/// The JSON form of a proof (shared with export bundles).
+/// The JSON form of a proof.
 pub fn proof_json(proof: &RecordProof) -> Value {
-    let batch = &proof.batch;
+    // The entry as bundles show it, with where the record is in it.
+    let mut batch_json = entry_json(&proof.batch);
+    batch_json["entry_leaf"] = hex::encode(&proof.batch.leaf()).into();
+    batch_json["index"] = proof.batch_index.into();
+    batch_json["path"] = path_json(&proof.batch_path);
     let status = match (&proof.sealed, proof.matches_committed) {
         (_, false) => "changed",
         (Some(_), true) => "sealed",
@@ -64,24 +58,11 @@ pub fn proof_json(proof: &RecordProof) -> Value {
         "status": status,
         "encoded": BASE64.encode(&proof.encoded),
         "leaf": hex::encode(&proof.leaf),
-        "batch": {
-            "stream_id": batch.stream_id,
-            "batch_id": batch.batch_id,
-            "rows": batch.rows,
-            "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq,
-            "encoding": batch.encoding,
-            "root": hex::encode(&batch.root),
-            "committed_at": time(batch.committed_at_micros),
-            "tx_id": batch.tx_id,
-            "entry_leaf": hex::encode(&batch.leaf()),
-            "index": proof.batch_index,
-            "path": hashes(&proof.batch_path),
-        },
+        "batch": batch_json,
         "log": proof.sealed.as_ref().map(|sealed| json!({
             "position": sealed.position,
             "tree_size": sealed.tree_size,
-            "path": hashes(&sealed.path),
+            "path": path_json(&sealed.path),
             "checkpoint": sealed.checkpoint,
         })),
     })
@@ -192,7 +173,7 @@ pub async fn consistency(app: &App, mut params: Params) -> Result<Answer, ApiErr
         })?;
     Ok(Answer::plain(http::json(
         StatusCode::OK,
-        &json!({ "from": from, "to": to, "path": hashes(&proof) }),
+        &json!({ "from": from, "to": to, "path": path_json(&proof) }),
     )))
 }
 

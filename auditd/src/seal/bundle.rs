@@ -78,6 +78,27 @@ fn hex_hash(hash: &Hash) -> Value {
     Value::from(crate::hex::encode(hash))
 }
 
+/// A proof path as JSON: its hashes in lowercase hex.
+pub fn path_json(path: &[Hash]) -> Value {
+    path.iter().map(hex_hash).collect()
+}
+
+/// A batch's ledger entry as JSON, as proofs and bundles both show it (and
+/// [`Bundle::from_json`] reads it back).
+pub fn entry_json(e: &BatchEntry) -> Value {
+    json!({
+        "stream_id": e.stream_id,
+        "batch_id": e.batch_id,
+        "rows": e.rows,
+        "first_seq": e.first_seq,
+        "last_seq": e.last_seq,
+        "encoding": e.encoding,
+        "root": hex_hash(&e.root),
+        "committed_at": time_micros(e.committed_at_micros),
+        "tx_id": e.tx_id,
+    })
+}
+
 fn parse_hash(value: &Value) -> Result<Hash, String> {
     value
         .as_str()
@@ -156,26 +177,15 @@ impl Bundle {
             .batches
             .iter()
             .map(|b| {
-                let e = &b.entry;
                 json!({
                     "position": b.position,
-                    "log_path": b.log_path.iter().map(hex_hash).collect::<Vec<_>>(),
-                    "entry": {
-                        "stream_id": e.stream_id,
-                        "batch_id": e.batch_id,
-                        "rows": e.rows,
-                        "first_seq": e.first_seq,
-                        "last_seq": e.last_seq,
-                        "encoding": e.encoding,
-                        "root": hex_hash(&e.root),
-                        "committed_at": time_micros(e.committed_at_micros),
-                        "tx_id": e.tx_id,
-                    },
+                    "log_path": path_json(&b.log_path),
+                    "entry": entry_json(&b.entry),
                     "records": b.records.iter().map(|r| json!({
                         "record": r.record,
                         "encoded": BASE64.encode(&r.encoded),
                         "index": r.index,
-                        "path": r.path.iter().map(hex_hash).collect::<Vec<_>>(),
+                        "path": path_json(&r.path),
                     })).collect::<Vec<_>>(),
                 })
             })

@@ -339,19 +339,32 @@ impl Sealer {
 
 /// The stored tree of `size` leaves, checking that positions run 0, 1, 2, ...
 pub async fn load_leaves(client: &impl GenericClient, size: i64) -> Result<Vec<Hash>, SealError> {
+    let mut leaves = Vec::new();
+    extend_leaves(client, &mut leaves, size.max(0) as u64).await?;
+    Ok(leaves)
+}
+
+/// Reads the stored leaves after those in `leaves`, up to `size` of them, checking that
+/// positions run on without a hole and each is a hash.
+pub async fn extend_leaves(
+    client: &impl GenericClient,
+    leaves: &mut Vec<Hash>,
+    size: u64,
+) -> Result<(), SealError> {
     let rows = client
         .query(
-            "SELECT position, leaf FROM audit_log_tree WHERE position < $1 ORDER BY position",
-            &[&size],
+            "SELECT position, leaf FROM audit_log_tree \
+             WHERE position >= $1 AND position < $2 ORDER BY position",
+            &[&(leaves.len() as i64), &(size.min(i64::MAX as u64) as i64)],
         )
         .await?;
-    let mut leaves = Vec::with_capacity(rows.len());
-    for (expected, row) in rows.iter().enumerate() {
+    for row in &rows {
         let position: i64 = row.try_get(0)?;
         let leaf: Vec<u8> = row.try_get(1)?;
-        if position != expected as i64 {
+        if position != leaves.len() as i64 {
             return Err(SealError::Inconsistent(format!(
-                "leaf {expected} of the tree is missing"
+                "leaf {} of the tree is missing",
+                leaves.len()
             )));
         }
         let leaf = Hash::try_from(leaf.as_slice()).map_err(|_| {
@@ -359,11 +372,11 @@ pub async fn load_leaves(client: &impl GenericClient, size: i64) -> Result<Vec<H
         })?;
         leaves.push(leaf);
     }
-    if leaves.len() as i64 != size {
+    if (leaves.len() as u64) < size {
         return Err(SealError::Inconsistent(format!(
             "the tree has {} leaves below its checkpoint's size {size}",
             leaves.len()
         )));
     }
-    Ok(leaves)
+    Ok(())
 }

@@ -25,7 +25,9 @@ mod verify;
 
 use std::time::Duration;
 
-pub use bundle::{check_bundle, complete_bundle, Bundle, BundleReport, BUNDLE_FORMAT};
+pub use bundle::{
+    check_bundle, complete_bundle, entry_json, path_json, Bundle, BundleReport, BUNDLE_FORMAT,
+};
 pub use checkpoint::{Checkpoint, NoteError};
 pub use keys::{valid_name as valid_key_name, KeyError, SigningKey, VerifierKey};
 pub use log::{load_leaves, SealError, Sealed, Sealer, HEARTBEAT, MAX_BATCHES_PER_SEAL};

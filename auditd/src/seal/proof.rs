@@ -11,7 +11,7 @@ use audit_layer::integrity::{
 use tokio::sync::Mutex;
 use tokio_postgres::GenericClient;
 
-use super::log::SealError;
+use super::log::{extend_leaves, SealError};
 
 /// The log's leaves, read once and then only what was appended since: a proof costs
 /// hashing, not reading the whole tree again.
@@ -30,33 +30,7 @@ impl LogLeaves {
     ) -> Result<T, SealError> {
         let mut leaves = self.leaves.lock().await;
         if (leaves.len() as u64) < size {
-            let rows = client
-                .query(
-                    "SELECT position, leaf FROM audit_log_tree \
-                     WHERE position >= $1 AND position < $2 ORDER BY position",
-                    &[&(leaves.len() as i64), &(size as i64)],
-                )
-                .await?;
-            for row in rows {
-                let position: i64 = row.try_get(0)?;
-                let leaf: Vec<u8> = row.try_get(1)?;
-                let leaf = Hash::try_from(leaf.as_slice())
-                    .ok()
-                    .filter(|_| position == leaves.len() as i64);
-                let Some(leaf) = leaf else {
-                    return Err(SealError::Inconsistent(format!(
-                        "log leaf {} is missing or malformed",
-                        leaves.len()
-                    )));
-                };
-                leaves.push(leaf);
-            }
-            if (leaves.len() as u64) < size {
-                return Err(SealError::Inconsistent(format!(
-                    "the log has {} leaves, its checkpoint {size}",
-                    leaves.len()
-                )));
-            }
+            extend_leaves(client, &mut leaves, size).await?;
         }
         Ok(with(&leaves[..size as usize]))
     }
