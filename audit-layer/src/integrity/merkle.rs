@@ -255,6 +255,72 @@ impl CompactTree {
     }
 }
 
+/// The proof that `leaves[start..end]` are leaves `start..end` of the tree of `leaves`:
+/// the heads of the subtrees (as RFC 9162 splits the tree) that hold none of them, left to
+/// right. One proof for a run of leaves, at most two hashes a level, where an inclusion
+/// proof for each would repeat nearly all of them. `None` when the run is empty or goes
+/// beyond the leaves.
+///
+/// ```
+/// use audit_layer::integrity::merkle::{leaf_hash, range_proof, root, verify_range};
+///
+/// let leaves: Vec<_> = (0u8..10).map(|i| leaf_hash(&[i])).collect();
+/// let proof = range_proof(&leaves, 3, 7).unwrap();
+/// assert!(verify_range(3, 10, &leaves[3..7], &proof, &root(&leaves)));
+/// assert!(!verify_range(4, 10, &leaves[3..7], &proof, &root(&leaves)));
+/// ```
+pub fn range_proof(leaves: &[Hash], start: usize, end: usize) -> Option<Vec<Hash>> {
+    if start >= end || end > leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    range_path(leaves, 0, start, end, &mut proof);
+    Some(proof)
+}
+
+fn range_path(leaves: &[Hash], offset: usize, start: usize, end: usize, out: &mut Vec<Hash>) {
+    let n = leaves.len();
+    if offset + n <= start || offset >= end {
+        out.push(root(leaves));
+    } else if n > 1 {
+        let k = split(n);
+        range_path(&leaves[..k], offset, start, end, out);
+        range_path(&leaves[k..], offset + k, start, end, out);
+    }
+}
+
+/// Whether `proof` (from [`range_proof`]) shows that `run` are the leaves from `start`
+/// on of the tree of `size` leaves whose head is `root`.
+pub fn verify_range(start: u64, size: u64, run: &[Hash], proof: &[Hash], root: &Hash) -> bool {
+    let end = start.saturating_add(run.len() as u64);
+    if run.is_empty() || end > size {
+        return false;
+    }
+    let (mut run, mut proof) = (run.iter(), proof.iter());
+    let head = rebuild(0, size, start, end, &mut run, &mut proof);
+    head.as_ref() == Some(root) && run.next().is_none() && proof.next().is_none()
+}
+
+fn rebuild<'a>(
+    offset: u64,
+    n: u64,
+    start: u64,
+    end: u64,
+    run: &mut impl Iterator<Item = &'a Hash>,
+    proof: &mut impl Iterator<Item = &'a Hash>,
+) -> Option<Hash> {
+    if offset + n <= start || offset >= end {
+        proof.next().copied()
+    } else if n == 1 {
+        run.next().copied()
+    } else {
+        let k = split(n as usize) as u64;
+        let left = rebuild(offset, k, start, end, run, proof)?;
+        let right = rebuild(offset + k, n - k, start, end, run, proof)?;
+        Some(node_hash(&left, &right))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +427,42 @@ mod tests {
                     ));
                 }
             }
+        }
+    }
+    #[test]
+    fn every_range_proof_verifies_and_a_forged_one_does_not() {
+        for n in 1..34 {
+            let l = leaves(n);
+            let head = root(&l);
+            for start in 0..n {
+                for end in start + 1..=n {
+                    let proof = range_proof(&l, start, end).unwrap();
+                    let run = &l[start..end];
+                    assert!(
+                        verify_range(start as u64, n as u64, run, &proof, &head),
+                        "{start}..{end} of {n}"
+                    );
+                    assert!(proof.len() <= 2 * (usize::BITS - n.leading_zeros()) as usize);
+                    // Shifted, changed, shortened or longer: refused. (The size is bound to the head
+                    // by the signed checkpoint, not by the proof.)
+                    if start > 0 {
+                        assert!(!verify_range(start as u64 - 1, n as u64, run, &proof, &head));
+                    }
+                    let mut changed = run.to_vec();
+                    changed[0][3] ^= 1;
+                    assert!(!verify_range(start as u64, n as u64, &changed, &proof, &head));
+                    if run.len() > 1 {
+                        let short = &run[..run.len() - 1];
+                        assert!(!verify_range(start as u64, n as u64, short, &proof, &head));
+                    }
+                    let mut longer = proof.clone();
+                    longer.push(head);
+                    assert!(!verify_range(start as u64, n as u64, run, &longer, &head));
+                }
+            }
+            assert!(range_proof(&l, 0, n + 1).is_none());
+            assert!(range_proof(&l, 2, 2).is_none());
+            assert!(!verify_range(0, n as u64, &[], &[], &head));
         }
     }
 }
