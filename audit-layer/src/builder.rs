@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
 use tracing::Subscriber;
@@ -70,6 +71,7 @@ pub struct AuditLayerBuilder {
     spool_dir: Option<PathBuf>,
     spool_max_bytes: u64,
     integrity: bool,
+    clock: Option<fn() -> DateTime<Utc>>,
 }
 
 /// A random positive id for this layer's stream of records.
@@ -118,6 +120,7 @@ impl Default for AuditLayerBuilder {
             spool_dir: None,
             spool_max_bytes: 1 << 30,
             integrity: true,
+            clock: None,
         }
     }
 }
@@ -278,6 +281,26 @@ impl AuditLayerBuilder {
         self
     }
 
+    /// The time stamped on each record as it is emitted; the system clock unless set. For
+    /// tests of what depends on a record's age (retention, partitions) and for tools that
+    /// replay history; a service has no reason to set it.
+    ///
+    /// ```
+    /// use chrono::{DateTime, Utc};
+    ///
+    /// fn fourteen_months_ago() -> DateTime<Utc> {
+    ///     Utc::now() - chrono::Months::new(14)
+    /// }
+    /// let builder = audit_layer::AuditLayer::builder()
+    ///     .database_url("postgres://app@localhost/app")
+    ///     .clock(fourteen_months_ago);
+    /// # drop(builder);
+    /// ```
+    pub fn clock(mut self, now: fn() -> DateTime<Utc>) -> Self {
+        self.clock = Some(now);
+        self
+    }
+
     /// For benchmarks of the emitting side: the writer takes records off the queue as usual
     /// and counts them as written without touching the database. Never use it otherwise.
     #[doc(hidden)]
@@ -344,6 +367,7 @@ impl AuditLayerBuilder {
             target: target.clone(),
             max_message_bytes: self.max_message_bytes,
             counters: counters.clone(),
+            clock: self.clock,
         };
         let handle = AuditHandle {
             tx,

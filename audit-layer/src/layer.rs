@@ -38,6 +38,8 @@ pub struct AuditLayer {
     pub(crate) target: Arc<str>,
     pub(crate) max_message_bytes: usize,
     pub(crate) counters: Arc<Counters>,
+    /// When set, the time of each record instead of the system clock's.
+    pub(crate) clock: Option<fn() -> chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for AuditLayer {
@@ -146,7 +148,10 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let created_at = EventTime::now();
+        let created_at = match self.clock {
+            None => EventTime::now(),
+            Some(now) => EventTime::from_datetime(now()),
+        };
         let (record, fixups) = with_scratch(|scratch| {
             let Scratch {
                 draft,
