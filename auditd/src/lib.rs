@@ -60,8 +60,10 @@ mod hex;
 mod http;
 mod metrics;
 mod query;
+
 mod query_string;
 mod replaceable;
+pub mod retention;
 mod router;
 pub mod seal;
 mod server;

@@ -44,6 +44,7 @@ migrations! {
     4 => "0004_integrity.sql",
     5 => "0005_sealed_log.sql",
     6 => "0006_append_only.sql",
+    7 => "0007_retention.sql",
 }
 
 /// The highest migration version embedded.

@@ -446,11 +446,23 @@ mod tests {
                     // Shifted, changed, shortened or longer: refused. (The size is bound to the head
                     // by the signed checkpoint, not by the proof.)
                     if start > 0 {
-                        assert!(!verify_range(start as u64 - 1, n as u64, run, &proof, &head));
+                        assert!(!verify_range(
+                            start as u64 - 1,
+                            n as u64,
+                            run,
+                            &proof,
+                            &head
+                        ));
                     }
                     let mut changed = run.to_vec();
                     changed[0][3] ^= 1;
-                    assert!(!verify_range(start as u64, n as u64, &changed, &proof, &head));
+                    assert!(!verify_range(
+                        start as u64,
+                        n as u64,
+                        &changed,
+                        &proof,
+                        &head
+                    ));
                     if run.len() > 1 {
                         let short = &run[..run.len() - 1];
                         assert!(!verify_range(start as u64, n as u64, short, &proof, &head));

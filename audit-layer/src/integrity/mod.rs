@@ -27,4 +27,4 @@ pub use record::{
     stored_encoding, stored_leaf, stored_record, NotAnEncoding, StoredRecord, RECORD_ENCODING_V1,
     STORED_RECORD_COLUMNS,
 };
-pub use verify::{verify, verify_scoped, Finding, Report, Scope};
+pub use verify::{verify, verify_retired, verify_scoped, Finding, Report, RetiredRun, Scope};

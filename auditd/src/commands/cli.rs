@@ -103,6 +103,23 @@ pub enum Command {
     /// when the check could not be made. Rows written without integrity, and batches not
     /// sealed yet, are counted, not reported.
     Verify(VerifyArgs),
+    /// Retire whole monthly partitions older than a window: each is written to an
+    /// archive (zstd NDJSON) with a signed manifest, the archive is checked against the
+    /// signed log from disk, then the partition is detached and dropped. Never the
+    /// current month or a later one, nor a partition a legal hold touches. A partition
+    /// whose archive fails or does not check stays, and the run says why (exit 1).
+    ///
+    /// Needs the table owner's role (it detaches and drops partitions), and the log's
+    /// signing key once the log is sealed (it signs each manifest).
+    Retention(RetentionArgs),
+    /// Place, list or lift legal holds: a hold keeps every partition it touches from
+    /// retention until it is lifted. Placing and lifting are audit records.
+    Hold(HoldArgs),
+    /// Bring an archive back into audit_logs (its month's partition), for an
+    /// investigation, after checking it against its manifest and the log's key. Records
+    /// already present are skipped, never doubled. The next retention run retires the
+    /// month again unless a legal hold keeps it.
+    Restore(RestoreArgs),
     /// The quickstart: write the sample flows of a network-automation backend through
     /// audit-layer, show what was stored, and serve it (viewer and API) until Ctrl-C.
     ///
@@ -156,7 +173,7 @@ pub struct VerifyArgs {
         long,
         env = "DATABASE_URL",
         hide_env_values = true,
-        required_unless_present = "bundle"
+        required_unless_present_any = ["bundle", "archive"]
     )]
     pub database_url: Option<String>,
     /// Longest time to wait for a connection or a database call.
@@ -166,6 +183,11 @@ pub struct VerifyArgs {
     /// record against the signed checkpoint, with nothing but --public-key.
     #[arg(long, value_name = "FILE", conflicts_with = "checkpoint")]
     pub bundle: Option<PathBuf>,
+    /// Check a retention archive (`.ndjson.zst`) against its manifest and signature
+    /// beside it, offline: the file's hash, every record against its batch, every batch
+    /// in the signed log, with nothing but --public-key.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["checkpoint", "bundle"])]
+    pub archive: Option<PathBuf>,
     /// Files of public keys (from `auditd keygen`, one key per line: every key that
     /// has signed, for rotations), comma-separated. Without one, checkpoint signatures
     /// are not checked, and verify says so.
@@ -197,6 +219,133 @@ pub struct VerifyArgs {
     /// sealed after it (or not sealed yet) are read.
     #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
     pub since_checkpoint: Option<PathBuf>,
+}
+
+/// The flags of `auditd retention`.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// The database to work on (as the table owner).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How long records stay online: months (`13months`) or days (`400d`). Partitions
+    /// entirely older go.
+    #[arg(long, env = "AUDITD_RETENTION_KEEP", value_parser = parse_keep)]
+    pub keep: crate::retention::Keep,
+    /// Where archives go: one `.ndjson.zst` file per partition, with its
+    /// `.manifest.json` and `.manifest.sig` beside it.
+    #[arg(
+        long,
+        env = "AUDITD_ARCHIVE_DIR",
+        value_name = "DIR",
+        required_unless_present = "dry_run"
+    )]
+    pub archive_dir: Option<PathBuf>,
+    /// List what would be retired and what stays (and why), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The log's signing key (from `auditd keygen`): signs each manifest. Needed once
+    /// the log is sealed.
+    #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// Public keys of earlier signing keys (after a rotation), comma-separated files.
+    #[arg(
+        long,
+        env = "AUDITD_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub public_key: Vec<PathBuf>,
+    /// The longest a detach waits for its lock (writers queue behind it meanwhile);
+    /// it is tried again, up to 10 times, before the partition is left for the next run.
+    #[arg(long, env = "AUDITD_RETENTION_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+/// The flags of `auditd hold`.
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// The database to work on (as the table owner).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: HoldAction,
+}
+
+/// What `auditd hold` does.
+#[derive(Debug, Subcommand)]
+pub enum HoldAction {
+    /// Place a hold.
+    Place {
+        /// Its name: letters, digits, `.`, `_`, `-`; never reused.
+        name: String,
+        /// The records it keeps were created from this time (RFC 3339, or a duration
+        /// before now: `400d`).
+        #[arg(long, value_parser = parse_moment)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// ... to before this time (default: now).
+        #[arg(long, value_parser = parse_moment)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only partitions holding a record of this user in the range.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only partitions holding a record of this resource type in the range.
+        #[arg(long)]
+        resource_type: Option<String>,
+        /// Only partitions holding a record of this resource id in the range.
+        #[arg(long)]
+        resource_id: Option<String>,
+        /// Why (a case number, a request): kept with the hold and in its audit record.
+        #[arg(long)]
+        reason: String,
+        /// Who places it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Lift a hold in force.
+    Lift {
+        /// Its name.
+        name: String,
+        /// Why: in the audit record.
+        #[arg(long)]
+        reason: String,
+        /// Who lifts it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List every hold, in force or lifted, newest first.
+    List,
+}
+
+/// The flags of `auditd restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The database to restore into (as the table owner).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The archive (`.ndjson.zst`); its manifest and signature beside it.
+    #[arg(long, value_name = "FILE")]
+    pub archive: PathBuf,
+    /// The log's public keys, to check the archive before restoring it.
+    #[arg(
+        long,
+        env = "AUDITD_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "FILE",
+        required_unless_present = "no_signatures"
+    )]
+    pub public_key: Vec<PathBuf>,
+    /// Restore without checking signatures (the archive is still checked against its
+    /// manifest).
+    #[arg(long)]
+    pub no_signatures: bool,
+    /// Who restores it (default: $USER), for the audit record.
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+fn parse_keep(text: &str) -> Result<crate::retention::Keep, String> {
+    text.parse()
 }
 
 /// An RFC 3339 time, or a duration before now (`24h`, `7d`).
@@ -357,6 +506,20 @@ pub struct ServeArgs {
         value_name = "FILE"
     )]
     pub public_key: Vec<PathBuf>,
+
+    /// Run retention every --retention-interval, keeping this window online (`13months`,
+    /// `400d`); needs --archive-dir, the table owner's role, and --signing-key once the
+    /// log is sealed. Without it nothing is retired.
+    #[arg(long, env = "AUDITD_RETENTION_KEEP", value_parser = parse_keep, requires = "archive_dir")]
+    pub retention: Option<crate::retention::Keep>,
+
+    /// Where retention writes its archives.
+    #[arg(long, env = "AUDITD_ARCHIVE_DIR", value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
+
+    /// How often retention runs (the first run a minute after the start).
+    #[arg(long, env = "AUDITD_RETENTION_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
 
     /// How often to create partitions ahead of time; 0 disables (when the role may not).
     #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]

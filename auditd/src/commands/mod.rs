@@ -1,10 +1,12 @@
 //! The command line and what each command does: `serve` (the default), `migrate`,
-//! `partitions`, `text-index`, `keygen`, `seal`, `verify`, `demo`.
+//! `partitions`, `text-index`, `keygen`, `seal`, `verify`, `retention`, `hold`,
+//! `restore`, `demo`.
 
 mod cli;
 mod demo;
 mod keygen;
 mod logging;
+mod retention;
 mod schema;
 mod seal;
 mod serve;
@@ -15,7 +17,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-pub use cli::{Cli, Command, DatabaseArgs, DemoArgs, SealArgs, ServeArgs, VerifyArgs};
+pub use cli::{
+    Cli, Command, DatabaseArgs, DemoArgs, HoldAction, HoldArgs, RestoreArgs, RetentionArgs,
+    SealArgs, ServeArgs, VerifyArgs,
+};
 
 /// Runs the command `cli` names, with auditd's own diagnostics filtered by `--log`, and
 /// says how the process should exit.
@@ -52,6 +57,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             logging::init(&cli.log, None)?;
             Ok(verify::run(&args).await)
         }
+        Some(Command::Retention(args)) => retention::run_retention(&args, &cli.log).await,
+        Some(Command::Hold(args)) => done(retention::run_hold(&args, &cli.log).await),
+        Some(Command::Restore(args)) => done(retention::run_restore(&args, &cli.log).await),
         Some(Command::Demo(args)) => done(demo::run(args, &cli.log).await),
     }
 }

@@ -139,6 +139,18 @@ pub async fn serve_until_signal(
             audit_layer::schema::DEFAULT_MONTHS_AHEAD,
         ))
     });
+    let retention = match super::retention::serve_options(args)? {
+        Some(options) => {
+            tracing::info!(keep = %options.keep, dir = %options.archive_dir.display(), every = ?args.retention_interval, "retention on");
+            Some(tokio::spawn(super::retention::retain_periodically(
+                database_url.to_owned(),
+                args.db_timeout,
+                options,
+                args.retention_interval,
+            )))
+        }
+        None => None,
+    };
     let (certificate, tls) = tls_from_args(args)?;
     let sealing = match &args.signing_key {
         Some(path) => {
@@ -189,6 +201,11 @@ pub async fn serve_until_signal(
     let result = server::serve(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();
+    }
+    // A run cut short drops nothing it has not recorded: the drop and its record commit
+    // together.
+    if let Some(retention) = retention {
+        retention.abort();
     }
     // A seal cut short rolls back; `final_seal` seals what the shutdown commits.
     if let Some(sealing) = sealing {

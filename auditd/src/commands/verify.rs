@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 
 use audit_layer::integrity::Scope;
 
+use crate::retention::retirements;
 use crate::seal::{check_bundle, verify_log, Bundle, Checkpoint, VerifierKey};
 
 /// Checks the database and prints the report: exit 0 intact, 1 not, 2 not checked.
@@ -30,6 +31,9 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
     }
     if let Some(path) = &args.bundle {
         return check_bundle_file(path, &keys);
+    }
+    if let Some(path) = &args.archive {
+        return check_archive(path, &keys, args.no_signatures).await;
     }
     let Some(database_url) = &args.database_url else {
         anyhow::bail!("no database: set DATABASE_URL or --database-url, or give --bundle");
@@ -82,8 +86,11 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
             .get(0);
         scope.from_tx = last_sealed.map(|tx| tx.saturating_add(1));
     }
+    // Retired records are excused only by a retirement signed with a key given.
+    let retired = retirements(&client, if args.no_signatures { &[] } else { &keys }).await?;
     let show_progress = std::io::stderr().is_terminal();
-    let records = audit_layer::integrity::verify_scoped(&client, &scope, |checked| {
+    let runs = retired.runs();
+    let records = audit_layer::integrity::verify_retired(&client, &scope, &runs, |checked| {
         if show_progress {
             eprint!("\rauditd verify: {checked} records checked…");
         }
@@ -100,8 +107,11 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
     for finding in &log.findings {
         println!("{finding}");
     }
-    let intact = records.intact() && log.intact();
-    let findings = records.findings.len() + log.findings.len();
+    for finding in &retired.findings {
+        println!("{finding}");
+    }
+    let intact = records.intact() && log.intact() && retired.findings.is_empty();
+    let findings = records.findings.len() + log.findings.len() + retired.findings.len();
     let covered = if scope.is_everything() {
         String::new()
     } else {
@@ -115,6 +125,23 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         findings,
         records.unproven
     );
+    for retirement in &retired.trusted {
+        let Some(count) = records.retired.get(&retirement.id) else {
+            continue;
+        };
+        let m = &retirement.manifest;
+        println!(
+            "{count} records retired by retention on {} into {} (sha256 {}){}",
+            retirement.retired_at.format("%Y-%m-%d"),
+            m.archive.name,
+            crate::hex::encode(&m.archive.sha256),
+            if retirement.signature_checked {
+                ""
+            } else {
+                " (its signature NOT checked)"
+            }
+        );
+    }
     // Not findings, never in a proof, but counted, so that a gap in a stream's seqs has
     // its explanation beside the report.
     let rejected: i64 = client
@@ -212,5 +239,53 @@ fn check_bundle_file(path: &std::path::Path, keys: &[VerifierKey]) -> anyhow::Re
             "the bundle says it stopped at its record limit: complete only up to its last batch"
         );
     }
+    Ok(intact)
+}
+
+/// Checks a retention archive offline; `Ok(false)` when it does not prove what it holds.
+async fn check_archive(
+    path: &std::path::Path,
+    keys: &[VerifierKey],
+    no_signatures: bool,
+) -> anyhow::Result<bool> {
+    if keys.is_empty() && !no_signatures {
+        anyhow::bail!(
+            "an archive is checked against the log's public key: give --public-key, or \
+             --no-signatures to check it against its manifest alone"
+        );
+    }
+    let (manifest, report) = super::retention::check_archive_file(path, keys).await?;
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let intact = report.intact();
+    let against = match manifest
+        .checkpoint
+        .as_deref()
+        .map(Checkpoint::parse_unverified)
+    {
+        Some(Ok(c)) => format!(
+            "the checkpoint of {} at size {}{}",
+            c.origin,
+            c.size,
+            if keys.is_empty() {
+                " (signatures NOT checked)"
+            } else {
+                ""
+            }
+        ),
+        _ => "no checkpoint (the log was not sealed)".to_owned(),
+    };
+    println!(
+        "{}: archive of {} ({} to {}): {} records, {} proven in {} batches against {against}, {} unproven",
+        if intact { "intact" } else { "NOT INTACT" },
+        manifest.partition,
+        manifest.range.0,
+        manifest.range.1,
+        report.rows,
+        report.proven,
+        manifest.batches.len(),
+        report.unproven
+    );
     Ok(intact)
 }

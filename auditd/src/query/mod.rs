@@ -11,6 +11,7 @@
 //! | an export's parameters; a record as CSV | `export`, `csv` |
 //! | the message sample that keeps substring search to the index's useful work | `text_search` |
 //! | the writers' commit notices, which wake the tails | `notices` |
+//! | one statement streamed in chunks: exports and retention archives | `stream` |
 
 pub mod csv;
 mod cursor;
@@ -20,6 +21,7 @@ mod notices;
 mod params;
 pub mod records;
 mod sql;
+pub mod stream;
 mod text_search;
 
 pub use cursor::{PageCursor, TailCursor};

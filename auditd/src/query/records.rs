@@ -10,6 +10,7 @@
 //! (migration 0002). A transaction still open holds the horizon back; its rows, and those
 //! committed after it, are delivered once it ends: late, never lost.
 
+use audit_layer::integrity::StoredRecord;
 use audit_layer::{AuditLog, RECORD_COLUMNS};
 use tokio_postgres::{Client, Row};
 
@@ -102,6 +103,105 @@ pub fn write_record(
         created_at: log.created_at,
         id,
     })
+}
+
+/// Appends `{"id":...,"created_at":...,...,"metadata":...` (no closing brace) for a row
+/// read with [`STORED_RECORD_COLUMNS`](audit_layer::integrity::STORED_RECORD_COLUMNS):
+/// every value as stored, `metadata` as the text `jsonb` prints (copied, not parsed and
+/// printed again), an address with its netmask when it has one (`192.0.2.0/24`), times
+/// in RFC 3339 with microseconds, UTC.
+pub fn write_stored_fields(out: &mut Vec<u8>, id: i64, r: &StoredRecord<'_>) {
+    fn string(out: &mut Vec<u8>, value: &str) {
+        // Serializing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+    fn int(out: &mut Vec<u8>, value: Option<i64>) {
+        match value {
+            Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    fn optional(out: &mut Vec<u8>, name: &[u8], value: Option<&str>) {
+        out.extend_from_slice(name);
+        match value {
+            Some(v) => string(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"id\":");
+    int(out, Some(id));
+    out.extend_from_slice(b",\"created_at\":\"");
+    write_time_micros(out, r.created_at_micros);
+    out.extend_from_slice(b"\",\"username\":");
+    string(out, r.username);
+    out.extend_from_slice(b",\"user_id\":");
+    int(out, r.user_id);
+    out.extend_from_slice(b",\"event_type\":");
+    string(out, r.event_type);
+    out.extend_from_slice(b",\"severity\":");
+    string(out, r.severity);
+    out.extend_from_slice(b",\"message\":");
+    string(out, r.message);
+    out.extend_from_slice(b",\"ip_address\":");
+    match (r.ip_address, r.ip_prefix) {
+        (None, _) => out.extend_from_slice(b"null"),
+        (Some(ip), prefix) => {
+            use std::io::Write;
+            // Addresses and prefixes are digits, dots and colons: nothing to escape.
+            let _ = match prefix {
+                Some(bits) => write!(out, "\"{ip}/{bits}\""),
+                None => write!(out, "\"{ip}\""),
+            };
+        }
+    }
+    optional(out, b",\"resource_type\":", r.resource_type);
+    optional(out, b",\"resource_id\":", r.resource_id);
+    optional(out, b",\"resource_name\":", r.resource_name);
+    out.extend_from_slice(b",\"metadata\":");
+    // jsonb prints valid JSON, on one line.
+    out.extend_from_slice(r.metadata.unwrap_or("null").as_bytes());
+}
+
+/// Appends a time given in microseconds since the Unix epoch as RFC 3339, always with six
+/// fractional digits and `Z` (`2026-03-02T09:00:00.000000Z`), without allocating.
+pub fn write_time_micros(out: &mut Vec<u8>, micros: i64) {
+    use chrono::{Datelike, Timelike};
+    let Some(t) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros) else {
+        out.extend_from_slice(b"invalid");
+        return;
+    };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // timestamptz reaches beyond four-digit years; chrono writes those correctly.
+        out.extend_from_slice(
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .as_bytes(),
+        );
+        return;
+    }
+    fn digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+        let mut buf = [b'0'; 6];
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    }
+    digits(out, year as u32, 4);
+    let sep = [b'-', b'-', b'T', b':', b':', b'.'];
+    let parts = [
+        (t.month(), 2),
+        (t.day(), 2),
+        (t.hour(), 2),
+        (t.minute(), 2),
+        (t.second(), 2),
+        (t.nanosecond() / 1000 % 1_000_000, 6),
+    ];
+    for (separator, (value, width)) in sep.iter().zip(parts) {
+        out.push(*separator);
+        digits(out, value, width);
+    }
+    out.push(b'Z');
 }
 
 /// `{"items":[<record>,...],"next_cursor":<string or null>}`: a page, as every listing

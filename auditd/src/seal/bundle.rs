@@ -74,7 +74,8 @@ pub struct Bundle {
     pub truncated: bool,
 }
 
-fn hex_hash(hash: &Hash) -> Value {
+/// A hash as lowercase hex.
+pub fn hex_hash(hash: &Hash) -> Value {
     Value::from(crate::hex::encode(hash))
 }
 
@@ -99,7 +100,27 @@ pub fn entry_json(e: &BatchEntry) -> Value {
     })
 }
 
-fn parse_hash(value: &Value) -> Result<Hash, String> {
+/// A ledger entry read back from [`entry_json`]'s form.
+pub fn entry_from_json(e: &Value) -> Result<BatchEntry, String> {
+    let committed_at = e["committed_at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .ok_or("an entry's committed_at is not RFC 3339")?;
+    Ok(BatchEntry {
+        stream_id: int(e, "stream_id")?,
+        batch_id: int(e, "batch_id")?,
+        rows: i32::try_from(int(e, "rows")?).map_err(|_| "rows out of range")?,
+        first_seq: int(e, "first_seq")?,
+        last_seq: int(e, "last_seq")?,
+        encoding: i16::try_from(int(e, "encoding")?).map_err(|_| "encoding out of range")?,
+        root: parse_hash(&e["root"])?,
+        committed_at_micros: committed_at.timestamp_micros(),
+        tx_id: int(e, "tx_id")?,
+    })
+}
+
+/// A hash read back from lowercase hex.
+pub fn parse_hash(value: &Value) -> Result<Hash, String> {
     value
         .as_str()
         .and_then(crate::hex::decode)
@@ -107,7 +128,8 @@ fn parse_hash(value: &Value) -> Result<Hash, String> {
         .ok_or_else(|| format!("not a hex hash: {value}"))
 }
 
-fn parse_path(value: &Value) -> Result<Vec<Hash>, String> {
+/// A proof path read back from [`path_json`]'s form.
+pub fn parse_path(value: &Value) -> Result<Vec<Hash>, String> {
     value
         .as_array()
         .ok_or("a proof path is not a list")?
@@ -122,7 +144,8 @@ fn int(value: &Value, name: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{name} is not an integer"))
 }
 
-fn time_micros(micros: i64) -> Value {
+/// A time in microseconds since the Unix epoch as RFC 3339 (UTC, microseconds).
+pub fn time_micros(micros: i64) -> Value {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .map(|t| Value::from(t.to_rfc3339_opts(SecondsFormat::Micros, true)))
         .unwrap_or(Value::Null)
@@ -214,23 +237,7 @@ impl Bundle {
             .to_owned();
         let mut batches = Vec::new();
         for batch in value["batches"].as_array().ok_or("no batches")? {
-            let e = &batch["entry"];
-            let committed_at = e["committed_at"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .ok_or("an entry's committed_at is not RFC 3339")?;
-            let entry = BatchEntry {
-                stream_id: int(e, "stream_id")?,
-                batch_id: int(e, "batch_id")?,
-                rows: i32::try_from(int(e, "rows")?).map_err(|_| "rows out of range")?,
-                first_seq: int(e, "first_seq")?,
-                last_seq: int(e, "last_seq")?,
-                encoding: i16::try_from(int(e, "encoding")?)
-                    .map_err(|_| "encoding out of range")?,
-                root: parse_hash(&e["root"])?,
-                committed_at_micros: committed_at.timestamp_micros(),
-                tx_id: int(e, "tx_id")?,
-            };
+            let entry = entry_from_json(&batch["entry"])?;
             let mut records = Vec::new();
             for r in batch["records"]
                 .as_array()

@@ -94,15 +94,7 @@ impl Checkpoint {
 
     /// The signed note of this checkpoint.
     pub fn sign(&self, key: &SigningKey) -> String {
-        let body = self.body();
-        let mut signed = Vec::with_capacity(68);
-        signed.extend_from_slice(&key.id());
-        signed.extend_from_slice(&key.sign(body.as_bytes()));
-        format!(
-            "{body}\n{SIGNATURE_PREFIX}{} {}\n",
-            key.name(),
-            BASE64.encode(signed)
-        )
+        sign_note(&self.body(), key)
     }
 
     /// Reads a checkpoint's body without checking any signature (to compare a stored
@@ -119,22 +111,7 @@ impl Checkpoint {
         note: &str,
         keys: &'k [VerifierKey],
     ) -> Result<(Self, &'k VerifierKey), NoteError> {
-        let (body, signatures) = split(note)?;
-        let mut verified = None;
-        for line in signatures {
-            let (name, signature) = parse_signature(line)?;
-            let Some(key) = keys
-                .iter()
-                .find(|k| k.name() == name && k.id()[..] == signature[..4])
-            else {
-                continue;
-            };
-            if !key.verify(body.as_bytes(), &signature[4..]) {
-                return Err(NoteError::BadSignature);
-            }
-            verified.get_or_insert(key);
-        }
-        let key = verified.ok_or(NoteError::UnknownKey)?;
+        let (body, key) = open_note(note, keys)?;
         let checkpoint = Self::parse_body(body)?;
         // A log's checkpoints are signed under its own name: a key shared by two logs
         // must not make one's checkpoints pass for the other's.
@@ -198,6 +175,45 @@ impl Checkpoint {
             horizon,
         })
     }
+}
+
+/// A C2SP signed note of `body` (lines, each ending in a newline), signed by `key`: how
+/// checkpoints are signed, and any other statement of the log (an archive's manifest),
+/// each told apart by its first line.
+pub fn sign_note(body: &str, key: &SigningKey) -> String {
+    let mut signed = Vec::with_capacity(68);
+    signed.extend_from_slice(&key.id());
+    signed.extend_from_slice(&key.sign(body.as_bytes()));
+    format!(
+        "{body}\n{SIGNATURE_PREFIX}{} {}\n",
+        key.name(),
+        BASE64.encode(signed)
+    )
+}
+
+/// The body of a signed note, accepted only when a signature by one of `keys` verifies,
+/// and the key that signed it. A signature by a given key that fails refuses the note,
+/// whatever other signatures say.
+pub fn open_note<'n, 'k>(
+    note: &'n str,
+    keys: &'k [VerifierKey],
+) -> Result<(&'n str, &'k VerifierKey), NoteError> {
+    let (body, signatures) = split(note)?;
+    let mut verified = None;
+    for line in signatures {
+        let (name, signature) = parse_signature(line)?;
+        let Some(key) = keys
+            .iter()
+            .find(|k| k.name() == name && k.id()[..] == signature[..4])
+        else {
+            continue;
+        };
+        if !key.verify(body.as_bytes(), &signature[4..]) {
+            return Err(NoteError::BadSignature);
+        }
+        verified.get_or_insert(key);
+    }
+    Ok((body, verified.ok_or(NoteError::UnknownKey)?))
 }
 
 /// The body (with its final newline) and the signature lines of a signed note.

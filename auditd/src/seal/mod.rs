@@ -26,9 +26,10 @@ mod verify;
 use std::time::Duration;
 
 pub use bundle::{
-    check_bundle, complete_bundle, entry_json, path_json, Bundle, BundleReport, BUNDLE_FORMAT,
+    check_bundle, complete_bundle, entry_from_json, entry_json, hex_hash, parse_hash, parse_path,
+    path_json, time_micros, Bundle, BundleReport, BUNDLE_FORMAT,
 };
-pub use checkpoint::{Checkpoint, NoteError};
+pub use checkpoint::{open_note, sign_note, Checkpoint, NoteError};
 pub use keys::{valid_name as valid_key_name, KeyError, SigningKey, VerifierKey};
 pub use log::{load_leaves, SealError, Sealed, Sealer, HEARTBEAT, MAX_BATCHES_PER_SEAL};
 pub use proof::{

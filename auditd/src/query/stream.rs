@@ -1,0 +1,77 @@
+//! The one streaming path for everything that reads many rows (an export, a retention
+//! archive): one statement, no pages, rows formatted as PostgreSQL sends them into chunks
+//! of about [`CHUNK_BYTES`], each handed to a sink before the next is filled. Memory
+//! stays at a chunk or two whatever the size, and a slow sink (a client, a disk) slows
+//! the reading down instead of filling memory.
+//!
+//! One statement rather than pages of `LIMIT n`: a page is a new statement, planned and
+//! started again, which costs about half of what a stream reaches. A long read holds no
+//! transaction id, so it delays neither sealing nor the tails (their horizon counts only
+//! transactions that write).
+
+use std::future::Future;
+
+use futures_util::TryStreamExt;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+/// Bytes gathered before a chunk is handed to the sink.
+pub const CHUNK_BYTES: usize = 128 * 1024;
+
+/// Where the chunks of a stream go.
+pub trait ChunkSink {
+    /// Why the sink stopped taking chunks.
+    type Error;
+    /// Takes one chunk; the stream waits until it has.
+    fn send(&mut self, chunk: Vec<u8>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Why a stream ended before its last row.
+#[derive(Debug)]
+pub enum Stopped<S, F> {
+    /// The query failed (or the connection did).
+    Query(tokio_postgres::Error),
+    /// A row could not be formatted.
+    Row(F),
+    /// The sink stopped taking chunks.
+    Sink(S),
+}
+
+/// Streams the rows of `sql` into `sink`: `head` first, then each row as `format`
+/// appends it. Returns how many rows went out; the last chunk is sent before it returns.
+pub async fn stream_rows<S, F, E>(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    head: &[u8],
+    mut format: F,
+    sink: &mut S,
+) -> Result<u64, Stopped<S::Error, E>>
+where
+    S: ChunkSink,
+    F: FnMut(&mut Vec<u8>, &Row) -> Result<(), E>,
+{
+    let rows = client
+        .query_raw(sql, params.iter().copied())
+        .await
+        .map_err(Stopped::Query)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+    chunk.extend_from_slice(head);
+    let mut sent = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(Stopped::Query)? {
+        format(&mut chunk, &row).map_err(Stopped::Row)?;
+        sent += 1;
+        if chunk.len() >= CHUNK_BYTES {
+            let full = std::mem::replace(
+                &mut chunk,
+                Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
+            );
+            sink.send(full).await.map_err(Stopped::Sink)?;
+        }
+    }
+    if !chunk.is_empty() {
+        sink.send(chunk).await.map_err(Stopped::Sink)?;
+    }
+    Ok(sent)
+}
