@@ -3,29 +3,12 @@
 //! 0 on a database that matches what the writer committed and the log signed, 1 (naming
 //! the finding) after a superuser changes a record, 2 when it cannot check at all.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
-use tracing_subscriber::prelude::*;
-
-fn auditd(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_auditd"))
-        .args(args)
-        .env_remove("AUDITD_PUBLIC_KEY")
-        .env_remove("AUDITD_SIGNING_KEY")
-        .output()
-        .expect("run auditd");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn verify(url: &str, extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["verify", "--database-url", url, "--db-timeout", "10s"];
-    args.extend_from_slice(extra);
-    auditd(&args)
-}
+use support::{auditd, emit, verify};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check() {
@@ -261,16 +244,4 @@ async fn checkpoint_count(client: &tokio_postgres::Client) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// Emits with `events` through a layer writing to `url`, and waits until all is committed.
-async fn emit(url: &str, events: impl FnOnce()) {
-    let (layer, handle) = audit_layer::AuditLayer::builder()
-        .database_url(url)
-        .batch_max_wait(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    tracing::dispatcher::with_default(&dispatch, events);
-    handle.shutdown(Duration::from_secs(30)).await.unwrap();
 }
