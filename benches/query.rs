@@ -12,129 +12,16 @@
 
 mod support;
 
-use support::{arg, connect, connect_migrated, peak_rss_mib};
+use support::http::Client;
+use support::{arg, connect, load_spread, peak_rss_mib, serve_in_process};
 
 use std::time::{Duration, Instant};
 
-use auditd::Limits;
-use auditd::ServerOptions;
-use auditd::Tokens;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use pg_provision::{ClusterOptions, Postgres};
-
-struct Client {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Client {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        Client { sender }
-    }
-
-    async fn get(&mut self, path: &str) -> (Duration, Bytes) {
-        let request = hyper::Request::get(path)
-            .header("host", "bench")
-            .body(Empty::new())
-            .expect("request");
-        // One request at a time on the connection: wait until it can take the next.
-        self.sender.ready().await.expect("connection ready");
-        let started = Instant::now();
-        let response = self.sender.send_request(request).await.expect("response");
-        assert_eq!(response.status(), 200, "{path}");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (started.elapsed(), body)
-    }
-}
-
-impl Client {
-    /// Reads a streamed body frame by frame, counting lines, keeping nothing.
-    async fn stream_count(&mut self, path: &str) -> (Duration, u64, u64) {
-        let request = hyper::Request::get(path)
-            .header("host", "bench")
-            .body(Empty::new())
-            .expect("request");
-        self.sender.ready().await.expect("connection ready");
-        // One request at a time on the connection: wait until it can take the next.
-        self.sender.ready().await.expect("connection ready");
-        let started = Instant::now();
-        let response = self.sender.send_request(request).await.expect("response");
-        assert_eq!(response.status(), 200, "{path}");
-        let mut body = response.into_body();
-        let (mut lines, mut bytes) = (0u64, 0u64);
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame.expect("frame").data_ref() {
-                bytes += data.len() as u64;
-                lines += data.iter().filter(|b| **b == b'\n').count() as u64;
-            }
-        }
-        (started.elapsed(), lines, bytes)
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
-}
-
-async fn load(url: &str, rows: u64) {
-    let client = connect_migrated(url).await;
-    client
-        .execute(
-            "SELECT audit_logs_ensure_partitions(now() - interval '3 months', 4)",
-            &[],
-        )
-        .await
-        .expect("partitions");
-    let started = Instant::now();
-    let chunk = 1_000_000u64;
-    let mut done = 0;
-    while done < rows {
-        let n = chunk.min(rows - done);
-        client
-            .execute(
-                "INSERT INTO audit_logs (username, user_id, event_type, message, ip_address,
-                     resource_type, resource_id, resource_name, severity, metadata, created_at)
-                 SELECT 'user' || (i % 1000), i % 1000,
-                        (ARRAY['authentication','onboarding','device_management','credential_management',
-                               'job_execution','configuration_change','backup','sync','system'])[1 + i % 9],
-                        'Device edge-' || (i % 10000) || ' event number ' || i,
-                        ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet,
-                        'device', 'dev-' || (i % 10000), 'edge-' || (i % 10000),
-                        (ARRAY['info','info','info','info','info','info','warning','warning','error','critical'])[1 + i % 10],
-                        jsonb_build_object('site', 'site' || (i % 50), 'attempt', i % 5),
-                        now() - ((i::float8 / $2::float8) * interval '90 days')
-                 FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
-                &[&(done as i64), &(rows as f64), &(n as i64)],
-            )
-            .await
-            .expect("load");
-        done += n;
-        eprintln!(
-            "loaded {done} rows in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-    }
-    client
-        .batch_execute("VACUUM ANALYZE audit_logs")
-        .await
-        .expect("analyze");
-    println!(
-        "query: loaded {rows} rows in {:.0} s (server-side INSERT ... SELECT, then VACUUM ANALYZE)",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 #[tokio::main]
@@ -151,7 +38,7 @@ async fn main() {
         .create_database("bench_query")
         .await
         .expect("database");
-    load(&url, rows).await;
+    load_spread(&url, rows).await;
     let text_index = std::env::args().any(|a| a == "--text-index");
     if text_index {
         let client = connect(&url).await;
@@ -170,49 +57,12 @@ async fn main() {
         );
     }
 
-    let pool = audit_layer::pool::connect_pool(
-        &url,
-        &audit_layer::pool::PoolOptions {
-            max_size: 8,
-            statement_timeout: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-    )
-    .expect("pool");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     // Access records go to a database of their own, so they do not grow the measured table.
     let access_url = server
         .create_database("bench_query_access")
         .await
         .expect("database");
-    connect_migrated(&access_url).await;
-    let (layer, audit) = audit_layer::AuditLayer::builder()
-        .database_url(&access_url)
-        .build()
-        .expect("layer");
-    use tracing_subscriber::prelude::*;
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(auditd::serve(
-        listener,
-        pool,
-        ServerOptions {
-            tokens: std::sync::Arc::new(auditd::TokenStore::new(Tokens::none())),
-            limits: Limits::default(),
-            shutdown_grace: Duration::from_secs(5),
-            access_audit: Some(dispatch),
-            audit_handle: None,
-            commit_notices: None,
-            tls: None,
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
-
+    let (addr, stop, serving) = serve_in_process(&url, &access_url).await;
     let mut client = Client::connect(addr).await;
     if text_index {
         // auditd samples messages to tune text search once it sees the index complete.
@@ -339,7 +189,5 @@ async fn main() {
         lines as f64 / elapsed.as_secs_f64(),
         peak_rss_mib()
     );
-    let _ = stop.send(());
-    serving.await.expect("server").expect("server ran");
-    drop(audit);
+    serving.stop(stop).await;
 }

@@ -45,8 +45,6 @@ pub struct Limits {
     /// `Last-Event-ID` where it left off (browsers do so by themselves). It bounds how long
     /// one client holds one of the `max_streams` slots.
     pub max_stream_duration: Duration,
-    /// Rows fetched per query while exporting.
-    pub export_page_rows: i64,
     /// Connections open at once; one beyond is closed as soon as it is accepted.
     pub max_connections: usize,
     /// Connections open at once from one client address.
@@ -74,7 +72,6 @@ impl Default for Limits {
             stream_keepalive: Duration::from_secs(15),
             max_stream_duration: Duration::from_secs(3600),
             stalled_client_timeout: Duration::from_secs(30),
-            export_page_rows: 5000,
             text_sample_interval: Duration::from_secs(600),
             max_connections: 4096,
             max_connections_per_ip: 512,

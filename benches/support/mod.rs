@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod caller;
+pub mod http;
 
 /// The value after `name` on the command line, or `default` (`_` separators allowed).
 pub fn arg(name: &str, default: u64) -> u64 {
@@ -113,4 +114,121 @@ pub fn cpu_seconds() -> (f64, f64) {
         }
     }
     (ours, postgres)
+}
+
+/// Loads `rows` records spread over the last 90 days (1,000 users, 9 event types, 10,000
+/// devices) into a fresh database, server-side, then `VACUUM ANALYZE`; prints the time.
+pub async fn load_spread(url: &str, rows: u64) {
+    let client = connect_migrated(url).await;
+    client
+        .execute(
+            "SELECT audit_logs_ensure_partitions(now() - interval '3 months', 4)",
+            &[],
+        )
+        .await
+        .expect("partitions");
+    let started = std::time::Instant::now();
+    let chunk = 1_000_000u64;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        client
+            .execute(
+                "INSERT INTO audit_logs (username, user_id, event_type, message, ip_address,
+                     resource_type, resource_id, resource_name, severity, metadata, created_at)
+                 SELECT 'user' || (i % 1000), i % 1000,
+                        (ARRAY['authentication','onboarding','device_management','credential_management',
+                               'job_execution','configuration_change','backup','sync','system'])[1 + i % 9],
+                        'Device edge-' || (i % 10000) || ' event number ' || i,
+                        ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet,
+                        'device', 'dev-' || (i % 10000), 'edge-' || (i % 10000),
+                        (ARRAY['info','info','info','info','info','info','warning','warning','error','critical'])[1 + i % 10],
+                        jsonb_build_object('site', 'site' || (i % 50), 'attempt', i % 5),
+                        now() - ((i::float8 / $2::float8) * interval '90 days')
+                 FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
+                &[&(done as i64), &(rows as f64), &(n as i64)],
+            )
+            .await
+            .expect("load");
+        done += n;
+        eprintln!(
+            "loaded {done} rows in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    client
+        .batch_execute("VACUUM ANALYZE audit_logs")
+        .await
+        .expect("analyze");
+    println!(
+        "query: loaded {rows} rows in {:.0} s (server-side INSERT ... SELECT, then VACUUM ANALYZE)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// auditd serving `url` in this process on a loopback port, its access records going to
+/// `access_url` (so that they do not grow the measured table): its address, and what
+/// stops it.
+pub async fn serve_in_process(
+    url: &str,
+    access_url: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Serving,
+) {
+    use std::time::Duration;
+    use tracing_subscriber::prelude::*;
+    let pool = audit_layer::pool::connect_pool(
+        url,
+        &audit_layer::pool::PoolOptions {
+            max_size: 8,
+            statement_timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        },
+    )
+    .expect("pool");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    connect_migrated(access_url).await;
+    let (layer, audit) = audit_layer::AuditLayer::builder()
+        .database_url(access_url)
+        .build()
+        .expect("layer");
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(auditd::serve(
+        listener,
+        pool,
+        auditd::ServerOptions {
+            tokens: std::sync::Arc::new(auditd::TokenStore::new(auditd::Tokens::none())),
+            limits: auditd::Limits::default(),
+            shutdown_grace: Duration::from_secs(5),
+            access_audit: Some(dispatch),
+            audit_handle: None,
+            commit_notices: None,
+            tls: None,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, Serving { server, audit })
+}
+
+/// An in-process auditd, until stopped.
+pub struct Serving {
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    audit: audit_layer::AuditHandle,
+}
+
+impl Serving {
+    /// Stops it, and waits.
+    pub async fn stop(self, stop: tokio::sync::oneshot::Sender<()>) {
+        let _ = stop.send(());
+        self.server.await.expect("server").expect("server ran");
+        drop(self.audit);
+    }
 }

@@ -153,10 +153,10 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         let tokens = serve::load_tokens(&serve_args)?;
         serve::serve_until_signal(listener, pool, &url, tokens, &serve_args, handle.clone())
             .await?;
-        serve::shutdown_audit(&handle).await;
+        logging::shutdown_audit(&handle).await;
         serve::final_seal(&url, &serve_args).await;
     } else {
-        serve::shutdown_audit(&handle).await;
+        logging::shutdown_audit(&handle).await;
     }
     drop(keys);
     // Close our connection before the throwaway server goes, or it reports the loss.

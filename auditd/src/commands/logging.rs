@@ -42,3 +42,25 @@ where
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(targets.and(not_audit))
 }
+
+/// Installs the global subscriber with an audit layer writing to `url` beside the
+/// console diagnostics, for commands that leave audit records; the handle flushes it.
+pub fn audited(url: &str, filter: &str) -> Result<audit_layer::AuditHandle> {
+    let (audit, handle) = audit_layer::AuditLayer::builder()
+        .database_url(url)
+        .build()
+        .context("cannot start the audit writer")?;
+    init(filter, Some(audit))?;
+    Ok(handle)
+}
+
+/// How long the audit writer may take to commit its last records at exit.
+const AUDIT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the audit writer up to 10 s to commit what it holds, and logs the outcome.
+pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {
+    match handle.shutdown(AUDIT_SHUTDOWN).await {
+        Ok(stats) => tracing::info!(written = stats.written, "audit records committed"),
+        Err(e) => tracing::error!(error = %e, "audit records may be lost"),
+    }
+}

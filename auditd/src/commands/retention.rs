@@ -7,27 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use audit_layer::{AuditHandle, AuditLayer};
 
 use super::cli::{HoldAction, HoldArgs, RestoreArgs, RetentionArgs};
-use super::logging;
-use super::serve::shutdown_audit;
+use super::logging::{self, audited, shutdown_audit};
 use crate::retention::{
     self, check_archive, check_manifest_signature, Hold, Keep, Kept, Manifest, RetentionOptions,
     ARCHIVE_SUFFIX,
 };
 use crate::seal::{SigningKey, VerifierKey};
-
-/// Starts an audit layer writing to `url` beside the console diagnostics, for commands
-/// that leave audit records.
-fn audited(url: &str, log_filter: &str) -> Result<AuditHandle> {
-    let (audit, handle) = AuditLayer::builder()
-        .database_url(url)
-        .build()
-        .context("cannot start the audit writer")?;
-    logging::init(log_filter, Some(audit))?;
-    Ok(handle)
-}
 
 /// Who runs a command: `--by`, else `$USER`.
 fn operator(by: &Option<String>) -> String {

@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use audit_layer::pool::{connect_pool, PoolOptions};
-use audit_layer::AuditLayer;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,9 +19,6 @@ use crate::server::Certificate;
 use crate::server::{self, ServerOptions, TlsAcceptor};
 use crate::state::Limits;
 
-/// How long the access-audit writer may take to commit its last records at exit.
-const AUDIT_SHUTDOWN: Duration = Duration::from_secs(10);
-
 /// Runs `auditd serve` until SIGINT or SIGTERM, then lets the access-audit writer commit.
 pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     let Some(url) = args.database_url.clone().filter(|u| !u.trim().is_empty()) else {
@@ -34,11 +29,10 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     if let Some(path) = &args.signing_key {
         SigningKey::load(path)?;
     }
-    let (audit, audit_handle) = AuditLayer::builder()
-        .database_url(args.audit_database_url.as_deref().unwrap_or(&url))
-        .build()
-        .context("cannot start the access-audit writer")?;
-    logging::init(log_filter, Some(audit))?;
+    let audit_handle = logging::audited(
+        args.audit_database_url.as_deref().unwrap_or(&url),
+        log_filter,
+    )?;
     let pool = query_pool(&url, &args)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -46,7 +40,7 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     let audit_handle = Arc::new(audit_handle);
     let served =
         serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await;
-    shutdown_audit(&audit_handle).await;
+    logging::shutdown_audit(&audit_handle).await;
     final_seal(&url, &args).await;
     served
 }
@@ -293,13 +287,5 @@ async fn reload_on_hangup(
                 ),
             }
         }
-    }
-}
-
-/// Gives the access-audit writer up to 10 s to commit what it holds, and logs the outcome.
-pub async fn shutdown_audit(handle: &audit_layer::AuditHandle) {
-    match handle.shutdown(AUDIT_SHUTDOWN).await {
-        Ok(stats) => tracing::info!(written = stats.written, "audit records committed"),
-        Err(e) => tracing::error!(error = %e, "audit records may be lost"),
     }
 }

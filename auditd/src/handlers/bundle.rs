@@ -79,7 +79,7 @@ pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         }
     } else {
         // One row more than asked says whether the limit cut the bundle short.
-        let sql = records::page_sql(&filters, Order::Newest, None, limit + 1);
+        let sql = records::page_sql(&filters, Order::Newest, None, Some(limit + 1));
         let mut rows = client
             .query(&sql.text, &sql.params())
             .await

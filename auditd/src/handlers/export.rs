@@ -1,9 +1,10 @@
 //! `GET /api/v1/logs/export`: every matching record, streamed as NDJSON or CSV.
 //!
-//! Rows are read a page at a time (keyset, as for listing) and handed to the response
-//! through a small channel, so memory stays flat whatever the size and a slow client slows
-//! the reading down instead of filling memory. Each record carries its cursor, so an export
-//! that broke off resumes with `cursor=<the last one received>`.
+//! One statement, streamed (`query::stream`, the path retention archives share): rows
+//! are formatted as PostgreSQL sends them and handed to the response a chunk at a time
+//! through a small channel, so memory stays flat whatever the size and a slow client
+//! slows the reading down instead of filling memory. Each record carries its cursor, so
+//! an export that broke off resumes with `cursor=<the last one received>`.
 
 use std::sync::Arc;
 
@@ -14,11 +15,9 @@ use tokio_postgres::Row;
 
 use crate::access::{Answer, Caller};
 use crate::http::{self, ApiError, ChannelBody};
+use crate::query::stream::{stream_rows, ChunkSink, Stopped};
 use crate::query::{csv, records, ExportRequest, Format, PageCursor, Params};
 use crate::state::App;
-
-/// Bytes gathered before a chunk is handed to the response.
-const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Answers `GET /api/v1/logs/export`: a task streams the rows and records the access when
 /// it ends.
@@ -44,74 +43,57 @@ pub async fn export(
     let (tx, body) = ChannelBody::until_finished(4);
     let app = app.clone();
     tokio::spawn(async move {
-        let mut stopping = app.stopping.clone();
-        let mut cursor = cursor;
-        let mut sent: u64 = 0;
-        let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
-        if matches!(format, Format::Csv(_)) {
-            chunk.extend_from_slice(csv::HEADER.as_bytes());
-        }
-        let page_rows = app.limits.export_page_rows;
-        let stall = app.limits.stalled_client_timeout;
-        let outcome = loop {
-            let want = match max_rows {
-                Some(max) => (max - sent).min(page_rows as u64) as i64,
-                None => page_rows,
-            };
-            if want == 0 {
-                break StatusCode::OK;
-            }
-            if *stopping.borrow() {
-                // Shutting down: end now, recorded, rather than be dropped unrecorded.
-                break StatusCode::SERVICE_UNAVAILABLE;
-            }
-            let sql = records::page_sql(&filters, order, cursor, want);
-            let rows = match client.query(&sql.text, &sql.params()).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    // The status line is gone: all that is left is to cut the body short,
-                    // so the client sees a truncated export it can resume.
-                    http::log_query_failure(&e);
-                    break StatusCode::SERVICE_UNAVAILABLE;
-                }
-            };
-            let fetched = rows.len() as i64;
-            let mut stopped = None;
-            for row in &rows {
-                match write_row(&mut chunk, row, format) {
-                    Ok(c) => cursor = Some(c),
-                    Err(_) => {
-                        stopped = Some(StatusCode::INTERNAL_SERVER_ERROR);
-                        break;
-                    }
-                }
-                sent += 1;
-                if chunk.len() >= CHUNK_BYTES {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-                    if let Err(status) = http::deliver(&tx, full.into(), &mut stopping, stall).await
-                    {
-                        stopped = Some(status);
-                        break;
-                    }
-                }
-            }
-            if let Some(status) = stopped {
-                break status;
-            }
-            if fetched < want {
-                break StatusCode::OK;
-            }
+        let mut sink = ResponseSink {
+            tx,
+            stopping: app.stopping.clone(),
+            stall: app.limits.stalled_client_timeout,
         };
-        // The rest, then the end; without the end the body is cut short (`until_finished`).
-        let finished = async {
-            if !chunk.is_empty() {
-                http::deliver(&tx, chunk.into(), &mut stopping, stall).await?;
-            }
-            http::deliver(&tx, Bytes::new(), &mut stopping, stall).await
+        let head = match format {
+            Format::Csv(_) => csv::HEADER.as_bytes(),
+            Format::Ndjson => b"",
         };
-        let outcome = match outcome {
-            StatusCode::OK => finished.await.err().unwrap_or(StatusCode::OK),
-            failed => failed,
+        let sql = records::page_sql(
+            &filters,
+            order,
+            cursor,
+            max_rows.map(|n| n.min(i64::MAX as u64) as i64),
+        );
+        // The stream takes as long as the export is big: no statement timeout for it, in
+        // a transaction of its own so that the pooled connection keeps its own.
+        let (sent, streamed) = match client
+            .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 0")
+            .await
+        {
+            Ok(()) => {
+                stream_rows(
+                    &client,
+                    &sql.text,
+                    &sql.params(),
+                    head,
+                    |out, row| write_row(out, row, format).map(drop),
+                    &mut sink,
+                )
+                .await
+            }
+            Err(e) => (0, Err(Stopped::Query(e))),
+        };
+        // Read only: whether it commits or not changes nothing, but the connection goes
+        // back to the pool outside a transaction.
+        let _ = client.batch_execute("ROLLBACK").await;
+        let outcome = match streamed {
+            // The end of the body; without it the body is cut short (`until_finished`).
+            Ok(()) => match sink.send_bytes(Bytes::new()).await {
+                Ok(()) => StatusCode::OK,
+                Err(status) => status,
+            },
+            // The status line is gone: all that is left is to cut the body short, so the
+            // client sees a truncated export it can resume.
+            Err(Stopped::Query(e)) => {
+                http::log_query_failure(&e);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Err(Stopped::Row(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Err(Stopped::Sink(status)) => status,
         };
         drop(client);
         app.record_read(&caller, route, &filters.describe(), sent, outcome);
@@ -135,6 +117,26 @@ pub async fn export(
     headers.insert(CONTENT_DISPOSITION, HeaderValue::from_static(file));
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
     Ok(Answer::plain(response))
+}
+
+/// Chunks into the response body, racing each against shutdown and a stalled client.
+struct ResponseSink {
+    tx: http::ChunkSender,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    stall: std::time::Duration,
+}
+
+impl ResponseSink {
+    async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), StatusCode> {
+        http::deliver(&self.tx, bytes, &mut self.stopping, self.stall).await
+    }
+}
+
+impl ChunkSink for ResponseSink {
+    type Error = StatusCode;
+    async fn send(&mut self, chunk: Vec<u8>) -> Result<(), StatusCode> {
+        self.send_bytes(chunk.into()).await
+    }
 }
 
 fn write_row(out: &mut Vec<u8>, row: &Row, format: Format) -> Result<PageCursor, ApiError> {

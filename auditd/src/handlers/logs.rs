@@ -19,7 +19,7 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     params.finish()?;
 
     // One row more than asked says whether there is a next page, without a COUNT.
-    let sql = records::page_sql(&filters, order, cursor, limit + 1);
+    let sql = records::page_sql(&filters, order, cursor, Some(limit + 1));
     let client = app.client().await?;
     let rows = client
         .query(&sql.text, &sql.params())

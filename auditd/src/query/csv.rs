@@ -10,6 +10,7 @@
 use tokio_postgres::Row;
 
 use super::cursor::PageCursor;
+use super::records;
 use crate::http::ApiError;
 
 /// The header row, naming the columns in the order [`write_row`] writes them.
@@ -32,27 +33,25 @@ pub fn write_row(
     cursor: &str,
     cells: Cells,
 ) -> Result<PageCursor, ApiError> {
-    let id: i64 = row.try_get("id").map_err(|e| ApiError::database(&e))?;
-    let log = audit_layer::AuditLog::from_row(row).map_err(|e| ApiError::database(&e))?;
-    let metadata = if log.metadata.is_empty() {
-        String::new()
-    } else {
-        serde_json::Value::Object(log.metadata.clone()).to_string()
-    };
+    let id: i64 = row.try_get(0).map_err(|e| ApiError::database(&e))?;
+    let record = audit_layer::integrity::stored_record(row).map_err(|e| ApiError::database(&e))?;
+    let mut created_at = Vec::with_capacity(32);
+    records::write_time_micros(&mut created_at, record.created_at_micros);
+    let created_at = String::from_utf8(created_at).unwrap_or_default();
     let fields: [&str; 13] = [
         &id.to_string(),
-        &log.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        &log.username,
-        &log.user_id.map(|u| u.to_string()).unwrap_or_default(),
-        &log.event_type,
-        log.severity.as_str(),
-        &log.message,
-        &log.ip_address.map(|ip| ip.to_string()).unwrap_or_default(),
-        log.resource_type.as_deref().unwrap_or(""),
-        log.resource_id.as_deref().unwrap_or(""),
-        log.resource_name.as_deref().unwrap_or(""),
-        &metadata,
+        &created_at,
+        record.username,
+        &record.user_id.map(|u| u.to_string()).unwrap_or_default(),
+        record.event_type,
+        record.severity,
+        record.message,
+        &records::inet_text(&record).unwrap_or_default(),
+        record.resource_type.unwrap_or(""),
+        record.resource_id.unwrap_or(""),
+        record.resource_name.unwrap_or(""),
+        // jsonb prints `{}` for an empty object: kept, as NDJSON keeps it.
+        record.metadata.unwrap_or(""),
         cursor,
     ];
     for (i, field) in fields.iter().enumerate() {
@@ -72,7 +71,8 @@ pub fn write_row(
     }
     out.extend_from_slice(b"\r\n");
     Ok(PageCursor {
-        created_at: log.created_at,
+        created_at: chrono::DateTime::from_timestamp_micros(record.created_at_micros)
+            .unwrap_or_default(),
         id,
     })
 }

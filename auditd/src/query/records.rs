@@ -10,8 +10,7 @@
 //! (migration 0002). A transaction still open holds the horizon back; its rows, and those
 //! committed after it, are delivered once it ends: late, never lost.
 
-use audit_layer::integrity::StoredRecord;
-use audit_layer::{AuditLog, RECORD_COLUMNS};
+use audit_layer::integrity::{stored_record, StoredRecord, STORED_RECORD_COLUMNS};
 use tokio_postgres::{Client, Row};
 
 use super::cursor::{PageCursor, TailCursor};
@@ -55,9 +54,14 @@ pub fn take_cursor(params: &mut Params) -> Result<Option<PageCursor>, ApiError> 
 }
 
 /// The query for one page: the filters, the position after `cursor`, the order, `limit`.
-pub fn page_sql(filters: &Filters, order: Order, cursor: Option<PageCursor>, limit: i64) -> Sql {
+pub fn page_sql(
+    filters: &Filters,
+    order: Order,
+    cursor: Option<PageCursor>,
+    limit: Option<i64>,
+) -> Sql {
     let mut sql = Sql::new(&format!(
-        "SELECT id, {RECORD_COLUMNS} FROM audit_logs WHERE true"
+        "SELECT id, {STORED_RECORD_COLUMNS} FROM audit_logs WHERE true"
     ));
     filters.push_conditions(&mut sql);
     let (after, direction) = match order {
@@ -69,30 +73,29 @@ pub fn page_sql(filters: &Filters, order: Order, cursor: Option<PageCursor>, lim
         let id = sql.bind(c.id);
         sql.push(&format!(" AND (created_at, id) {after} ({at}, {id})"));
     }
-    sql.push(&format!(
-        " ORDER BY created_at {direction}, id {direction} LIMIT {limit}"
-    ));
+    sql.push(&format!(" ORDER BY created_at {direction}, id {direction}"));
+    if let Some(limit) = limit {
+        sql.push(&format!(" LIMIT {limit}"));
+    }
     sql
 }
 
 /// The query for one record by its id (`$1`).
 pub fn by_id_sql() -> String {
-    format!("SELECT id, {RECORD_COLUMNS} FROM audit_logs WHERE id = $1")
+    format!("SELECT id, {STORED_RECORD_COLUMNS} FROM audit_logs WHERE id = $1")
 }
 
-/// Appends a record as a JSON object, `{"id":...,<fields>[,"cursor":"..."]}`; returns
-/// its page cursor.
+/// Appends a record, read with `id` first and then
+/// [`STORED_RECORD_COLUMNS`], as a JSON object,
+/// `{"id":...,<fields>[,"cursor":"..."]}`; returns its page cursor.
 pub fn write_record(
     out: &mut Vec<u8>,
     row: &Row,
     cursor: Option<&str>,
 ) -> Result<PageCursor, ApiError> {
-    let id: i64 = row.try_get("id").map_err(|e| ApiError::database(&e))?;
-    let log = AuditLog::from_row(row).map_err(|e| ApiError::database(&e))?;
-    out.extend_from_slice(b"{\"id\":");
-    out.extend_from_slice(id.to_string().as_bytes());
-    out.push(b',');
-    log.write_json_fields(out);
+    let id: i64 = row.try_get(0).map_err(|e| ApiError::database(&e))?;
+    let record = stored_record(row).map_err(|e| ApiError::database(&e))?;
+    write_stored_fields(out, id, &record);
     if let Some(cursor) = cursor {
         out.extend_from_slice(b",\"cursor\":\"");
         out.extend_from_slice(cursor.as_bytes());
@@ -100,7 +103,8 @@ pub fn write_record(
     }
     out.push(b'}');
     Ok(PageCursor {
-        created_at: log.created_at,
+        created_at: chrono::DateTime::from_timestamp_micros(record.created_at_micros)
+            .unwrap_or_default(),
         id,
     })
 }
@@ -143,15 +147,13 @@ pub fn write_stored_fields(out: &mut Vec<u8>, id: i64, r: &StoredRecord<'_>) {
     out.extend_from_slice(b",\"message\":");
     string(out, r.message);
     out.extend_from_slice(b",\"ip_address\":");
-    match (r.ip_address, r.ip_prefix) {
-        (None, _) => out.extend_from_slice(b"null"),
-        (Some(ip), prefix) => {
-            use std::io::Write;
-            // Addresses and prefixes are digits, dots and colons: nothing to escape.
-            let _ = match prefix {
-                Some(bits) => write!(out, "\"{ip}/{bits}\""),
-                None => write!(out, "\"{ip}\""),
-            };
+    match inet_text(r) {
+        None => out.extend_from_slice(b"null"),
+        // Digits, dots, colons and a slash: nothing to escape.
+        Some(ip) => {
+            out.push(b'"');
+            out.extend_from_slice(ip.as_bytes());
+            out.push(b'"');
         }
     }
     optional(out, b",\"resource_type\":", r.resource_type);
@@ -160,6 +162,16 @@ pub fn write_stored_fields(out: &mut Vec<u8>, id: i64, r: &StoredRecord<'_>) {
     out.extend_from_slice(b",\"metadata\":");
     // jsonb prints valid JSON, on one line.
     out.extend_from_slice(r.metadata.unwrap_or("null").as_bytes());
+}
+
+/// A record's address as `inet` prints it: with its netmask only when that is shorter
+/// than the address (`192.0.2.0/24`).
+pub fn inet_text(r: &StoredRecord<'_>) -> Option<String> {
+    let ip = r.ip_address?;
+    Some(match r.ip_prefix {
+        Some(bits) => format!("{ip}/{bits}"),
+        None => ip.to_string(),
+    })
 }
 
 /// Appends a time given in microseconds since the Unix epoch as RFC 3339, always with six
@@ -260,7 +272,7 @@ pub async fn committed_after(
         id: i64::MAX,
     });
     let mut sql = Sql::new(&format!(
-        "SELECT id, tx_id, {RECORD_COLUMNS} FROM audit_logs WHERE true"
+        "SELECT id, tx_id, {STORED_RECORD_COLUMNS} FROM audit_logs WHERE true"
     ));
     let (tx, id, h) = (sql.bind(start.tx_id), sql.bind(start.id), sql.bind(horizon));
     // `tx_id >= ...` lets the BRIN index skip old pages; the row comparison does the rest.

@@ -38,7 +38,8 @@ pub enum Stopped<S, F> {
 }
 
 /// Streams the rows of `sql` into `sink`: `head` first, then each row as `format`
-/// appends it. Returns how many rows went out; the last chunk is sent before it returns.
+/// appends it, the last chunk sent before it returns. Says how many rows went out to
+/// the sink, and whether the stream ended after the last row or why it stopped.
 pub async fn stream_rows<S, F, E>(
     client: &Client,
     sql: &str,
@@ -46,32 +47,43 @@ pub async fn stream_rows<S, F, E>(
     head: &[u8],
     mut format: F,
     sink: &mut S,
-) -> Result<u64, Stopped<S::Error, E>>
+) -> (u64, Result<(), Stopped<S::Error, E>>)
 where
     S: ChunkSink,
     F: FnMut(&mut Vec<u8>, &Row) -> Result<(), E>,
 {
-    let rows = client
-        .query_raw(sql, params.iter().copied())
-        .await
-        .map_err(Stopped::Query)?;
-    let mut rows = std::pin::pin!(rows);
+    let (mut sent, mut pending) = (0u64, 0u64);
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
     chunk.extend_from_slice(head);
-    let mut sent = 0u64;
-    while let Some(row) = rows.try_next().await.map_err(Stopped::Query)? {
-        format(&mut chunk, &row).map_err(Stopped::Row)?;
-        sent += 1;
-        if chunk.len() >= CHUNK_BYTES {
-            let full = std::mem::replace(
-                &mut chunk,
-                Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
-            );
-            sink.send(full).await.map_err(Stopped::Sink)?;
+    let outcome = async {
+        let rows = client
+            .query_raw(sql, params.iter().copied())
+            .await
+            .map_err(Stopped::Query)?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.try_next().await.map_err(Stopped::Query)? {
+            format(&mut chunk, &row).map_err(Stopped::Row)?;
+            pending += 1;
+            if chunk.len() >= CHUNK_BYTES {
+                let full = std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4),
+                );
+                sink.send(full).await.map_err(Stopped::Sink)?;
+                sent += std::mem::take(&mut pending);
+            }
         }
+        Ok(())
     }
-    if !chunk.is_empty() {
-        sink.send(chunk).await.map_err(Stopped::Sink)?;
+    .await;
+    // What was formatted goes out, whatever stopped the stream, unless the sink did.
+    let flushed = match &outcome {
+        Err(Stopped::Sink(_)) => Ok(()),
+        _ if chunk.is_empty() => Ok(()),
+        _ => sink.send(chunk).await.map_err(Stopped::Sink),
+    };
+    if flushed.is_ok() {
+        sent += pending;
     }
-    Ok(sent)
+    (sent, outcome.and(flushed))
 }

@@ -200,7 +200,7 @@ pub async fn write_archive(
         .map_err(|e| ArchiveError::Io(partial.clone(), e))?;
     let mut tally = Tallying::default();
     let mut sink = ThreadSink(chunks);
-    let streamed = stream_rows(
+    let (_, streamed) = stream_rows(
         client,
         &archive_sql(table),
         &[],
@@ -215,7 +215,7 @@ pub async fn write_archive(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the compressing thread panicked")));
     let result = match (streamed, compressed) {
-        (Ok(_), Ok((sha256, bytes))) => finish(&partial, path).map(|()| Written {
+        (Ok(()), Ok((sha256, bytes))) => finish(&partial, path).map(|()| Written {
             path: path.to_owned(),
             sha256,
             bytes,

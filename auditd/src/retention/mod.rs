@@ -24,7 +24,9 @@ mod restore;
 mod retire;
 mod retirements;
 
-pub use archive::{ArchivedRecord, SeqRun, Tally, ARCHIVE_SUFFIX};
+pub use archive::{
+    write_archive, ArchiveError, ArchivedRecord, SeqRun, Tally, Written, ARCHIVE_SUFFIX,
+};
 pub use check::{check_archive, ArchiveReport};
 pub use holds::{active_holds, all_holds, lift, place, Hold, HoldError};
 pub use manifest::{check_manifest_signature, Manifest, ManifestSignatureError, MANIFEST_FORMAT};

@@ -14,7 +14,6 @@ use audit_layer::integrity::merkle::{inclusion_proof, leaf_hash, root, verify_in
 use audit_layer::integrity::{
     BatchEntry, StoredRecord, BATCH_ENTRY_COLUMNS, STORED_RECORD_COLUMNS,
 };
-use audit_layer::RECORD_COLUMNS;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -322,7 +321,7 @@ pub async fn complete_bundle(
                 &format!(
                     // The batch's own transaction wrote its records: found by the
                     // BRIN index on (id, tx_id), not by a scan.
-                    "SELECT id, {RECORD_COLUMNS}, {STORED_RECORD_COLUMNS} FROM audit_logs \
+                    "SELECT id, {STORED_RECORD_COLUMNS} FROM audit_logs \
                      WHERE tx_id = $4 AND stream_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
                 ),
                 &[
@@ -496,8 +495,10 @@ fn shown_matches(shown: &Value, stored: &StoredRecord<'_>) -> Result<(), String>
     text("resource_type", stored.resource_type)?;
     text("resource_id", stored.resource_id)?;
     text("resource_name", stored.resource_name)?;
-    let ip = stored.ip_address.map(|ip| ip.to_string());
-    text("ip_address", ip.as_deref())?;
+    text(
+        "ip_address",
+        crate::query::records::inet_text(stored).as_deref(),
+    )?;
     if shown["user_id"].as_i64() != stored.user_id {
         return Err("user_id differs".to_owned());
     }
