@@ -79,7 +79,6 @@ async fn main() {
         .await
         .expect("database");
     let (addr, stop, serving) = serve_in_process(&url, &access_url).await;
-    let mut http = Client::connect(addr).await;
     let client = connect(&url).await;
     let partitions: Vec<String> = client
         .query(
@@ -103,6 +102,8 @@ async fn main() {
     for round in 1..=rounds {
         let (psql_took, psql_rows) = psql_copy(&url, &export_sql);
         assert_eq!(psql_rows, rows);
+        // A connection of its own: one left idle through the psql run is closed by auditd.
+        let mut http = Client::connect(addr).await;
         let (took, lines, bytes) = http.stream_count("/api/v1/logs/export").await;
         assert_eq!(lines, rows);
         let ratio = rate(lines, took) / rate(psql_rows, psql_took);
@@ -119,15 +120,19 @@ async fn main() {
         let (mut psql_took, mut archive_took) = (Duration::ZERO, Duration::ZERO);
         let (mut archived, mut archive_bytes) = (0u64, 0u64);
         for partition in &partitions {
-            let table = format!("\"{partition}\"");
+            let partition = auditd::retention::Partition::from_name(partition, true)
+                .expect("a monthly partition");
             let (took, _) = psql_copy(
                 &url,
-                &format!("SELECT id, tx_id, {STORED_RECORD_COLUMNS} FROM ONLY {table}"),
+                &format!(
+                    "SELECT id, tx_id, {STORED_RECORD_COLUMNS} FROM ONLY {}",
+                    partition.table()
+                ),
             );
             psql_took += took;
-            let path = dir.join(format!("{partition}.ndjson.zst"));
+            let path = dir.join(format!("{}.ndjson.zst", partition.name));
             let started = Instant::now();
-            let written = auditd::retention::write_archive(&client, &table, &path)
+            let written = auditd::retention::write_archive(&client, &partition, &path)
                 .await
                 .expect("archive");
             archive_took += started.elapsed();
@@ -165,7 +170,7 @@ async fn main() {
     let options = auditd::retention::RetentionOptions {
         keep: auditd::retention::Keep::Days(1),
         archive_dir: dir.clone(),
-        signing_key: None,
+        signing_key: auditd::seal::SigningKey::generate("bench.example/log").expect("key"),
         trusted: Vec::new(),
         lock_timeout: Duration::from_secs(2),
         lock_attempts: 10,

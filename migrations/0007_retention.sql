@@ -53,3 +53,33 @@ CREATE TABLE audit_legal_holds (
 
 COMMENT ON TABLE audit_legal_holds IS
     'Legal holds: retention keeps the partitions they touch until they are lifted (auditd hold).';
+
+-- A hold is lifted, never deleted or rewritten: the row says who placed it, why, and who
+-- lifted it when, even for the owner (retention's own role). The schema's upkeep does
+-- not touch holds.
+CREATE FUNCTION audit_legal_holds_lift_only() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.lifted_at IS NULL AND NEW.lifted_at IS NOT NULL
+       AND NEW.lifted_by IS NOT NULL
+       AND (NEW.name, NEW.range_start, NEW.range_end, NEW.username, NEW.resource_type,
+            NEW.resource_id, NEW.reason, NEW.placed_by, NEW.placed_at)
+           IS NOT DISTINCT FROM
+           (OLD.name, OLD.range_start, OLD.range_end, OLD.username, OLD.resource_type,
+            OLD.resource_id, OLD.reason, OLD.placed_by, OLD.placed_at) THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION '% on audit_legal_holds refused: a hold is only ever lifted, once', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'auditd hold lift NAME --reason ... lifts a hold and leaves an audit record.';
+END;
+$$;
+
+CREATE TRIGGER audit_legal_holds_lift_only
+    BEFORE UPDATE OR DELETE ON audit_legal_holds
+    FOR EACH ROW EXECUTE FUNCTION audit_legal_holds_lift_only();
+CREATE TRIGGER audit_legal_holds_no_truncate
+    BEFORE TRUNCATE ON audit_legal_holds
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();

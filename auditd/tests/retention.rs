@@ -223,9 +223,64 @@ async fn an_old_partition_is_archived_proven_dropped_and_restored() {
         0
     );
 
-    // The run, while a writer keeps writing current records.
+    // A row forged into a sealed stream (an unused seq), waiting to be laundered into an
+    // archive as "unproven": refused, and the partition stays.
+    let (old_stream, last_seq): (i64, i64) = {
+        let row = client
+            .query_one(
+                &format!("SELECT stream_id, max(seq) FROM {old} GROUP BY stream_id"),
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    client
+        .execute(
+            &format!(
+                "INSERT INTO audit_logs (username, event_type, message, created_at, stream_id, seq) \
+                 SELECT 'alice', 'device_onboarding', 'forged', min(created_at), $1, $2 FROM {old}"
+            ),
+            &[&old_stream, &(last_seq + 1000)],
+        )
+        .await
+        .unwrap();
     let archives = dir.join("archives");
     std::fs::create_dir_all(&archives).unwrap();
+    let (code, out) = retention(&["--archive-dir", archives.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("are in no committed batch"), "{out}");
+    assert!(exists(&client, &old).await);
+    assert_eq!(count(&client, &old_rows).await, 301);
+    client
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; DELETE FROM {old} WHERE message = 'forged'; \
+             RESET session_replication_role;"
+        ))
+        .await
+        .unwrap();
+
+    // A partition left detached by a run that stopped half way, now held, with a record
+    // of its month written meanwhile (into DEFAULT): the run puts both back.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE audit_logs DETACH PARTITION {held}; \
+             COMMENT ON TABLE {held} IS 'detached by auditd retention'"
+        ))
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO audit_logs (username, event_type, message, created_at) \
+                 SELECT 'mallory', 'authentication', 'while detached', min(created_at) FROM {held}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // The run, while a writer keeps writing current records.
     let (writer, handle) = audit_layer::AuditLayer::builder()
         .database_url(&url)
         .batch_max_wait(Duration::from_millis(5))
@@ -288,7 +343,20 @@ async fn an_old_partition_is_archived_proven_dropped_and_restored() {
     assert!(exists(&client, &held).await && exists(&client, &recent).await);
     assert_eq!(
         count(&client, &format!("SELECT count(*) FROM {held}")).await,
-        40
+        41
+    );
+    assert_eq!(
+        count(
+            &client,
+            &format!("SELECT count(*) FROM pg_inherits WHERE inhrelid = '{held}'::regclass")
+        )
+        .await,
+        1,
+        "the held partition is attached again"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM audit_logs_default").await,
+        0
     );
     assert_eq!(
         count(&client, &format!("SELECT count(*) FROM {recent}")).await,
@@ -343,6 +411,28 @@ async fn an_old_partition_is_archived_proven_dropped_and_restored() {
     assert!(out.contains("300 records, 300 proven"), "{out}");
     let (code, out) = auditd(&["verify", "--archive", archive_arg]);
     assert_eq!(code, 2, "no key, no check: {out}");
+    // Holds are lifted, never deleted, even by the owner; lifting is an audit record.
+    let refused = client.execute("DELETE FROM audit_legal_holds", &[]).await;
+    assert!(refused.is_err(), "a hold is never deleted");
+    let (code, out) = auditd(&[
+        "hold",
+        "--database-url",
+        &url,
+        "lift",
+        "nobody-there",
+        "--reason",
+        "not needed",
+        "--by",
+        "counsel",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = auditd(&["hold", "--database-url", &url, "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("case-42") && out.contains("IN FORCE"), "{out}");
+    assert!(
+        out.contains("nobody-there") && out.contains("lifted"),
+        "{out}"
+    );
 
     // Tampered: one record's message changed (the file recompressed), then the manifest.
     let tampered = dir.join("tampered");
@@ -405,6 +495,28 @@ async fn an_old_partition_is_archived_proven_dropped_and_restored() {
         out.contains("its signature is for another manifest"),
         "{out}"
     );
+    // A manifest of its own making, with no checkpoint and no signature: not the log's.
+    let mut unsigned: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    unsigned["checkpoint"] = serde_json::Value::Null;
+    unsigned["batches"] = serde_json::json!([]);
+    unsigned["log_proof"] = serde_json::Value::Null;
+    unsigned["proven"] = 0.into();
+    unsigned["unproven"] = 300.into();
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&unsigned).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(tampered.join(format!("{stem}.manifest.sig"))).unwrap();
+    let (code, out) = auditd(&[
+        "verify",
+        "--archive",
+        tampered_archive.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("it is not signed"), "{out}");
 
     // Restore: the records back, once; verify clean.
     let restore = || {

@@ -294,12 +294,17 @@ pub async fn verify_retired(
         Finding::BatchChanged { stream_id, .. } => (*stream_id, i64::MIN),
     });
     for (stream_id, seq) in committed.missing() {
+        // Runs of two retirements may overlap (a month restored and retired again): the
+        // covering run may start before the last one that starts at or before `seq`.
         let at = retired.partition_point(|r| (r.stream_id, r.first_seq) <= (stream_id, seq));
-        match at.checked_sub(1).map(|i| retired[i]) {
-            Some(run) if run.stream_id == stream_id && seq <= run.last_seq => {
-                *report.retired.entry(run.retirement).or_default() += 1;
-            }
-            _ => report.findings.push(Finding::Missing { stream_id, seq }),
+        let covering = retired[..at]
+            .iter()
+            .rev()
+            .take_while(|r| r.stream_id == stream_id)
+            .find(|r| seq <= r.last_seq);
+        match covering {
+            Some(run) => *report.retired.entry(run.retirement).or_default() += 1,
+            None => report.findings.push(Finding::Missing { stream_id, seq }),
         }
     }
     Ok(report)

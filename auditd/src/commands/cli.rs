@@ -110,7 +110,7 @@ pub enum Command {
     /// whose archive fails or does not check stays, and the run says why (exit 1).
     ///
     /// Needs the table owner's role (it detaches and drops partitions), and the log's
-    /// signing key once the log is sealed (it signs each manifest).
+    /// signing key (it signs each manifest).
     Retention(RetentionArgs),
     /// Place, list or lift legal holds: a hold keeps every partition it touches from
     /// retention until it is lifted. Placing and lifting are audit records.
@@ -243,9 +243,14 @@ pub struct RetentionArgs {
     /// List what would be retired and what stays (and why), and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The log's signing key (from `auditd keygen`): signs each manifest. Needed once
-    /// the log is sealed.
-    #[arg(long, env = "AUDITD_SIGNING_KEY", value_name = "FILE")]
+    /// The log's signing key (from `auditd keygen`, the key that seals the log): signs
+    /// each manifest, through which alone a retirement counts.
+    #[arg(
+        long,
+        env = "AUDITD_SIGNING_KEY",
+        value_name = "FILE",
+        required_unless_present = "dry_run"
+    )]
     pub signing_key: Option<PathBuf>,
     /// Public keys of earlier signing keys (after a rotation), comma-separated files.
     #[arg(
@@ -508,8 +513,8 @@ pub struct ServeArgs {
     pub public_key: Vec<PathBuf>,
 
     /// Run retention every --retention-interval, keeping this window online (`13months`,
-    /// `400d`); needs --archive-dir, the table owner's role, and --signing-key once the
-    /// log is sealed. Without it nothing is retired.
+    /// `400d`); needs --archive-dir, --signing-key and the table owner's role. Without it
+    /// nothing is retired.
     #[arg(long, env = "AUDITD_RETENTION_KEEP", value_parser = parse_keep, requires = "archive_dir")]
     pub retention: Option<crate::retention::Keep>,
 

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use super::cli::{HoldAction, HoldArgs, RestoreArgs, RetentionArgs};
 use super::logging::{self, audited, shutdown_audit};
 use crate::retention::{
-    self, check_archive, check_manifest_signature, Hold, Keep, Kept, Manifest, RetentionOptions,
-    ARCHIVE_SUFFIX,
+    self, check_archive, manifest_is_signed, ArchivePaths, Hold, Keep, Kept, Manifest,
+    RetentionOptions, ARCHIVE_SUFFIX,
 };
 use crate::seal::{SigningKey, VerifierKey};
 
@@ -38,7 +38,13 @@ fn options(
     Ok(RetentionOptions {
         keep,
         archive_dir,
-        signing_key: signing_key.as_deref().map(SigningKey::load).transpose()?,
+        signing_key: match signing_key {
+            Some(path) => SigningKey::load(path)?,
+            None => bail!(
+                "retention signs what it retires, with the log's key: give --signing-key \
+                 (from auditd keygen; the key that seals the log)"
+            ),
+        },
         trusted,
         lock_timeout,
         lock_attempts: 10,
@@ -296,35 +302,23 @@ fn record_hold(what: &str, hold: &Hold, reason: &str) {
     );
 }
 
-/// The manifest and signature files beside an archive.
-pub fn manifest_paths(archive: &Path) -> Result<(PathBuf, PathBuf)> {
-    let name = archive
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX))
-        .with_context(|| {
-            format!(
-                "{} is not an archive (*{ARCHIVE_SUFFIX})",
-                archive.display()
-            )
-        })?;
-    Ok((
-        archive.with_file_name(format!("{name}.manifest.json")),
-        archive.with_file_name(format!("{name}.manifest.sig")),
-    ))
-}
-
-/// An archive checked against its manifest and (with `keys`) the signatures: the
-/// manifest, and the findings (empty when intact).
+/// An archive checked against its manifest and, with `keys`, the manifest's signature
+/// beside it (which must then be there): the manifest, and the findings (none when
+/// intact).
 pub async fn check_archive_file(
     archive: &Path,
     keys: &[VerifierKey],
 ) -> Result<(Manifest, retention::ArchiveReport)> {
-    let (manifest_path, signature_path) = manifest_paths(archive)?;
-    let bytes = std::fs::read(&manifest_path)
-        .with_context(|| format!("cannot read the manifest {}", manifest_path.display()))?;
-    let manifest =
-        Manifest::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
+    let paths = ArchivePaths::of_archive(archive).with_context(|| {
+        format!(
+            "{} is not an archive (*{ARCHIVE_SUFFIX})",
+            archive.display()
+        )
+    })?;
+    let bytes = std::fs::read(&paths.manifest)
+        .with_context(|| format!("cannot read the manifest {}", paths.manifest.display()))?;
+    let manifest = Manifest::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths.manifest.display()))?;
     let path = archive.to_owned();
     let (checked_manifest, checked_keys) = (manifest.clone(), keys.to_vec());
     let mut report = tokio::task::spawn_blocking(move || {
@@ -334,17 +328,12 @@ pub async fn check_archive_file(
     .await?
     .with_context(|| format!("cannot read {}", archive.display()))?;
     if !keys.is_empty() {
-        match std::fs::read_to_string(&signature_path) {
-            Ok(note) => {
-                if let Err(e) = check_manifest_signature(&manifest, &bytes, &note, keys) {
-                    report.findings.push(format!("the manifest: {e}"));
-                }
-            }
-            Err(e) if manifest.checkpoint.is_some() => report.findings.push(format!(
-                "the manifest's signature {} cannot be read: {e}",
-                signature_path.display()
-            )),
-            Err(_) => {}
+        let signature = std::fs::read_to_string(&paths.signature).ok();
+        if let Err(why) = manifest_is_signed(&manifest, &bytes, signature.as_deref(), keys) {
+            report.findings.push(format!(
+                "the manifest ({}): {why}",
+                paths.signature.display()
+            ));
         }
     }
     Ok((manifest, report))

@@ -7,7 +7,9 @@
 //! One statement rather than pages of `LIMIT n`: a page is a new statement, planned and
 //! started again, which costs about half of what a stream reaches. A long read holds no
 //! transaction id, so it delays neither sealing nor the tails (their horizon counts only
-//! transactions that write).
+//! transactions that write); it does hold its tables' `ACCESS SHARE` lock until it ends,
+//! so a retention run's detach waits for it (and tries again later). A stream its sink
+//! stops is cancelled in PostgreSQL, not read to its end.
 
 use std::future::Future;
 
@@ -78,7 +80,16 @@ where
     .await;
     // What was formatted goes out, whatever stopped the stream, unless the sink did.
     let flushed = match &outcome {
-        Err(Stopped::Sink(_)) => Ok(()),
+        Err(Stopped::Sink(_)) => {
+            // Dropping the rows does not stop PostgreSQL sending them: the connection
+            // would read the rest of the result before it could serve anything else.
+            // A client gone, or a full disk, ends the query instead.
+            let _ = client
+                .cancel_token()
+                .cancel_query(tokio_postgres::NoTls)
+                .await;
+            Ok(())
+        }
         _ if chunk.is_empty() => Ok(()),
         _ => sink.send(chunk).await.map_err(Stopped::Sink),
     };

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
+use super::plan::Partition;
 use crate::query::records::write_stored_fields;
 use crate::query::stream::{stream_rows, ChunkSink, Stopped};
 
@@ -58,6 +59,44 @@ pub fn merge_runs(mut runs: Vec<SeqRun>) -> Vec<SeqRun> {
     merged
 }
 
+/// Whether (stream, seq) is in one of `runs` (merged, sorted).
+pub fn in_runs(runs: &[SeqRun], stream_id: i64, seq: i64) -> bool {
+    let at = runs.partition_point(|r| (r.stream_id, r.first_seq) <= (stream_id, seq));
+    at.checked_sub(1)
+        .map(|i| runs[i])
+        .is_some_and(|r| r.stream_id == stream_id && seq <= r.last_seq)
+}
+
+/// The files of one archive: its records, its manifest beside it, and the manifest's
+/// signature beside that. One naming, for the run that writes them and for whoever
+/// checks or restores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivePaths {
+    /// `<stem>.ndjson.zst`.
+    pub archive: PathBuf,
+    /// `<stem>.manifest.json`.
+    pub manifest: PathBuf,
+    /// `<stem>.manifest.sig`.
+    pub signature: PathBuf,
+}
+
+impl ArchivePaths {
+    /// The files of the archive `stem` in `dir`.
+    pub fn new(dir: &Path, stem: &str) -> Self {
+        ArchivePaths {
+            archive: dir.join(format!("{stem}{ARCHIVE_SUFFIX}")),
+            manifest: dir.join(format!("{stem}.manifest.json")),
+            signature: dir.join(format!("{stem}.manifest.sig")),
+        }
+    }
+
+    /// The files of the archive at `path`; `None` when its name is not an archive's.
+    pub fn of_archive(path: &Path) -> Option<Self> {
+        let stem = path.file_name()?.to_str()?.strip_suffix(ARCHIVE_SUFFIX)?;
+        Some(Self::new(path.parent().unwrap_or(Path::new("")), stem))
+    }
+}
+
 /// What the rows of an archive add up to: counted while writing, and again from the
 /// file when it is checked, and from a detached partition before it is dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +117,9 @@ pub struct Tally {
 pub struct Tallying {
     tally: Tally,
     open: Option<SeqRun>,
+    /// How many runs there were after the last merge: the next merge waits until there
+    /// are twice as many, so that merging costs O(n log n) in all, however many streams.
+    merged: usize,
 }
 
 impl Tallying {
@@ -103,8 +145,9 @@ impl Tallying {
                 }
                 // Records of concurrent batches interleave in the heap: merge now and then
                 // so that the runs stay few.
-                if self.tally.runs.len() >= 1 << 16 {
+                if self.tally.runs.len() >= (1 << 16).max(2 * self.merged) {
                     self.tally.runs = merge_runs(std::mem::take(&mut self.tally.runs));
+                    self.merged = self.tally.runs.len();
                 }
             }
         }
@@ -151,9 +194,9 @@ impl std::fmt::Display for ArchiveError {
 
 impl std::error::Error for ArchiveError {}
 
-/// The query that reads a table's records for an archive: `table` is a quoted
-/// identifier, never text from outside.
-pub fn archive_sql(table: &str) -> String {
+/// The query that reads a table's records for an archive: `table` is a partition's
+/// quoted name ([`Partition::table`]), never text from outside.
+fn archive_sql(table: &str) -> String {
     format!("SELECT id, tx_id, {STORED_RECORD_COLUMNS} FROM ONLY {table}")
 }
 
@@ -184,13 +227,14 @@ pub fn write_line(
     Ok(())
 }
 
-/// Writes every record of `table` (a quoted identifier) to `path`, compressed, hashed,
+/// Writes every record of `partition` (attached or not) to `path`, compressed, hashed,
 /// synced, and renamed into place only when whole.
 pub async fn write_archive(
     client: &Client,
-    table: &str,
+    partition: &Partition,
     path: &Path,
 ) -> Result<Written, ArchiveError> {
+    let table = partition.table();
     let partial = partial_path(path);
     let (chunks, received) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let target = partial.clone();
@@ -202,7 +246,7 @@ pub async fn write_archive(
     let mut sink = ThreadSink(chunks);
     let (_, streamed) = stream_rows(
         client,
-        &archive_sql(table),
+        &archive_sql(&table),
         &[],
         b"",
         |out, row| write_line(out, row, &mut tally),
@@ -215,12 +259,14 @@ pub async fn write_archive(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the compressing thread panicked")));
     let result = match (streamed, compressed) {
-        (Ok(()), Ok((sha256, bytes))) => finish(&partial, path).map(|()| Written {
-            path: path.to_owned(),
-            sha256,
-            bytes,
-            tally: tally.finish(),
-        }),
+        (Ok(()), Ok((sha256, bytes))) => rename_durably(&partial, path)
+            .map_err(|e| ArchiveError::Io(path.to_owned(), e))
+            .map(|()| Written {
+                path: path.to_owned(),
+                sha256,
+                bytes,
+                tally: tally.finish(),
+            }),
         (Err(Stopped::Query(e) | Stopped::Row(e)), _) => Err(ArchiveError::Database(e)),
         (_, Err(e)) => Err(ArchiveError::Io(partial.clone(), e)),
         // The sink stops only when the thread did, which says why; it cannot have
@@ -242,15 +288,34 @@ fn partial_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Syncs the file, renames it into place, and syncs the directory, so that the name
-/// survives a crash.
-fn finish(partial: &Path, path: &Path) -> Result<(), ArchiveError> {
-    let io_error = |e| ArchiveError::Io(path.to_owned(), e);
-    fs::rename(partial, path).map_err(io_error)?;
+/// Renames a synced file into place and syncs its directory, so that the name survives
+/// a crash.
+fn rename_durably(partial: &Path, path: &Path) -> io::Result<()> {
+    fs::rename(partial, path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    File::open(dir.unwrap_or(Path::new(".")))
-        .and_then(|d| d.sync_all())
-        .map_err(io_error)
+    File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+}
+
+/// Writes a small file so that it survives a crash: under a temporary name, synced,
+/// renamed into place, its directory synced. Never over an existing file.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the file exists",
+        ));
+    }
+    let partial = partial_path(path);
+    let written = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| rename_durably(&partial, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    written
 }
 
 struct ThreadSink(tokio::sync::mpsc::Sender<Vec<u8>>);
@@ -406,6 +471,10 @@ fn parse_inet(text: &str) -> Option<(Option<IpAddr>, Option<u8>)> {
     }
 }
 
+/// The longest line read back: far beyond what a record holds (the layer caps a message
+/// at 64 KiB), well below what would exhaust memory.
+const MAX_LINE_BYTES: u64 = 64 << 20;
+
 /// Reads an archive's lines, decompressing as it goes.
 pub struct ArchiveLines {
     reader: BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>,
@@ -422,11 +491,21 @@ impl ArchiveLines {
         })
     }
 
-    /// The next line (without its newline), or `None` at the end.
+    /// The next line (without its newline), or `None` at the end. A line longer than
+    /// any record can be (a file made to exhaust memory) is an error.
     pub fn next_line(&mut self) -> io::Result<Option<&str>> {
         self.line.clear();
-        if self.reader.read_line(&mut self.line)? == 0 {
+        let read = (&mut self.reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_line(&mut self.line)?;
+        if read == 0 {
             return Ok(None);
+        }
+        if read as u64 > MAX_LINE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a line longer than any record can be",
+            ));
         }
         if self.line.ends_with('\n') {
             self.line.pop();

@@ -16,10 +16,11 @@ use audit_layer::integrity::merkle::Hash;
 use audit_layer::integrity::{batch_leaves, BatchEntry};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::archive::SeqRun;
+use crate::seal::time_micros;
 use crate::seal::{
     entry_from_json, entry_json, hex_hash, open_note, parse_hash, parse_path, path_json, sign_note,
     NoteError, SigningKey, VerifierKey,
@@ -111,7 +112,7 @@ pub struct Manifest {
 }
 
 fn time(t: &DateTime<Utc>) -> Value {
-    Value::from(t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    time_micros(t.timestamp_micros())
 }
 
 fn parse_time(value: &Value, name: &str) -> Result<DateTime<Utc>, String> {
@@ -314,4 +315,21 @@ pub fn check_manifest_signature(
         return Err(ManifestSignatureError::NotThisManifest);
     }
     Ok(())
+}
+
+/// Whether a manifest is the log's own: `signature` (the `.manifest.sig` note, or the
+/// retirement row's) signs exactly these bytes by one of `keys`. An unsigned manifest is
+/// never the log's: whoever asks with keys gets a finding, never a pass.
+pub fn manifest_is_signed(
+    manifest: &Manifest,
+    bytes: &[u8],
+    signature: Option<&str>,
+    keys: &[VerifierKey],
+) -> Result<(), String> {
+    match signature {
+        None => Err("it is not signed".to_owned()),
+        Some(note) => {
+            check_manifest_signature(manifest, bytes, note, keys).map_err(|e| e.to_string())
+        }
+    }
 }

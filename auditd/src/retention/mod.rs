@@ -25,12 +25,15 @@ mod retire;
 mod retirements;
 
 pub use archive::{
-    write_archive, ArchiveError, ArchivedRecord, SeqRun, Tally, Written, ARCHIVE_SUFFIX,
+    write_archive, ArchiveError, ArchivePaths, ArchivedRecord, SeqRun, Tally, Written,
+    ARCHIVE_SUFFIX,
 };
 pub use check::{check_archive, ArchiveReport};
 pub use holds::{active_holds, all_holds, lift, place, Hold, HoldError};
-pub use manifest::{check_manifest_signature, Manifest, ManifestSignatureError, MANIFEST_FORMAT};
-pub use plan::{partitions, plan, Keep, Kept, Partition, Planned};
+pub use manifest::{
+    check_manifest_signature, manifest_is_signed, Manifest, ManifestSignatureError, MANIFEST_FORMAT,
+};
+pub use plan::{partitions, plan, Keep, Kept, Partition, Planned, DETACHED_BY_RETENTION};
 pub use restore::{restore, RestoreError, Restored};
-pub use retire::{dry_run, in_runs, run, RetentionOptions, RetireError, Retired, RunReport};
+pub use retire::{reattach, run, RetentionOptions, RetireError, Retired, RunReport};
 pub use retirements::{retirements, Retirement, Retirements};

@@ -103,10 +103,11 @@ impl Partition {
         })
     }
 
-    /// The table's name as an SQL identifier (only letters, digits and `_`: see
-    /// [`from_name`](Self::from_name)).
+    /// The table's name as an SQL identifier, quoted (a name from
+    /// [`from_name`](Self::from_name) has only letters, digits and `_`; any `"` would be
+    /// doubled all the same).
     pub fn table(&self) -> String {
-        format!("\"{}\"", self.name)
+        format!("\"{}\"", self.name.replace('"', "\"\""))
     }
 }
 
@@ -130,6 +131,10 @@ pub struct Planned {
     pub kept: Option<Kept>,
 }
 
+/// The comment a retention run leaves on a partition it detached, until it drops or
+/// re-attaches it: only such a table, of all those not attached, is retention's to touch.
+pub const DETACHED_BY_RETENTION: &str = "detached by auditd retention";
+
 /// Every monthly partition, attached or left detached by an unfinished run, oldest first.
 pub async fn partitions(
     client: &impl GenericClient,
@@ -142,8 +147,9 @@ pub async fn partitions(
              JOIN pg_catalog.pg_class p ON p.oid = 'audit_logs'::regclass \
              LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = p.oid \
              WHERE c.relkind = 'r' AND c.relnamespace = p.relnamespace \
-               AND c.relname ~ '^audit_logs_[0-9]{4}m[0-9]{2}$'",
-            &[],
+               AND c.relname ~ '^audit_logs_[0-9]{4}m[0-9]{2}$' \
+               AND (i.inhrelid IS NOT NULL OR obj_description(c.oid, 'pg_class') = $1)",
+            &[&DETACHED_BY_RETENTION],
         )
         .await?;
     let mut partitions: Vec<Partition> = rows
@@ -191,7 +197,7 @@ pub async fn plan(
 
 /// Whether `hold` keeps `partition`: its range overlaps the month's, and, when it names
 /// a user or a resource, the partition holds a record of theirs within the range.
-async fn touches(
+pub async fn touches(
     client: &impl GenericClient,
     hold: &Hold,
     partition: &Partition,

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use super::archive::ArchiveLines;
 use super::manifest::Manifest;
+use super::plan::{Partition, DETACHED_BY_RETENTION};
 
 /// Lines inserted per statement.
 const LINES_PER_INSERT: usize = 5_000;
@@ -35,6 +36,8 @@ pub enum RestoreError {
     Database(tokio_postgres::Error),
     /// The archive could not be read.
     Io(std::io::Error),
+    /// Not now, or not here (a retention run in progress, a partition it left detached).
+    Refused(String),
 }
 
 impl std::fmt::Display for RestoreError {
@@ -42,6 +45,7 @@ impl std::fmt::Display for RestoreError {
         match self {
             RestoreError::Database(e) => write!(f, "database: {e}"),
             RestoreError::Io(e) => write!(f, "cannot read the archive: {e}"),
+            RestoreError::Refused(why) => f.write_str(why),
         }
     }
 }
@@ -60,6 +64,53 @@ pub async fn restore(
     path: &Path,
     manifest: &Manifest,
 ) -> Result<Restored, RestoreError> {
+    // Never beside a retention run, which could drop the partition under it.
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtext('auditd retention'))",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !locked {
+        return Err(RestoreError::Refused(
+            "a retention run is in progress: restore when it has ended".to_owned(),
+        ));
+    }
+    let restored = restore_locked(client, path, manifest).await;
+    let _ = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext('auditd retention'))",
+            &[],
+        )
+        .await;
+    restored
+}
+
+async fn restore_locked(
+    client: &Client,
+    path: &Path,
+    manifest: &Manifest,
+) -> Result<Restored, RestoreError> {
+    let partition = Partition::from_name(&manifest.partition, true).ok_or_else(|| {
+        RestoreError::Refused(format!(
+            "{:?} is not a monthly partition",
+            manifest.partition
+        ))
+    })?;
+    let detached: bool = client
+        .query_one(
+            "SELECT coalesce(obj_description(to_regclass($1), 'pg_class') = $2, false)",
+            &[&partition.table(), &DETACHED_BY_RETENTION],
+        )
+        .await?
+        .try_get(0)?;
+    if detached {
+        return Err(RestoreError::Refused(format!(
+            "{} was left detached by a retention run that did not finish: run auditd retention, which re-attaches or retires it, then restore",
+            partition.name
+        )));
+    }
     // The month's partition first, so that the records land in it, not in DEFAULT.
     client
         .execute(

@@ -11,12 +11,13 @@ use std::time::Duration;
 use audit_layer::integrity::merkle::{range_proof, Hash};
 use audit_layer::integrity::{batch_leaves, BatchEntry, BATCH_ENTRY_COLUMNS};
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
-use super::archive::{write_archive, ArchiveError, SeqRun, Written, ARCHIVE_SUFFIX};
+use super::archive::{in_runs, write_archive, write_durably, ArchiveError, ArchivePaths, Written};
 use super::check::check_archive;
+use super::holds::active_holds;
 use super::manifest::{sign_manifest, ArchiveFile, LogProof, Manifest, ManifestBatch};
-use super::plan::{plan, Keep, Partition, Planned};
+use super::plan::{plan, touches, Keep, Partition, Planned, DETACHED_BY_RETENTION};
 use crate::seal::{latest_checkpoint, load_leaves, Checkpoint, SigningKey, VerifierKey};
 
 /// How a run goes.
@@ -26,8 +27,9 @@ pub struct RetentionOptions {
     pub keep: Keep,
     /// Where archives go.
     pub archive_dir: PathBuf,
-    /// The log's signing key, which signs each manifest; needed once the log is sealed.
-    pub signing_key: Option<SigningKey>,
+    /// The log's signing key, which signs each manifest: a retirement counts only
+    /// through that signature.
+    pub signing_key: SigningKey,
     /// Earlier keys of the log (after a rotation), trusted for its checkpoints.
     pub trusted: Vec<VerifierKey>,
     /// The longest a detach waits for its lock: writers queue behind it meanwhile, so it
@@ -110,15 +112,6 @@ impl From<crate::seal::SealError> for RetireError {
     }
 }
 
-/// The plan, without doing anything (`--dry-run`).
-pub async fn dry_run(
-    client: &Client,
-    keep: Keep,
-    now: DateTime<Utc>,
-) -> Result<Vec<Planned>, tokio_postgres::Error> {
-    plan(client, keep, now).await
-}
-
 /// Runs retention once. Only one run at a time: a second one finds the lock taken and
 /// says so.
 pub async fn run(
@@ -156,6 +149,16 @@ async fn run_locked(
     let mut report = RunReport::default();
     for planned in plan(&*client, options.keep, now).await? {
         if planned.kept.is_some() {
+            // Left detached by a run that failed, and now to be kept (a hold placed
+            // since): back into the table.
+            if !planned.partition.attached {
+                if let Err(e) = reattach(client, &planned.partition, options).await {
+                    report.failed.push((
+                        planned.partition.clone(),
+                        format!("left detached, and not re-attached: {e}"),
+                    ));
+                }
+            }
             report.kept.push(planned);
             continue;
         }
@@ -210,115 +213,168 @@ async fn retire(
     now: DateTime<Utc>,
 ) -> Result<Retired, RetireError> {
     let stem = format!("{}.{}", partition.name, now.format("%Y%m%dT%H%M%SZ"));
-    let (mut written, mut manifest) =
-        archive_and_check(client, partition, options, &stem, now).await?;
+    let archived = archive_and_check(client, partition, options, &stem, now).await?;
     if partition.attached {
         detach(client, partition, options).await?;
     }
-    // A record of the month written after the archive was read went into the partition
-    // before the detach: archive the detached table again, which nothing can change now.
-    let (rows, id_sum) = tally_of(client, partition).await?;
-    if (rows, id_sum) != (written.tally.rows, written.tally.id_sum) {
-        tracing::info!(partition = %partition.name, "records arrived while archiving: archiving the detached partition again");
-        let _ = std::fs::remove_file(&written.path);
-        (written, manifest) =
-            archive_and_check(client, partition, options, &format!("{stem}-2"), now).await?;
+    // From here on the partition is out of the table: a failure puts it back, so that its
+    // records are neither lost nor missing for `auditd verify`.
+    match drop_archived(client, partition, options, &stem, archived, now).await {
+        Ok(retired) => Ok(retired),
+        Err(e) => match reattach(client, partition, options).await {
+            Ok(()) => Err(e),
+            Err(again) => Err(RetireError::Other(format!(
+                "{e}; and the partition, detached, could not be re-attached ({again}): the next run finishes or re-attaches it"
+            ))),
+        },
     }
-    let bytes = manifest.to_bytes();
-    let signature = options
-        .signing_key
-        .as_ref()
-        .map(|key| sign_manifest(&manifest, &bytes, key));
-    let manifest_path = options.archive_dir.join(format!("{stem}.manifest.json"));
-    write_durably(&manifest_path, &bytes)?;
-    if let Some(signature) = &signature {
-        write_durably(
-            &options.archive_dir.join(format!("{stem}.manifest.sig")),
-            signature.as_bytes(),
-        )?;
-    }
-    // The retirement and the drop commit together, or neither does.
-    let tx = client.transaction().await?;
-    let retirement_id: i64 = tx
-        .query_one(
-            "INSERT INTO audit_retirements \
-               (partition_name, range_start, range_end, rows, archive, archive_sha256, manifest, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            &[
-                &partition.name,
-                &partition.start,
-                &partition.end,
-                &(written.tally.rows as i64),
-                &manifest.archive.name,
-                &crate::hex::encode(&written.sha256),
-                &String::from_utf8_lossy(&bytes).into_owned(),
-                &signature,
-            ],
-        )
-        .await?
-        .try_get(0)?;
-    tx.batch_execute(&format!("DROP TABLE {}", partition.table()))
-        .await?;
-    tx.commit().await?;
-    Ok(Retired {
-        partition: partition.clone(),
-        rows: written.tally.rows,
-        archive: written.path,
-        manifest: manifest_path,
-        sha256: written.sha256,
-        retirement_id,
-    })
 }
 
-/// Writes the archive, builds its manifest, and checks the file on disk against it.
+/// The files, the retirement row and the drop, once the partition is detached: the
+/// archive again first if records arrived before the detach; the retirement recorded and
+/// the table dropped in one transaction, after checking that nothing changed and that no
+/// hold was placed meanwhile.
+async fn drop_archived(
+    client: &mut Client,
+    partition: &Partition,
+    options: &RetentionOptions,
+    stem: &str,
+    archived: (ArchivePaths, Written, Manifest, Vec<u8>),
+    now: DateTime<Utc>,
+) -> Result<Retired, RetireError> {
+    let (mut paths, mut written, mut manifest, mut bytes) = archived;
+    if tally_of(&*client, partition).await? != (written.tally.rows, written.tally.id_sum) {
+        // A record of the month, written after the archive was read, went into the
+        // partition before the detach: archive the detached table, which nothing can
+        // change now.
+        tracing::info!(partition = %partition.name, "records arrived while archiving: archiving the detached partition again");
+        let _ = std::fs::remove_file(&paths.archive);
+        (paths, written, manifest, bytes) =
+            archive_and_check(client, partition, options, &format!("{stem}-2"), now).await?;
+    }
+    let signature = sign_manifest(&manifest, &bytes, &options.signing_key);
+    let files = |e: std::io::Error, path: &Path| {
+        RetireError::Other(format!("cannot write {}: {e}", path.display()))
+    };
+    let recorded = async {
+        write_durably(&paths.manifest, &bytes).map_err(|e| files(e, &paths.manifest))?;
+        write_durably(&paths.signature, signature.as_bytes())
+            .map_err(|e| files(e, &paths.signature))?;
+        let tx = client.transaction().await?;
+        // Nothing may change it now, and a hold placed since the plan still counts.
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; LOCK TABLE audit_legal_holds IN SHARE MODE",
+            partition.table()
+        ))
+        .await?;
+        if tally_of(&tx, partition).await? != (written.tally.rows, written.tally.id_sum) {
+            return Err(RetireError::Other(
+                "the partition changed after it was archived".to_owned(),
+            ));
+        }
+        let held = holds_on(&tx, partition).await?;
+        if !held.is_empty() {
+            return Err(RetireError::Other(format!(
+                "held by {}, placed during the run",
+                held.join(", ")
+            )));
+        }
+        let retirement_id: i64 = tx
+            .query_one(
+                "INSERT INTO audit_retirements \
+                   (partition_name, range_start, range_end, rows, archive, archive_sha256, manifest, signature) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[
+                    &partition.name,
+                    &partition.start,
+                    &partition.end,
+                    &(written.tally.rows as i64),
+                    &manifest.archive.name,
+                    &crate::hex::encode(&written.sha256),
+                    &String::from_utf8_lossy(&bytes).into_owned(),
+                    &signature,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        tx.batch_execute(&format!("DROP TABLE {}", partition.table()))
+            .await?;
+        tx.commit().await?;
+        Ok(retirement_id)
+    }
+    .await;
+    match recorded {
+        Ok(retirement_id) => Ok(Retired {
+            partition: partition.clone(),
+            rows: written.tally.rows,
+            archive: written.path,
+            manifest: paths.manifest,
+            sha256: written.sha256,
+            retirement_id,
+        }),
+        Err(e) => {
+            // No signed manifest is left behind for a retirement that did not happen: it
+            // would pass for one if a superuser recorded it.
+            let _ = std::fs::remove_file(&paths.signature);
+            let _ = std::fs::remove_file(&paths.manifest);
+            let _ = std::fs::remove_file(&paths.archive);
+            Err(e)
+        }
+    }
+}
+
+/// Writes the archive, builds its manifest, and checks the file on disk against the
+/// manifest as it will be stored (read back from its bytes, as `auditd verify --archive`
+/// reads it). An archive that does not check is kept, with its manifest beside it as
+/// `….unverified.json`, for whoever looks into it.
 async fn archive_and_check(
     client: &Client,
     partition: &Partition,
     options: &RetentionOptions,
     stem: &str,
     now: DateTime<Utc>,
-) -> Result<(Written, Manifest), RetireError> {
+) -> Result<(ArchivePaths, Written, Manifest, Vec<u8>), RetireError> {
     let mut keys = options.trusted.clone();
-    keys.extend(options.signing_key.as_ref().map(SigningKey::verifier));
+    keys.push(options.signing_key.verifier());
     let checkpoint = match latest_checkpoint(client).await? {
         None => None,
-        Some((size, note)) => {
-            if options.signing_key.is_none() {
-                return Err(RetireError::Other(
-                    "the log is sealed: retention needs its signing key (--signing-key) to sign what it retires".to_owned(),
-                ));
-            }
+        Some((_, note)) => {
             let (checkpoint, _) = Checkpoint::open(&note, &keys).map_err(|e| {
                 RetireError::Other(format!("the latest checkpoint cannot be trusted: {e}"))
             })?;
-            Some((size, note, checkpoint))
+            Some((note, checkpoint))
         }
     };
-    let path = options.archive_dir.join(format!("{stem}{ARCHIVE_SUFFIX}"));
-    let written = write_archive(client, &partition.table(), &path)
+    let paths = ArchivePaths::new(&options.archive_dir, stem);
+    let written = write_archive(client, partition, &paths.archive)
         .await
         .map_err(RetireError::Archive)?;
-    let built = build_manifest(client, partition, &written, checkpoint, now).await;
-    let manifest = match built {
-        Ok(manifest) => manifest,
+    let built = build_manifest(client, partition, &written, checkpoint, options, now).await;
+    let bytes = match built {
+        Ok(manifest) => manifest.to_bytes(),
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&paths.archive);
             return Err(e);
         }
     };
+    let manifest = Manifest::parse(&bytes)
+        .map_err(|e| RetireError::Other(format!("the manifest does not read back: {e}")))?;
     let checking = {
-        let (path, manifest, keys) = (path.clone(), manifest.clone(), keys.clone());
+        let (path, manifest, keys) = (paths.archive.clone(), manifest.clone(), keys.clone());
         tokio::task::spawn_blocking(move || check_archive(&path, &manifest, Some(&keys)))
     };
     let report = checking
         .await
         .map_err(|e| RetireError::Other(format!("the check stopped: {e}")))?
-        .map_err(|e| RetireError::Other(format!("cannot read back {}: {e}", path.display())))?;
+        .map_err(|e| {
+            RetireError::Other(format!("cannot read back {}: {e}", paths.archive.display()))
+        })?;
     if !report.intact() {
-        // Kept for whoever looks into it.
+        let kept = options.archive_dir.join(format!("{stem}.unverified.json"));
+        let _ = write_durably(&kept, &bytes);
         return Err(RetireError::Unverified(report.findings));
     }
-    Ok((written, manifest))
+    Ok((paths, written, manifest, bytes))
 }
 
 /// The manifest of an archive just written: the batches its records came from, each
@@ -327,7 +383,8 @@ async fn build_manifest(
     client: &Client,
     partition: &Partition,
     written: &Written,
-    checkpoint: Option<(u64, String, Checkpoint)>,
+    checkpoint: Option<(String, Checkpoint)>,
+    options: &RetentionOptions,
     now: DateTime<Utc>,
 ) -> Result<Manifest, RetireError> {
     let archive = ArchiveFile {
@@ -340,7 +397,10 @@ async fn build_manifest(
         bytes: written.bytes,
     };
     let mut manifest = Manifest {
-        log: checkpoint.as_ref().map(|(_, _, c)| c.origin.clone()),
+        log: Some(checkpoint.as_ref().map_or_else(
+            || options.signing_key.name().to_owned(),
+            |(_, c)| c.origin.clone(),
+        )),
         partition: partition.name.clone(),
         range: (partition.start, partition.end),
         archived_at: now,
@@ -351,9 +411,10 @@ async fn build_manifest(
         runs: written.tally.runs.clone(),
         batches: Vec::new(),
         log_proof: None,
-        checkpoint: checkpoint.as_ref().map(|(_, note, _)| note.clone()),
+        checkpoint: checkpoint.as_ref().map(|(note, _)| note.clone()),
     };
-    let Some((size, _, _)) = checkpoint else {
+    // The size the checkpoint signs, not what a row says.
+    let Some(size) = checkpoint.map(|(_, c)| c.size) else {
         // A log never sealed: nothing proves these records beyond their ledger rows.
         return Ok(manifest);
     };
@@ -364,39 +425,50 @@ async fn build_manifest(
         .join(", ");
     let mut seen = std::collections::HashSet::new();
     for run in &written.tally.runs {
+        // Every ledger row of the stream overlapping the run: a malformed one is a
+        // finding of `auditd verify`, so it stops the retirement rather than turn its
+        // records into unproven ones.
         let rows = client
             .query(
                 &format!(
-                    "SELECT t.position, b.leaves, {columns} FROM audit_writer_batches b \
+                    "SELECT t.position, b.leaves, b.encoding, {columns} FROM audit_writer_batches b \
                      LEFT JOIN audit_log_tree t USING (stream_id, batch_id) \
-                     WHERE b.stream_id = $1 AND b.first_seq <= $3 AND b.last_seq >= $2 \
-                       AND b.rows > 0 AND b.encoding IS NOT NULL"
+                     WHERE b.stream_id = $1 AND b.first_seq <= $3 AND b.last_seq >= $2 AND b.rows > 0"
                 ),
                 &[&run.stream_id, &run.first_seq, &run.last_seq],
             )
             .await?;
+        let mut covered = 0u64;
         for row in &rows {
             let position: Option<i64> = row.try_get(0)?;
             let leaves: Option<Vec<u8>> = row.try_get(1)?;
-            let Some(entry) = BatchEntry::from_row(row)? else {
-                continue;
-            };
-            if !seen.insert((entry.stream_id, entry.batch_id)) {
+            let encoding: Option<i16> = row.try_get(2)?;
+            if encoding.is_none() {
+                // Written without integrity: its records are unproven, as verify says.
                 continue;
             }
-            let Some(seqs) = leaves.as_deref().and_then(|l| {
-                batch_leaves(l, entry.rows, Some(entry.first_seq), Some(entry.last_seq))
-            }) else {
-                return Err(RetireError::Unverified(vec![format!(
-                    "the ledger row of batch {} (stream {}) is malformed",
-                    entry.batch_id, entry.stream_id
-                )]));
+            let malformed = |what: &str| {
+                RetireError::Unverified(vec![format!(
+                    "a ledger row of stream {} overlapping seqs {}..={} is {what}: `auditd verify` reports it",
+                    run.stream_id, run.first_seq, run.last_seq
+                )])
             };
+            let entry = BatchEntry::from_row(row)?.ok_or_else(|| malformed("malformed"))?;
+            let seqs = leaves
+                .as_deref()
+                .and_then(|l| {
+                    batch_leaves(l, entry.rows, Some(entry.first_seq), Some(entry.last_seq))
+                })
+                .ok_or_else(|| malformed("malformed"))?;
             let here = seqs
                 .iter()
-                .filter(|(seq, _)| in_runs(&written.tally.runs, entry.stream_id, *seq))
+                .filter(|(seq, _)| {
+                    (run.first_seq..=run.last_seq).contains(seq)
+                        && in_runs(&written.tally.runs, entry.stream_id, *seq)
+                })
                 .count() as u64;
-            if here == 0 {
+            covered += here;
+            if here == 0 || !seen.insert((entry.stream_id, entry.batch_id)) {
                 continue;
             }
             let position = match position {
@@ -408,20 +480,39 @@ async fn build_manifest(
                     )))
                 }
             };
-            manifest.proven += here;
-            let partial = here < seqs.len() as u64;
+            let in_archive = seqs
+                .iter()
+                .filter(|(seq, _)| in_runs(&written.tally.runs, entry.stream_id, *seq))
+                .count();
+            manifest.proven += in_archive as u64;
             manifest.batches.push(ManifestBatch {
                 position,
                 entry,
-                leaves: if partial { leaves } else { None },
+                leaves: if in_archive < seqs.len() {
+                    leaves
+                } else {
+                    None
+                },
             });
+        }
+        // A record of a stream written with integrity is in one of its batches, or it is
+        // what `auditd verify` calls added: never retired as merely unproven.
+        let run_len = (run.last_seq - run.first_seq) as u64 + 1;
+        if covered < run_len && stream_has_integrity(client, run.stream_id).await? {
+            return Err(RetireError::Unverified(vec![format!(
+                "{} record(s) of stream {} (seqs {}..={}) are in no committed batch: `auditd verify` reports them added",
+                run_len - covered,
+                run.stream_id,
+                run.first_seq,
+                run.last_seq
+            )]));
         }
     }
     manifest.unproven = manifest.rows - manifest.proven.min(manifest.rows);
     manifest.batches.sort_by_key(|b| b.position);
     if let (Some(first), Some(last)) = (manifest.batches.first(), manifest.batches.last()) {
         let (start, end) = (first.position, last.position + 1);
-        let leaves = load_leaves(client, size as i64).await?;
+        let leaves = load_leaves(client, size.min(i64::MAX as u64) as i64).await?;
         let proof = range_proof(&leaves, start as usize, end as usize).ok_or_else(|| {
             RetireError::Other("the log has fewer leaves than its checkpoint".to_owned())
         })?;
@@ -439,12 +530,30 @@ async fn build_manifest(
     Ok(manifest)
 }
 
-/// Whether (stream, seq) is in one of `runs` (merged, sorted).
-pub fn in_runs(runs: &[SeqRun], stream_id: i64, seq: i64) -> bool {
-    let at = runs.partition_point(|r| (r.stream_id, r.first_seq) <= (stream_id, seq));
-    at.checked_sub(1)
-        .map(|i| runs[i])
-        .is_some_and(|r| r.stream_id == stream_id && seq <= r.last_seq)
+/// Whether any batch of `stream_id` was written with integrity.
+async fn stream_has_integrity(client: &Client, stream_id: i64) -> Result<bool, RetireError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM audit_writer_batches \
+                            WHERE stream_id = $1 AND rows > 0 AND encoding IS NOT NULL)",
+            &[&stream_id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
+/// The holds in force that touch `partition`.
+async fn holds_on(
+    client: &impl GenericClient,
+    partition: &Partition,
+) -> Result<Vec<String>, RetireError> {
+    let mut held = Vec::new();
+    for hold in active_holds(client).await? {
+        if touches(client, &hold, partition).await? {
+            held.push(hold.name);
+        }
+    }
+    Ok(held)
 }
 
 /// Detaches the partition, waiting at most `lock_timeout` for its lock each time, so
@@ -463,8 +572,9 @@ async fn detach(
         let attempt = client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {timeout_ms}; \
-                 ALTER TABLE audit_logs DETACH PARTITION {}; COMMIT",
-                partition.table()
+                 ALTER TABLE audit_logs DETACH PARTITION {table}; \
+                 COMMENT ON TABLE {table} IS '{DETACHED_BY_RETENTION}'; COMMIT",
+                table = partition.table()
             ))
             .await;
         match attempt {
@@ -489,7 +599,10 @@ async fn detach(
 }
 
 /// How many records a table holds, and the sum of their ids.
-async fn tally_of(client: &Client, partition: &Partition) -> Result<(u64, i128), RetireError> {
+async fn tally_of(
+    client: &impl GenericClient,
+    partition: &Partition,
+) -> Result<(u64, i128), RetireError> {
     let row = client
         .query_one(
             &format!(
@@ -508,28 +621,51 @@ async fn tally_of(client: &Client, partition: &Partition) -> Result<(u64, i128),
     ))
 }
 
-/// Writes a small file so that it survives a crash: a temporary name, synced, renamed,
-/// the directory synced.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RetireError> {
-    use std::io::Write;
-    let fail =
-        |e: std::io::Error| RetireError::Other(format!("cannot write {}: {e}", path.display()));
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let mut file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(&partial)
-        .map_err(fail)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&partial);
-        return Err(fail(e));
+/// Puts a partition detached by a run back into `audit_logs`, with any records of its
+/// month that arrived meanwhile (they went to DEFAULT). A constraint matching the bound
+/// is added first, on the detached table alone, so that the attach itself scans nothing
+/// while it holds `audit_logs` against writes.
+pub async fn reattach(
+    client: &Client,
+    partition: &Partition,
+    options: &RetentionOptions,
+) -> Result<(), RetireError> {
+    let table = partition.table();
+    let bound = format!("\"{}_bound\"", partition.name);
+    // Times we print ourselves from the partition's name: no outside text.
+    let (start, end) = (
+        partition
+            .start
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        partition
+            .end
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {bound}; \
+             ALTER TABLE {table} ADD CONSTRAINT {bound} \
+                 CHECK (created_at >= '{start}' AND created_at < '{end}')"
+        ))
+        .await?;
+    let timeout_ms = options.lock_timeout.as_millis().max(1);
+    let attached = client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {timeout_ms}; \
+             LOCK TABLE audit_logs IN SHARE ROW EXCLUSIVE MODE; \
+             SELECT set_config('audit.upkeep', 'on', true); \
+             WITH moved AS (DELETE FROM audit_logs_default \
+                            WHERE created_at >= '{start}' AND created_at < '{end}' RETURNING *) \
+             INSERT INTO {table} SELECT * FROM moved; \
+             SELECT set_config('audit.upkeep', '', true); \
+             ALTER TABLE audit_logs ATTACH PARTITION {table} FOR VALUES FROM ('{start}') TO ('{end}'); \
+             COMMENT ON TABLE {table} IS NULL; COMMIT"
+        ))
+        .await;
+    if let Err(e) = attached {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(e.into());
     }
-    std::fs::rename(&partial, path).map_err(fail)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    std::fs::File::open(dir.unwrap_or(Path::new(".")))
-        .and_then(|d| d.sync_all())
-        .map_err(fail)
+    tracing::info!(partition = %partition.name, "partition re-attached");
+    Ok(())
 }

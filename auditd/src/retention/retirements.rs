@@ -6,7 +6,7 @@ use audit_layer::integrity::RetiredRun;
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
-use super::manifest::{check_manifest_signature, Manifest};
+use super::manifest::{manifest_is_signed, Manifest};
 use crate::seal::VerifierKey;
 
 /// One retirement, as its signed manifest states it.
@@ -76,11 +76,8 @@ pub async fn retirements(
         let signature_checked = if keys.is_empty() {
             false
         } else {
-            let checked = match &signature {
-                Some(note) => check_manifest_signature(&manifest, text.as_bytes(), note, keys)
-                    .map_err(|e| e.to_string()),
-                None => Err("it is not signed".to_owned()),
-            };
+            let checked =
+                manifest_is_signed(&manifest, text.as_bytes(), signature.as_deref(), keys);
             if let Err(why) = checked {
                 found.findings.push(format!(
                     "retirement {id} of {}: {why}: its records count as missing",
