@@ -15,8 +15,10 @@
 //! plain HTTP only, for a TLS-terminating proxy in front.
 //!
 //! Beside them: `admission` (how many connections, in all and per address), `state` (what handlers share), `auth/` (bearer tokens and signed download
-//! links), `metrics` (the request counters), `commands/` (the command line: `serve`,
-//! `migrate`, `partitions`, `text-index`, `verify`, `demo`), and small codecs (`hex`,
+//! links), `metrics` (the request counters), `seal/` (the signed log: sealing, proofs,
+//! checking), `retention/` (old partitions into provable archives, legal holds, restore),
+//! `commands/` (the command line: `serve`, `migrate`, `partitions`, `text-index`, `keygen`,
+//! `seal`, `verify`, `retention`, `hold`, `restore`, `demo`), and small codecs (`hex`,
 //! `query_string`, `duration`).
 //!
 //! Serving in-process, as the tests do:
