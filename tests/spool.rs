@@ -229,3 +229,59 @@ async fn a_spooled_batch_that_already_committed_is_not_written_again_on_replay()
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&copy).unwrap();
 }
+
+/// Emits `n` records while `audit_writer_batches` is locked for a second (the database
+/// far slower than the emitter), then releases it; returns the layer's counters once
+/// everything is committed, and its stream.
+async fn emit_through_a_slow_database(
+    db: &support::TestDb,
+    spool: Option<&std::path::Path>,
+    n: u64,
+) -> (audit_layer::Stats, i64) {
+    let mut locker = connect(&db.url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE audit_writer_batches IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut layer = builder(&db.url)
+        .queue_capacity(2_000)
+        .batch_size(500)
+        .max_in_flight(1);
+    if let Some(dir) = spool {
+        layer = layer.spool_dir(dir);
+    }
+    let (dispatch, handle) = dispatch(layer);
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..n {
+            info!(target: "audit", event_type = "burst", i, "Burst");
+            if i % 1_000 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+    let stream_id = handle.stream_id();
+    let stats = handle.shutdown(Duration::from_secs(60)).await.unwrap();
+    (stats, stream_id)
+}
+
+#[tokio::test]
+async fn a_database_slower_than_the_emitters_spills_to_the_spool_instead_of_dropping() {
+    // Without a spool the queue fills while the writer waits on the database: records are
+    // dropped, which is what the spool is for.
+    let db = support::TestDb::migrated("spill_without_spool").await;
+    let (stats, _) = emit_through_a_slow_database(&db, None, 20_000).await;
+    assert!(stats.dropped_queue_full > 0, "{stats:?}");
+    assert_eq!(stats.spilled_batches, 0);
+
+    let db = support::TestDb::migrated("spill_with_spool").await;
+    let dir = spool_dir("spill");
+    let (stats, stream_id) = emit_through_a_slow_database(&db, Some(&dir), 20_000).await;
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert!(stats.spilled_batches > 0, "{stats:?}");
+    assert_eq!(stats.spool_bytes, 0, "the spool is replayed to the end");
+    let client = connect(&db.url).await;
+    assert_exactly_once(&client, stream_id, 20_000).await;
+    assert_intact_when_sealed(&db.url).await;
+}

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) batches: AtomicU64,
     pub(crate) unsettled_batches: AtomicU64,
     pub(crate) spooled: AtomicU64,
+    pub(crate) spilled_batches: AtomicU64,
     pub(crate) spool_bytes: AtomicU64,
     pub(crate) spool_corrupt: AtomicU64,
     pub(crate) fixups: AtomicU64,
@@ -53,6 +54,7 @@ impl Counters {
             batches: load(&self.batches),
             unsettled_batches: load(&self.unsettled_batches),
             spooled: load(&self.spooled),
+            spilled_batches: load(&self.spilled_batches),
             spool_bytes: load(&self.spool_bytes),
             spool_corrupt: load(&self.spool_corrupt),
             fixups: load(&self.fixups),
@@ -90,6 +92,10 @@ pub struct Stats {
     pub unsettled_batches: u64,
     /// Records written to the spool, in all (each is replayed from there).
     pub spooled: u64,
+    /// Batches spooled not because the database failed but because it was slower than
+    /// the application (every in-flight slot taken): with a spool, a burst spills to disk
+    /// instead of filling the queue.
+    pub spilled_batches: u64,
     /// Bytes in the spool now.
     pub spool_bytes: u64,
     /// Damaged spool segments found and set aside (`*.spool.corrupt`).

@@ -133,9 +133,26 @@ impl Writer {
             Counters::add(&self.shared.counters.written, batch.len() as u64);
             return;
         }
-        // The semaphore is never closed, so acquiring only waits.
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-            return;
+        // Every slot taken: the database is slower than the emitters. With a spool, the
+        // batch goes to disk (replayed in order, exactly once, as after an outage) and
+        // the writer goes back to draining the queue, instead of waiting while the queue
+        // fills and records are dropped. Without one, or with the spool full, it waits.
+        let permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.shared.spool.is_some() {
+                    let key = self.shared.new_key();
+                    if self.shared.spool_takes(key, &batch) {
+                        Counters::add(&self.shared.counters.spilled_batches, 1);
+                        return;
+                    }
+                }
+                // The semaphore is never closed, so acquiring only waits.
+                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                permit
+            }
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
