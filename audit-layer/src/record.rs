@@ -191,11 +191,9 @@ pub(crate) struct RecordView<'a> {
     pub(crate) created_at: DateTime<Utc>,
 }
 
-/// Metadata as a map, or as the JSON object text a queued record carries.
+/// Metadata as a map.
 pub(crate) enum MetadataView<'a> {
     Map(&'a Map<String, Value>),
-    /// A JSON object's text, written as it is.
-    Json(&'a str),
 }
 
 impl RecordView<'_> {
@@ -252,7 +250,6 @@ impl RecordView<'_> {
             Some(MetadataView::Map(map)) => {
                 let _ = serde_json::to_writer(&mut *out, map);
             }
-            Some(MetadataView::Json(text)) => out.extend_from_slice(text.as_bytes()),
         }
     }
 }

@@ -11,8 +11,11 @@
 //! ```text
 //! u32 little-endian  payload length
 //! u32 little-endian  CRC-32 (IEEE) of the payload
-//! payload            JSON: {"stream_id", "batch_id", "records": [{"seq", "log"}, ...]},
-//!                    each "log" in the form of `AuditLog::to_json`
+//! payload            version 2: 0x02, stream_id and batch_id (i64), the record count
+//!                    (u32), then per record its seq (i64) and its values and text
+//!                    buffer as queued (`Pending::write_spooled`), all little-endian;
+//!                    version 1 (earlier releases, still replayed): JSON
+//!                    {"stream_id", "batch_id", "records": [{"seq", "log"}, ...]}
 //! ```
 //!
 //! Each frame is fsynced before the writer counts its batch as spooled, so a spooled batch
@@ -272,28 +275,61 @@ fn read_frame(path: &Path, offset: u64, size: u64) -> Result<SpooledBatch, Strin
     })
 }
 
-/// The frame payload: JSON, written straight from the queued records (their metadata is
-/// JSON text already), so that spooling keeps up with the writer.
+/// The first byte of a binary payload (version 2). A JSON payload (version 1, written by
+/// earlier versions) starts with `{`, so a spool written before an upgrade still replays.
+const BINARY_PAYLOAD: u8 = 2;
+
+/// The frame payload, version 2: the batch key, then each record's seq and binary form
+/// (its text buffer as it is queued), so that spooling costs about a copy of the record
+/// and keeps up with a burst.
 fn encode(key: BatchKey, records: &[Queued]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + records.len() * 384);
-    let _ = write!(
-        out,
-        "{{\"stream_id\":{},\"batch_id\":{},\"records\":[",
-        key.stream_id, key.batch_id
-    );
-    for (i, record) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let _ = write!(out, "{{\"seq\":{},\"log\":{{", record.seq);
-        record.log.write_json_fields(&mut out);
-        out.extend_from_slice(b"}}");
+    let text: usize = records.iter().map(|r| r.log.text_len()).sum();
+    let mut out = Vec::with_capacity(21 + records.len() * 80 + text);
+    out.push(BINARY_PAYLOAD);
+    out.extend_from_slice(&key.stream_id.to_le_bytes());
+    out.extend_from_slice(&key.batch_id.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for record in records {
+        out.extend_from_slice(&record.seq.to_le_bytes());
+        record.log.write_spooled(&mut out);
     }
-    out.extend_from_slice(b"]}");
     out
 }
 
 fn decode(payload: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
+    match payload.first() {
+        Some(&BINARY_PAYLOAD) => decode_binary(&payload[1..]),
+        Some(b'{') => decode_json(payload),
+        _ => None,
+    }
+}
+
+fn decode_binary(mut rest: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
+    let int = |rest: &mut &[u8]| {
+        let (head, tail) = rest.split_first_chunk::<8>()?;
+        *rest = tail;
+        Some(i64::from_le_bytes(*head))
+    };
+    let key = BatchKey {
+        stream_id: int(&mut rest)?,
+        batch_id: int(&mut rest)?,
+    };
+    let (count, tail) = rest.split_first_chunk::<4>()?;
+    rest = tail;
+    let count = u32::from_le_bytes(*count) as usize;
+    // Each record takes more than 40 bytes: a count beyond that is not ours.
+    let mut records = Vec::with_capacity(count.min(rest.len() / 40));
+    for _ in 0..count {
+        let seq = int(&mut rest)?;
+        let (log, tail) = Pending::read_spooled(rest)?;
+        rest = tail;
+        records.push(Queued { seq, log });
+    }
+    rest.is_empty().then_some((key, records))
+}
+
+/// Version 1 payloads: JSON.
+fn decode_json(payload: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
     let value: Value = serde_json::from_slice(payload).ok()?;
     let key = BatchKey {
         stream_id: value.get("stream_id")?.as_i64()?,
@@ -375,9 +411,35 @@ mod tests {
         assert_eq!(back.len(), 2);
         for (original, read) in records.iter().zip(&back) {
             assert_eq!(read.seq, original.seq);
-            assert_eq!(read.log.to_log(), original.log.to_log());
+            // Byte for byte, metadata text included (its hash is computed from it).
+            assert_eq!(read.log, original.log);
         }
         assert_eq!(back[0].log.to_log().metadata["site"], "fra1");
+        // Cut anywhere, or with a byte changed in a length, it is refused, never misread.
+        let payload = encode(key(9), &records);
+        for cut in 0..payload.len() {
+            assert!(decode(&payload[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+    }
+
+    #[test]
+    fn a_spool_written_by_an_earlier_release_in_json_still_replays() {
+        let v1 = br#"{"stream_id":7,"batch_id":3,"records":[{"seq":5,"log":{"created_at":"2026-11-01T10:00:00.000001Z","username":"alice","user_id":null,"event_type":"login","severity":"warning","message":"Login failed","ip_address":"192.0.2.7","resource_type":null,"resource_id":null,"resource_name":null,"metadata":{"attempts":3}}}]}"#;
+        let (key_back, back) = decode(v1).expect("a version 1 payload decodes");
+        assert_eq!(key_back, key(3));
+        let log = back[0].log.to_log();
+        assert_eq!(
+            (
+                back[0].seq,
+                log.username.as_str(),
+                log.metadata["attempts"].as_i64()
+            ),
+            (5, "alice", Some(3))
+        );
+        assert_eq!(log.ip_address, Some("192.0.2.7".parse().unwrap()));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::recycle;
-use crate::record::{AuditLog, MetadataView, RecordView, Severity};
+use crate::record::{AuditLog, Severity};
 
 /// The text parts of a [`Pending`] record, borrowed, in the order they are stored.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +150,99 @@ impl Pending {
         self.optional(METADATA)
     }
 
+    /// The length of its text buffer.
+    pub(crate) fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Appends the record's binary spool form: its values, then its text buffer as it
+    /// is (the inverse is [`read_spooled`](Self::read_spooled)).
+    pub(crate) fn write_spooled(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.created_at.micros().to_le_bytes());
+        match self.user_id {
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        out.push(
+            Severity::ALL
+                .iter()
+                .position(|s| *s == self.severity)
+                .unwrap_or(0) as u8,
+        );
+        match self.ip_address {
+            None => out.push(0),
+            Some(IpAddr::V4(ip)) => {
+                out.push(4);
+                out.extend_from_slice(&ip.octets());
+            }
+            Some(IpAddr::V6(ip)) => {
+                out.push(6);
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+        out.push(self.present);
+        for end in self.ends {
+            out.extend_from_slice(&(end as u32).to_le_bytes());
+        }
+        out.extend_from_slice(self.text.as_bytes());
+    }
+
+    /// Reads a record written by [`write_spooled`](Self::write_spooled) from the front of
+    /// `bytes`, and what follows it; `None` for anything it did not write (a frame is
+    /// checksummed, so that means a bug or another version, never a silent mistake).
+    pub(crate) fn read_spooled(bytes: &[u8]) -> Option<(Pending, &[u8])> {
+        fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+            let (head, rest) = bytes.split_first_chunk::<N>()?;
+            *bytes = rest;
+            Some(*head)
+        }
+        let mut rest = bytes;
+        let created_at = EventTime(i64::from_le_bytes(take::<8>(&mut rest)?));
+        let user_id = match take::<1>(&mut rest)? {
+            [0] => None,
+            [1] => Some(i64::from_le_bytes(take::<8>(&mut rest)?)),
+            _ => return None,
+        };
+        let severity = *Severity::ALL.get(usize::from(take::<1>(&mut rest)?[0]))?;
+        let ip_address = match take::<1>(&mut rest)? {
+            [0] => None,
+            [4] => Some(IpAddr::from(take::<4>(&mut rest)?)),
+            [6] => Some(IpAddr::from(take::<16>(&mut rest)?)),
+            _ => return None,
+        };
+        let [present] = take::<1>(&mut rest)?;
+        let mut ends = [0usize; PARTS];
+        for end in &mut ends {
+            *end = u32::from_le_bytes(take::<4>(&mut rest)?) as usize;
+        }
+        let len = ends[PARTS - 1];
+        if rest.len() < len || ends.windows(2).any(|w| w[0] > w[1]) {
+            return None;
+        }
+        let (text, rest) = rest.split_at(len);
+        let text = std::str::from_utf8(text).ok()?;
+        if !ends.iter().all(|end| text.is_char_boundary(*end)) {
+            return None;
+        }
+        let mut buffer = recycle::buffer(len);
+        buffer.push_str(text);
+        Some((
+            Pending {
+                text: buffer,
+                ends,
+                present,
+                user_id,
+                ip_address,
+                severity,
+                created_at,
+            },
+            rest,
+        ))
+    }
+
     pub(crate) fn from_log(log: AuditLog) -> Pending {
         let metadata = (!log.metadata.is_empty()).then(|| Value::Object(log.metadata).to_string());
         let metadata = metadata.as_deref().map(|text| [text]);
@@ -168,25 +261,6 @@ impl Pending {
             log.severity,
             EventTime::from_datetime(log.created_at),
         )
-    }
-
-    /// Appends the record's JSON form, as [`AuditLog::write_json_fields`] writes it, with
-    /// the metadata text copied as it is (no map is built).
-    pub(crate) fn write_json_fields(&self, out: &mut Vec<u8>) {
-        RecordView {
-            username: self.username(),
-            user_id: self.user_id,
-            event_type: self.event_type(),
-            message: self.message(),
-            ip_address: self.ip_address,
-            resource_type: self.resource_type(),
-            resource_id: self.resource_id(),
-            resource_name: self.resource_name(),
-            severity: self.severity,
-            metadata: self.metadata().map(MetadataView::Json),
-            created_at: self.created_at.to_datetime(),
-        }
-        .write_json_fields(out);
     }
 
     /// The record as an [`AuditLog`], for the writer's rare paths (rejected records).
