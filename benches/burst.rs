@@ -8,7 +8,9 @@
 //! emit on its own clock. Printed per case: records dropped, batches spilled to the spool,
 //! records in the table and whether each is there exactly once, the caller's p50/p99/p99.9,
 //! and this process's peak RSS. A third case emits the same events at a pace the database
-//! keeps up with (no burst) for the caller's latency without back-pressure.
+//! keeps up with (no burst) for the caller's latency without back-pressure, and one with a
+//! queue large enough for the whole burst (no spool), for what processing every record
+//! costs the callers.
 
 mod support;
 
@@ -65,6 +67,7 @@ async fn case(
     server: &Postgres,
     name: &str,
     spool: bool,
+    queue: usize,
     threads: u64,
     per_thread: u64,
     pause: Duration,
@@ -76,7 +79,9 @@ async fn case(
     connect_migrated(&url).await;
     let dir = std::env::temp_dir().join(format!("audit-burst-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut builder = audit_layer::AuditLayer::builder().database_url(&url);
+    let mut builder = audit_layer::AuditLayer::builder()
+        .database_url(&url)
+        .queue_capacity(queue);
     if spool {
         builder = builder.spool_dir(&dir);
     }
@@ -127,24 +132,51 @@ async fn main() {
     .await
     .expect("provision")
     .expect("a PostgreSQL to measure against");
+    let default_queue = 65_536;
+    let burst = Duration::ZERO;
     case(
         &server,
         "no_spool",
         false,
+        default_queue,
         threads,
         per_thread,
-        Duration::ZERO,
+        burst,
     )
     .await;
-    case(&server, "spool", true, threads, per_thread, Duration::ZERO).await;
+    case(
+        &server,
+        "spool",
+        true,
+        default_queue,
+        threads,
+        per_thread,
+        burst,
+    )
+    .await;
+    // Every record held in memory instead: what processing all of them costs the
+    // callers, without the spool.
+    let all = usize::try_from(threads * per_thread).unwrap_or(usize::MAX);
+    case(
+        &server,
+        "queue_for_all",
+        false,
+        all,
+        threads,
+        per_thread,
+        burst,
+    )
+    .await;
     // About 40,000 events/s in all: well within what the database takes.
+    let pace = Duration::from_micros(200);
     case(
         &server,
         "paced",
         true,
+        default_queue,
         threads,
         per_thread / 10,
-        Duration::from_micros(200),
+        pace,
     )
     .await;
 }

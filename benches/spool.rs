@@ -3,7 +3,7 @@
 //! `cargo bench --bench spool -- [--events 1000000] [--threads 4]`
 //!
 //! The layer points at a port where nothing listens, so every batch fails at once and goes
-//! to the spool (CRC-framed JSON, fsynced per batch) in a temporary directory. Events are
+//! to the spool (CRC-framed binary frames, fsynced per batch) in a temporary directory. Events are
 //! emitted by several threads as fast as they can; the clock stops when the writer has
 //! spooled them all. If spooling is slower than the application, the queue fills and
 //! records are dropped (counted): the rate here is what an outage can absorb.
