@@ -92,9 +92,10 @@ pub struct Stats {
     pub unsettled_batches: u64,
     /// Records written to the spool, in all (each is replayed from there).
     pub spooled: u64,
-    /// Batches spooled not because the database failed but because it was slower than
-    /// the application (every in-flight slot taken): with a spool, a burst spills to disk
-    /// instead of filling the queue.
+    /// Batches sent to the spool because every in-flight slot was taken (the database
+    /// slower than the application, or failing and retried): with a spool, a burst spills
+    /// to disk instead of filling the queue. The batches that then queue behind them on
+    /// disk are counted in `spooled`, not here.
     pub spilled_batches: u64,
     /// Bytes in the spool now.
     pub spool_bytes: u64,

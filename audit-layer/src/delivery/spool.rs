@@ -137,6 +137,10 @@ impl Spool {
     /// Appends a batch and fsyncs it. `Ok(false)` when it would not fit in the limit.
     pub(crate) fn append(&mut self, key: BatchKey, records: &[Queued]) -> io::Result<bool> {
         let payload = encode(key, records);
+        // A frame's length is a u32: a batch beyond it stays in memory instead.
+        if u32::try_from(payload.len()).is_err() {
+            return Ok(false);
+        }
         let frame_bytes = HEADER_BYTES + payload.len() as u64;
         if self.total_bytes + frame_bytes > self.max_bytes {
             return Ok(false);
@@ -168,8 +172,15 @@ impl Spool {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        file.write_all(&frame)?;
-        file.sync_data()?;
+        let appended = file.write_all(&frame).and_then(|()| file.sync_data());
+        if let Err(e) = appended {
+            // What reached the file of this frame must not stay before the next one, or
+            // replay would find a torn frame and set aside every batch after it: cut it
+            // off, and start the next append in a new segment.
+            let _ = file.set_len(segment.bytes);
+            self.append = None;
+            return Err(e);
+        }
         segment.bytes += frame_bytes;
         self.total_bytes += frame_bytes;
         Ok(true)

@@ -133,30 +133,35 @@ impl Writer {
             Counters::add(&self.shared.counters.written, batch.len() as u64);
             return;
         }
-        // Every slot taken: the database is slower than the emitters. With a spool, the
-        // batch goes to disk (replayed in order, exactly once, as after an outage) and
-        // the writer goes back to draining the queue, instead of waiting while the queue
-        // fills and records are dropped. Without one, or with the spool full, it waits.
-        let permit = match self.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self.shared.spool.is_some() {
-                    let key = self.shared.new_key();
-                    if self.shared.spool_takes(key, &batch) {
-                        Counters::add(&self.shared.counters.spilled_batches, 1);
-                        return;
-                    }
+        // The batch's key, and whether it goes to the spool, are decided here, in
+        // dispatch order, so that batches reach the table (directly or through the spool)
+        // in the order they were formed.
+        let key = self.shared.new_key();
+        let free = self.in_flight.clone().try_acquire_owned().ok();
+        if self.shared.spool.is_some() {
+            // While the spool holds anything, new batches queue behind it on disk. And
+            // with every slot taken (the database slower than the emitters) the batch
+            // goes there too, replayed in order, exactly once, as after an outage,
+            // instead of waiting while the queue fills and records are dropped.
+            let behind_spool = self.shared.spool_active();
+            if (behind_spool || free.is_none()) && self.shared.spool_takes(key, &batch) {
+                if !behind_spool {
+                    Counters::add(&self.shared.counters.spilled_batches, 1);
                 }
-                // The semaphore is never closed, so acquiring only waits.
-                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-                    return;
-                };
-                permit
+                return;
             }
+        }
+        let permit = match free {
+            Some(permit) => permit,
+            // The semaphore is never closed, so acquiring only waits.
+            None => match self.in_flight.clone().acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            shared.write(batch).await;
+            shared.write_batch(key, batch, true).await;
             drop(permit);
         });
     }
@@ -311,15 +316,6 @@ impl Shared {
             seq: self.seq.next(),
             log: Pending::from_log(log),
         })
-    }
-
-    /// Writes a batch, or spools it when the spool already holds batches (they go first).
-    async fn write(&self, batch: Vec<Queued>) {
-        let key = self.new_key();
-        if self.spool_active() && self.spool_takes(key, &batch) {
-            return;
-        }
-        self.write_batch(key, batch, true).await;
     }
 
     /// Writes a batch under its ledger key, each record exactly once, isolating refused

@@ -166,12 +166,13 @@ impl Pending {
             }
             None => out.push(0),
         }
-        out.push(
-            Severity::ALL
-                .iter()
-                .position(|s| *s == self.severity)
-                .unwrap_or(0) as u8,
-        );
+        // Stable codes, whatever the enum's order becomes.
+        out.push(match self.severity {
+            Severity::Info => 0,
+            Severity::Warning => 1,
+            Severity::Error => 2,
+            Severity::Critical => 3,
+        });
         match self.ip_address {
             None => out.push(0),
             Some(IpAddr::V4(ip)) => {
@@ -185,7 +186,8 @@ impl Pending {
         }
         out.push(self.present);
         for end in self.ends {
-            out.extend_from_slice(&(end as u32).to_le_bytes());
+            // A frame over 4 GiB is refused before it is written (Spool::append).
+            out.extend_from_slice(&(end.min(u32::MAX as usize) as u32).to_le_bytes());
         }
         out.extend_from_slice(self.text.as_bytes());
     }
@@ -200,13 +202,22 @@ impl Pending {
             Some(*head)
         }
         let mut rest = bytes;
-        let created_at = EventTime(i64::from_le_bytes(take::<8>(&mut rest)?));
+        let micros = i64::from_le_bytes(take::<8>(&mut rest)?);
+        // Every time the layer stamps is a date; one that is not was not written by it.
+        DateTime::<Utc>::from_timestamp_micros(micros)?;
+        let created_at = EventTime(micros);
         let user_id = match take::<1>(&mut rest)? {
             [0] => None,
             [1] => Some(i64::from_le_bytes(take::<8>(&mut rest)?)),
             _ => return None,
         };
-        let severity = *Severity::ALL.get(usize::from(take::<1>(&mut rest)?[0]))?;
+        let severity = match take::<1>(&mut rest)? {
+            [0] => Severity::Info,
+            [1] => Severity::Warning,
+            [2] => Severity::Error,
+            [3] => Severity::Critical,
+            _ => return None,
+        };
         let ip_address = match take::<1>(&mut rest)? {
             [0] => None,
             [4] => Some(IpAddr::from(take::<4>(&mut rest)?)),
@@ -214,6 +225,12 @@ impl Pending {
             _ => return None,
         };
         let [present] = take::<1>(&mut rest)?;
+        // Only the optional parts have presence bits.
+        let optional =
+            (1u8 << RESOURCE_TYPE) | (1 << RESOURCE_ID) | (1 << RESOURCE_NAME) | (1 << METADATA);
+        if present & !optional != 0 {
+            return None;
+        }
         let mut ends = [0usize; PARTS];
         for end in &mut ends {
             *end = u32::from_le_bytes(take::<4>(&mut rest)?) as usize;
