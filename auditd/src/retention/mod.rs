@@ -8,6 +8,7 @@
 //! | the archive file: zstd NDJSON, written by the export's streaming path, read back | `archive` |
 //! | the manifest beside it, and its signature | `manifest` |
 //! | checking an archive against its manifest and the log, offline | `check` |
+//! | one run at a time, no restore beside one | `lock` |
 //! | a run: archive, check, sign, detach, record, drop | `retire` |
 //! | an archive back into its partition, for an investigation | `restore` |
 //! | the retirements `auditd verify` trusts: those whose manifest is signed | `retirements` |
@@ -18,6 +19,7 @@
 mod archive;
 mod check;
 mod holds;
+mod lock;
 mod manifest;
 mod plan;
 mod restore;

@@ -65,25 +65,14 @@ pub async fn restore(
     manifest: &Manifest,
 ) -> Result<Restored, RestoreError> {
     // Never beside a retention run, which could drop the partition under it.
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtext('auditd retention'))",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
+    let locked = super::lock::try_lock(client).await?;
     if !locked {
         return Err(RestoreError::Refused(
             "a retention run is in progress: restore when it has ended".to_owned(),
         ));
     }
     let restored = restore_locked(client, path, manifest).await;
-    let _ = client
-        .execute(
-            "SELECT pg_advisory_unlock(hashtext('auditd retention'))",
-            &[],
-        )
-        .await;
+    super::lock::unlock(client).await;
     restored
 }
 

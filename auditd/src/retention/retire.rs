@@ -119,25 +119,14 @@ pub async fn run(
     options: &RetentionOptions,
     now: DateTime<Utc>,
 ) -> Result<RunReport, RetireError> {
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtext('auditd retention'))",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
+    let locked = super::lock::try_lock(client).await?;
     if !locked {
         return Err(RetireError::Other(
             "another retention run holds the lock".to_owned(),
         ));
     }
     let result = run_locked(client, options, now).await;
-    let _ = client
-        .execute(
-            "SELECT pg_advisory_unlock(hashtext('auditd retention'))",
-            &[],
-        )
-        .await;
+    super::lock::unlock(client).await;
     result
 }
 
