@@ -16,7 +16,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use pg_provision::{ClusterOptions, Postgres};
+use pg_provision::Postgres;
 use support::{arg, connect, connect_migrated, peak_rss_mib};
 use tracing_subscriber::prelude::*;
 
@@ -126,12 +126,7 @@ async fn main() {
     let events = arg("--events", 1_000_000);
     let threads = arg("--threads", 8);
     let per_thread = events / threads;
-    let server = tokio::task::spawn_blocking(|| {
-        Postgres::from_env_or_throwaway(&ClusterOptions { durable: true })
-    })
-    .await
-    .expect("provision")
-    .expect("a PostgreSQL to measure against");
+    let server = support::postgres().await;
     let default_queue = 65_536;
     let burst = Duration::ZERO;
     case(

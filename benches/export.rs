@@ -22,7 +22,6 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use audit_layer::integrity::STORED_RECORD_COLUMNS;
-use pg_provision::{ClusterOptions, Postgres};
 use support::http::Client;
 use support::{arg, connect, load_spread, peak_rss_mib, serve_in_process};
 
@@ -63,12 +62,7 @@ fn range(values: &[f64]) -> String {
 async fn main() {
     let rows = arg("--rows", 10_000_000);
     let rounds = arg("--rounds", 3);
-    let server = tokio::task::spawn_blocking(|| {
-        Postgres::from_env_or_throwaway(&ClusterOptions { durable: true })
-    })
-    .await
-    .expect("provision")
-    .expect("a PostgreSQL to measure against");
+    let server = support::postgres().await;
     let url = server
         .create_database("bench_export")
         .await

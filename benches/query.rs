@@ -17,7 +17,6 @@ use support::{arg, connect, load_spread, peak_rss_mib, serve_in_process};
 
 use std::time::{Duration, Instant};
 
-use pg_provision::{ClusterOptions, Postgres};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -28,12 +27,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() {
     let rows = arg("--rows", 10_000_000);
     let requests = arg("--requests", 200) as usize;
-    let server = tokio::task::spawn_blocking(|| {
-        Postgres::from_env_or_throwaway(&ClusterOptions { durable: true })
-    })
-    .await
-    .expect("provision")
-    .expect("a PostgreSQL to measure against");
+    let server = support::postgres().await;
     let url = server
         .create_database("bench_query")
         .await

@@ -65,16 +65,7 @@ fn noisy(i: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_partition_is_archived_proven_dropped_and_restored() {
-    let postgres = pg_provision::shared().expect("PostgreSQL");
-    let url = postgres
-        .create_database("auditd_retention")
-        .await
-        .expect("database");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    audit_layer::schema::migrate(&client).await.unwrap();
+    let (url, client) = support::migrated_database("auditd_retention").await;
 
     let old = partition_of(fourteen_months_ago());
     let held = partition_of(sixteen_months_ago());

@@ -12,16 +12,7 @@ use support::{auditd, emit, verify};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_0_when_intact_1_naming_a_change_and_2_when_it_cannot_check() {
-    let postgres = pg_provision::shared().expect("PostgreSQL");
-    let url = postgres
-        .create_database("auditd_verify")
-        .await
-        .expect("database");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    audit_layer::schema::migrate(&client).await.unwrap();
+    let (url, client) = support::migrated_database("auditd_verify").await;
 
     emit(&url, || {
         for i in 0..20 {

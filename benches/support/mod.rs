@@ -232,3 +232,16 @@ impl Serving {
         drop(self.audit);
     }
 }
+
+/// The PostgreSQL to measure against: `DATABASE_URL`'s server when set, otherwise a
+/// throwaway cluster with default durability on this machine.
+pub async fn postgres() -> pg_provision::Postgres {
+    tokio::task::spawn_blocking(|| {
+        pg_provision::Postgres::from_env_or_throwaway(&pg_provision::ClusterOptions {
+            durable: true,
+        })
+    })
+    .await
+    .expect("provision")
+    .expect("a PostgreSQL to measure against")
+}

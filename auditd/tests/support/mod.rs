@@ -54,3 +54,15 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A new database on the shared PostgreSQL, migrated: its URL and a connection to it.
+pub async fn migrated_database(name: &str) -> (String, tokio_postgres::Client) {
+    let postgres = pg_provision::shared().expect("PostgreSQL");
+    let url = postgres.create_database(name).await.expect("database");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    audit_layer::schema::migrate(&client).await.unwrap();
+    (url, client)
+}
