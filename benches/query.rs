@@ -17,7 +17,6 @@ use support::{arg, connect, load_spread, peak_rss_mib, serve_in_process};
 
 use std::time::{Duration, Instant};
 
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
