@@ -21,6 +21,7 @@ use crate::layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
 use crate::pool::{connect_pool, PoolOptions};
 use crate::queue::{OverflowPolicy, RecordSender, Sequence};
 use crate::stats::Counters;
+use crate::submit::SubmissionSettings;
 
 /// Spool segments are this big at most, so replayed space is given back as replay goes.
 const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
@@ -362,7 +363,7 @@ impl AuditLayerBuilder {
         static NEXT_LAYER_ID: AtomicUsize = AtomicUsize::new(0);
         let layer = AuditLayer {
             id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
-            sender: RecordSender::new(tx.clone(), counters.clone(), seq, self.overflow),
+            sender: RecordSender::new(tx.clone(), counters.clone(), seq.clone(), self.overflow),
             redactor: Redactor::new(&self.secret_patterns),
             target: target.clone(),
             max_message_bytes: self.max_message_bytes,
@@ -375,6 +376,12 @@ impl AuditLayerBuilder {
             stream_id,
             drop_flush_timeout: self.drop_flush_timeout,
             stopped: AtomicBool::new(false),
+            seq: seq.clone(),
+            submissions: SubmissionSettings {
+                redactor: layer.redactor.clone(),
+                max_value_bytes: self.max_message_bytes,
+                clock: self.clock,
+            },
         };
         Ok((layer.with_filter(AuditFilter::new(target)), handle))
     }

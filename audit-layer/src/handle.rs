@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
-use crate::queue::{self, Ack, Message};
+use crate::queue::{self, Ack, Message, Queued, Sequence};
 use crate::stats::{Counters, Stats};
+use crate::submit::{Receipt, Submission, SubmissionSettings, Submitted};
 
 /// Controls the background writer of an [`AuditLayer`](crate::AuditLayer).
 ///
@@ -27,6 +28,8 @@ pub struct AuditHandle {
     pub(crate) stream_id: i64,
     pub(crate) drop_flush_timeout: Duration,
     pub(crate) stopped: AtomicBool,
+    pub(crate) seq: Arc<Sequence>,
+    pub(crate) submissions: SubmissionSettings,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -77,6 +80,69 @@ impl AuditHandle {
                 unwritten: self.stats().pending(),
             }),
         }
+    }
+
+    /// An empty [`Submission`], with this layer's redaction, caps and clock: records from
+    /// outside tracing (JSON objects another process sent) to be written by
+    /// [`submit`](Self::submit).
+    pub fn submission(&self) -> Submission {
+        self.submissions.submission()
+    }
+
+    /// Writes a submission's records as one batch of their own, numbered in this layer's
+    /// stream, and returns once they are committed or safely in the spool.
+    ///
+    /// With an [`IdempotencyKey`](crate::IdempotencyKey), they commit at most once under
+    /// it: if a batch under the same key committed before (in this process or any other
+    /// writing to the database), nothing is written and the receipt says
+    /// [`Outcome::Duplicate`](crate::Outcome::Duplicate). A caller that needs to tell a
+    /// retry from a key reused with other records looks the key up in
+    /// `audit_writer_batches` first.
+    ///
+    /// Waits for room in the queue, and while the database is down with no spool, for the
+    /// database: bound it with `tokio::time::timeout`. A submission given up that way is
+    /// still written.
+    pub async fn submit(&self, submission: Submission) -> Result<Receipt, Error> {
+        let count = submission.records.len();
+        let fixups = submission.fixups;
+        if count == 0 {
+            return Ok(Receipt {
+                outcome: crate::Outcome::Committed,
+                records: 0,
+                rejected: 0,
+                fixups,
+                stream_id: self.stream_id,
+                seqs: None,
+            });
+        }
+        let first = self.seq.next_run(count);
+        let records = submission
+            .records
+            .into_iter()
+            .zip(first..)
+            .map(|(log, seq)| Queued { seq, log })
+            .collect();
+        let (reply, fate) = oneshot::channel();
+        let message = Message::Submit(Submitted {
+            records,
+            key: submission.key,
+            reply,
+        });
+        if self.tx.send(message).await.is_err() {
+            Counters::add(&self.counters.dropped_writer_stopped, count as u64);
+            return Err(Error::WriterStopped);
+        }
+        Counters::add(&self.counters.enqueued, count as u64);
+        Counters::add(&self.counters.fixups, fixups);
+        let fate = fate.await.map_err(|_| Error::WriterStopped)?;
+        Ok(Receipt {
+            outcome: fate.outcome(),
+            records: count,
+            rejected: fate.rejected,
+            fixups,
+            stream_id: self.stream_id,
+            seqs: Some((first, first + count as i64 - 1)),
+        })
     }
 
     /// This layer's stream: the `stream_id` of every record it writes. Within a stream,

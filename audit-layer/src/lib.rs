@@ -41,6 +41,7 @@
 //! | records are batched by size and time and written with binary `COPY` and a ledger row, exactly once; refused records are isolated; batches the database cannot take wait on disk | writer thread | `delivery/` |
 //! | each batch's record hashes and Merkle root committed with it; stored records checked against them | writer thread; a verifier | [`integrity`] |
 //! | the schema applied, partitions kept ahead, the optional text index | whoever owns the table | [`schema`] |
+//! | records sent as JSON by other processes, written as one batch under an idempotency key | the submitter's task → writer thread | `submit` ([`Submission`]) |
 //!
 //! Fields named like a column (`username`, `user_id`, `event_type`, `ip_address`,
 //! `resource_type`, `resource_id`, `resource_name`, `severity`) fill that column; the
@@ -81,11 +82,12 @@ mod queue;
 mod record;
 pub mod schema;
 mod stats;
+mod submit;
 
 pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
 pub use capture::{
     column_limits, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SECRET_PATTERNS, FIXUPS_KEY, REDACTED,
-    RENAMED_FIXUPS_KEY, UNKNOWN,
+    RENAMED_FIXUPS_KEY, RENAMED_SENDER_KEY, SENDER_KEY, UNKNOWN,
 };
 pub use delivery::COMMIT_CHANNEL;
 pub use error::{describe_db_error, Error};
@@ -94,3 +96,6 @@ pub use layer::{AuditFilter, AuditLayer, DEFAULT_TARGET};
 pub use queue::OverflowPolicy;
 pub use record::{AuditLog, Severity, UnknownSeverity, RECORD_COLUMNS};
 pub use stats::Stats;
+pub use submit::{
+    IdempotencyKey, Outcome, Receipt, Submission, DEFAULT_MAX_AHEAD, DEFAULT_MAX_BEHIND,
+};

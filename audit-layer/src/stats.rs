@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     pub(crate) spool_bytes: AtomicU64,
     pub(crate) spool_corrupt: AtomicU64,
     pub(crate) fixups: AtomicU64,
+    pub(crate) suppressed_duplicates: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
 
@@ -58,6 +59,7 @@ impl Counters {
             spool_bytes: load(&self.spool_bytes),
             spool_corrupt: load(&self.spool_corrupt),
             fixups: load(&self.fixups),
+            suppressed_duplicates: load(&self.suppressed_duplicates),
             queue_depth,
             queue_capacity,
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
@@ -103,6 +105,10 @@ pub struct Stats {
     pub spool_corrupt: u64,
     /// Fix-ups applied to records (each is also noted in the record's metadata).
     pub fixups: u64,
+    /// Records of submissions not written because a batch under the same idempotency key
+    /// had committed before (a sender's retry); an `audit_duplicate_suppressed` record
+    /// names their seqs.
+    pub suppressed_duplicates: u64,
     /// Records in the queue now.
     pub queue_depth: usize,
     /// The queue's capacity.
@@ -114,6 +120,7 @@ pub struct Stats {
 impl Stats {
     /// Records accepted but not yet committed or rejected.
     pub fn pending(&self) -> u64 {
-        self.enqueued.saturating_sub(self.written + self.rejected)
+        self.enqueued
+            .saturating_sub(self.written + self.rejected + self.suppressed_duplicates)
     }
 }

@@ -45,6 +45,7 @@ migrations! {
     5 => "0005_sealed_log.sql",
     6 => "0006_append_only.sql",
     7 => "0007_retention.sql",
+    8 => "0008_idempotent_submissions.sql",
 }
 
 /// The highest migration version embedded.

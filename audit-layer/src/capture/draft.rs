@@ -3,10 +3,13 @@
 
 use std::net::IpAddr;
 
-use serde_json::Value;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
 
 use super::fixups;
 use super::json::{Members, KEEP_CAPACITY};
+use super::redact::Redactor;
 
 /// The text columns an event or span can set, in the order a [`Draft`] indexes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +174,24 @@ impl Draft {
         merged.notes = std::mem::take(&mut self.notes);
         merged.notes.extend(later.notes);
         *self = merged;
+    }
+
+    /// Adds a JSON object's members to the metadata: secrets redacted at any depth, values
+    /// repaired and capped, reserved keys renamed, each repair noted. Both a
+    /// `metadata = %json` field and a record sent as JSON (`capture::object`) come here.
+    pub(crate) fn merge_object(
+        &mut self,
+        mut map: Map<String, Value>,
+        redactor: &Redactor,
+        max_value_bytes: usize,
+    ) {
+        redactor.redact_json(&mut map);
+        for (key, mut value) in map {
+            fixups::clean_json(&mut value, &key, max_value_bytes, &mut self.notes);
+            let key = fixups::metadata_key(&key, &mut self.notes);
+            self.metadata.key(&key);
+            let _ = write!(self.metadata.0, "{value}");
+        }
     }
 
     /// Parses the `ip_address` column once, for a span whose events all inherit it.

@@ -28,6 +28,13 @@ pub const FIXUPS_KEY: &str = "_fixups";
 /// Where an event's own field named [`FIXUPS_KEY`] is kept.
 pub const RENAMED_FIXUPS_KEY: &str = "_fixups_from_event";
 
+/// The metadata key under which a record handed over by another process (auditd's HTTP
+/// ingest) names who handed it over, apart from the `username` it names.
+pub const SENDER_KEY: &str = "_sent_by";
+
+/// Where a record's own member named [`SENDER_KEY`] is kept.
+pub const RENAMED_SENDER_KEY: &str = "_sent_by_from_event";
+
 /// How long a quoted bad value may be inside a fix-up note.
 const QUOTE_CHARS: usize = 64;
 
@@ -114,15 +121,20 @@ fn strip_nul<'a>(
 }
 
 /// The key a metadata member is stored under: without NUL bytes, and never
-/// [`FIXUPS_KEY`], which only the layer writes (an event's own field of that name is kept
-/// as [`RENAMED_FIXUPS_KEY`], so it cannot pose as the layer's notes). Either repair is
-/// noted.
+/// [`FIXUPS_KEY`] or [`SENDER_KEY`], which only the layer writes (an event's own field of
+/// such a name is kept as [`RENAMED_FIXUPS_KEY`] or [`RENAMED_SENDER_KEY`], so it cannot
+/// pose as the layer's notes or as another sender). Each repair is noted.
 pub(crate) fn metadata_key(key: &str, notes: &mut Vec<String>) -> String {
-    if key == FIXUPS_KEY {
-        notes.push(format!(
-            "metadata: the event's own {FIXUPS_KEY:?} field is stored as {RENAMED_FIXUPS_KEY:?}"
-        ));
-        return RENAMED_FIXUPS_KEY.to_owned();
+    for (reserved, renamed) in [
+        (FIXUPS_KEY, RENAMED_FIXUPS_KEY),
+        (SENDER_KEY, RENAMED_SENDER_KEY),
+    ] {
+        if key == reserved {
+            notes.push(format!(
+                "metadata: the event's own {reserved:?} field is stored as {renamed:?}"
+            ));
+            return renamed.to_owned();
+        }
     }
     strip_nul(key, false, "metadata key", notes).into_owned()
 }

@@ -18,7 +18,6 @@ use serde_json::Value;
 use tracing::field::{Field, Visit};
 
 use super::draft::{Column, Draft};
-use super::fixups;
 use super::json::{json_string, JsonText};
 use super::plan::{CallsitePlan, FieldPlan, Slot};
 use super::redact::{Redactor, REDACTED};
@@ -209,21 +208,11 @@ impl<'a> Capture<'a> {
 
     /// Merges a JSON object's members into the metadata; `false` when `text` is not one.
     fn merge_json(&mut self, text: &str) -> bool {
-        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
             return false;
         };
-        self.redactor.redact_json(&mut map);
-        for (key, mut value) in map {
-            fixups::clean_json(
-                &mut value,
-                &key,
-                self.max_value_bytes,
-                &mut self.draft.notes,
-            );
-            let key = fixups::metadata_key(&key, &mut self.draft.notes);
-            self.draft.metadata.key(&key);
-            let _ = write!(self.draft.metadata.0, "{value}");
-        }
+        self.draft
+            .merge_object(map, self.redactor, self.max_value_bytes);
         true
     }
 }

@@ -22,6 +22,7 @@ use super::retry::{classify, FailureKind};
 use crate::error::describe_db_error;
 use crate::integrity::RECORD_ENCODING_V1;
 use crate::queue::Queued;
+use crate::submit::IdempotencyKey;
 
 const COPY_STATEMENT: &str = concat!(
     "COPY audit_logs (",
@@ -55,6 +56,16 @@ const RECORD_BATCH: &str =
 const RECORD_PROVEN_BATCH: &str = "INSERT INTO audit_writer_batches \
      (stream_id, batch_id, rows, encoding, leaves, root, first_seq, last_seq) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// The ledger rows of a batch sent under an idempotency key (migration 0008): statements
+/// of their own, so that a schema without that migration still takes every other batch.
+const RECORD_KEYED_BATCH: &str = "INSERT INTO audit_writer_batches \
+     (stream_id, batch_id, rows, idempotency_key, request_digest) VALUES ($1, $2, $3, $4, $5)";
+
+const RECORD_PROVEN_KEYED_BATCH: &str = "INSERT INTO audit_writer_batches \
+     (stream_id, batch_id, rows, encoding, leaves, root, first_seq, last_seq, \
+      idempotency_key, request_digest) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const FENCE_BATCH: &str = "INSERT INTO audit_writer_batches (stream_id, batch_id, rows) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING RETURNING rows";
@@ -157,12 +168,18 @@ impl Sink {
         }
     }
 
-    /// Writes all `records`, and the batch's ledger row, in one transaction, or nothing.
-    pub(crate) async fn copy(&self, key: BatchKey, records: &[Queued]) -> Result<(), Failure> {
+    /// Writes all `records`, and the batch's ledger row (under `claim`, when it was sent
+    /// with an idempotency key), in one transaction, or nothing.
+    pub(crate) async fn copy(
+        &self,
+        key: BatchKey,
+        records: &[Queued],
+        claim: Option<&IdempotencyKey>,
+    ) -> Result<(), Failure> {
         let client = self.client().await?;
         let outcome = tokio::time::timeout(
             self.timeout,
-            copy_batch(&client, key, records, self.integrity),
+            copy_batch(&client, key, records, claim, self.integrity),
         )
         .await;
         self.settle(client, outcome, "COPY into audit_logs")
@@ -231,7 +248,7 @@ impl Sink {
                 let failure = Failure::from_db(&e);
                 if !matches!(
                     failure.kind,
-                    FailureKind::Data | FailureKind::AlreadyCommitted
+                    FailureKind::Data | FailureKind::AlreadyCommitted | FailureKind::Duplicate
                 ) {
                     // The next attempt gets a fresh connection: this one may be broken, or
                     // talking to a server that is no longer the primary.
@@ -257,6 +274,7 @@ async fn copy_batch(
     client: &tokio_postgres::Client,
     key: BatchKey,
     records: &[Queued],
+    claim: Option<&IdempotencyKey>,
     integrity: bool,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("BEGIN").await?;
@@ -265,34 +283,37 @@ async fn copy_batch(
         copy_rows(client, key.stream_id, records, proof.as_mut()).await?;
         let proof = proof.map(ProofBuilder::finish);
         let rows = i32::try_from(records.len()).unwrap_or(i32::MAX);
-        match &proof {
-            Some(proof) => {
-                let encoding = i16::from(RECORD_ENCODING_V1);
-                let root: &[u8] = &proof.root;
-                let first_seq = records.first().map(|r| r.seq);
-                let last_seq = records.last().map(|r| r.seq);
-                client
-                    .execute(
-                        RECORD_PROVEN_BATCH,
-                        &[
-                            &key.stream_id,
-                            &key.batch_id,
-                            &rows,
-                            &encoding,
-                            &proof.leaves,
-                            &root,
-                            &first_seq,
-                            &last_seq,
-                        ],
-                    )
-                    .await?
-            }
-            None => {
-                client
-                    .execute(RECORD_BATCH, &[&key.stream_id, &key.batch_id, &rows])
-                    .await?
-            }
+        let claim_key = claim.map(IdempotencyKey::as_str);
+        let claim_digest = claim.map(|c| &c.request_digest()[..]);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&key.stream_id, &key.batch_id, &rows];
+        let proven = proof.as_ref().map(|proof| {
+            (
+                i16::from(RECORD_ENCODING_V1),
+                &proof.leaves,
+                &proof.root[..],
+                records.first().map(|r| r.seq),
+                records.last().map(|r| r.seq),
+            )
+        });
+        if let Some((encoding, leaves, root, first_seq, last_seq)) = &proven {
+            params.extend([
+                encoding as &(dyn ToSql + Sync),
+                leaves,
+                root,
+                first_seq,
+                last_seq,
+            ]);
+        }
+        if claim.is_some() {
+            params.extend([&claim_key as &(dyn ToSql + Sync), &claim_digest]);
+        }
+        let statement = match (proven.is_some(), claim.is_some()) {
+            (true, true) => RECORD_PROVEN_KEYED_BATCH,
+            (true, false) => RECORD_PROVEN_BATCH,
+            (false, true) => RECORD_KEYED_BATCH,
+            (false, false) => RECORD_BATCH,
         };
+        client.execute(statement, &params).await?;
         client.batch_execute("COMMIT").await?;
         // Readers that LISTEN (auditd's tail) look at once instead of at their next poll.
         // Sent after the commit, on its own: a full notification queue (a listener that

@@ -21,15 +21,26 @@ pub(crate) enum FailureKind {
     TooSlow,
     /// The batch's key is already in the ledger: an earlier attempt committed it.
     AlreadyCommitted,
+    /// The batch's idempotency key is already in the ledger: another batch (an earlier
+    /// attempt of the sender's) committed under it, or this one did and its answer was
+    /// lost; fencing tells which.
+    Duplicate,
 }
 
 /// The primary key of the batch ledger (migration 0003).
 const LEDGER_KEY: &str = "audit_writer_batches_pkey";
 
+/// The unique index on idempotency keys (migration 0008).
+const IDEMPOTENCY_KEY: &str = "audit_writer_batches_idempotency_key";
+
 pub(crate) fn classify(e: &tokio_postgres::Error) -> FailureKind {
     if let Some(db) = e.as_db_error() {
-        if db.code().code() == "23505" && db.constraint() == Some(LEDGER_KEY) {
-            return FailureKind::AlreadyCommitted;
+        if db.code().code() == "23505" {
+            match db.constraint() {
+                Some(LEDGER_KEY) => return FailureKind::AlreadyCommitted,
+                Some(IDEMPOTENCY_KEY) => return FailureKind::Duplicate,
+                _ => {}
+            }
         }
     }
     match e.code() {

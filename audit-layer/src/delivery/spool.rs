@@ -14,6 +14,9 @@
 //! payload            version 2: 0x02, stream_id and batch_id (i64), the record count
 //!                    (u32), then per record its seq (i64) and its values and text
 //!                    buffer as queued (`Pending::write_spooled`), all little-endian;
+//!                    version 3, a batch sent under an idempotency key: 0x03, then as
+//!                    version 2, then the key's length (u16), the key (UTF-8) and the
+//!                    request's SHA-256 (32 bytes), so the key survives a restart too;
 //!                    version 1 (earlier releases, still replayed): JSON
 //!                    {"stream_id", "batch_id", "records": [{"seq", "log"}, ...]}
 //! ```
@@ -38,6 +41,7 @@ use super::copy::BatchKey;
 use crate::queue::Pending;
 use crate::queue::Queued;
 use crate::record::AuditLog;
+use crate::submit::IdempotencyKey;
 
 const HEADER_BYTES: u64 = 8;
 
@@ -45,6 +49,7 @@ const HEADER_BYTES: u64 = 8;
 pub(crate) struct SpooledBatch {
     pub(crate) key: BatchKey,
     pub(crate) records: Vec<Queued>,
+    pub(crate) claim: Option<IdempotencyKey>,
     pub(crate) frame_bytes: u64,
 }
 
@@ -135,8 +140,13 @@ impl Spool {
     }
 
     /// Appends a batch and fsyncs it. `Ok(false)` when it would not fit in the limit.
-    pub(crate) fn append(&mut self, key: BatchKey, records: &[Queued]) -> io::Result<bool> {
-        let payload = encode(key, records);
+    pub(crate) fn append(
+        &mut self,
+        key: BatchKey,
+        records: &[Queued],
+        claim: Option<&IdempotencyKey>,
+    ) -> io::Result<bool> {
+        let payload = encode(key, records, claim);
         // A frame's length is a u32: a batch beyond it stays in memory instead.
         if u32::try_from(payload.len()).is_err() {
             return Ok(false);
@@ -278,10 +288,11 @@ fn read_frame(path: &Path, offset: u64, size: u64) -> Result<SpooledBatch, Strin
     if crc32fast::hash(&payload) != checksum {
         return Err("checksum mismatch".to_owned());
     }
-    let (key, records) = decode(&payload).ok_or("the payload is not a spooled batch")?;
+    let (key, records, claim) = decode(&payload).ok_or("the payload is not a spooled batch")?;
     Ok(SpooledBatch {
         key,
         records,
+        claim,
         frame_bytes: HEADER_BYTES + length,
     })
 }
@@ -290,13 +301,20 @@ fn read_frame(path: &Path, offset: u64, size: u64) -> Result<SpooledBatch, Strin
 /// earlier versions) starts with `{`, so a spool written before an upgrade still replays.
 const BINARY_PAYLOAD: u8 = 2;
 
-/// The frame payload, version 2: the batch key, then each record's seq and binary form
-/// (its text buffer as it is queued), so that spooling costs about a copy of the record
-/// and keeps up with a burst.
-fn encode(key: BatchKey, records: &[Queued]) -> Vec<u8> {
+/// The first byte of a binary payload with an idempotency key (version 3). Batches without
+/// one are still written as version 2, which earlier releases replay.
+const KEYED_PAYLOAD: u8 = 3;
+
+/// The frame payload, version 2 (or 3 with a key): the batch key, then each record's seq
+/// and binary form (its text buffer as it is queued), so that spooling costs about a copy
+/// of the record and keeps up with a burst.
+fn encode(key: BatchKey, records: &[Queued], claim: Option<&IdempotencyKey>) -> Vec<u8> {
     let text: usize = records.iter().map(|r| r.log.text_len()).sum();
     let mut out = Vec::with_capacity(21 + records.len() * 80 + text);
-    out.push(BINARY_PAYLOAD);
+    out.push(match claim {
+        Some(_) => KEYED_PAYLOAD,
+        None => BINARY_PAYLOAD,
+    });
     out.extend_from_slice(&key.stream_id.to_le_bytes());
     out.extend_from_slice(&key.batch_id.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -304,18 +322,39 @@ fn encode(key: BatchKey, records: &[Queued]) -> Vec<u8> {
         out.extend_from_slice(&record.seq.to_le_bytes());
         record.log.write_spooled(&mut out);
     }
+    if let Some(claim) = claim {
+        // IdempotencyKey::new caps keys far below u16::MAX.
+        out.extend_from_slice(&(claim.key.len() as u16).to_le_bytes());
+        out.extend_from_slice(claim.key.as_bytes());
+        out.extend_from_slice(&claim.digest);
+    }
     out
 }
 
-fn decode(payload: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
+type Decoded = (BatchKey, Vec<Queued>, Option<IdempotencyKey>);
+
+fn decode(payload: &[u8]) -> Option<Decoded> {
     match payload.first() {
-        Some(&BINARY_PAYLOAD) => decode_binary(&payload[1..]),
-        Some(b'{') => decode_json(payload),
+        Some(&BINARY_PAYLOAD) => {
+            let (key, records, rest) = decode_binary(&payload[1..])?;
+            rest.is_empty().then_some((key, records, None))
+        }
+        Some(&KEYED_PAYLOAD) => {
+            let (key, records, rest) = decode_binary(&payload[1..])?;
+            let (length, rest) = rest.split_first_chunk::<2>()?;
+            let length = usize::from(u16::from_le_bytes(*length));
+            let (text, rest) = (rest.get(..length)?, rest.get(length..)?);
+            let digest: [u8; 32] = rest.try_into().ok()?;
+            let claim = IdempotencyKey::new(std::str::from_utf8(text).ok()?, digest)?;
+            Some((key, records, Some(claim)))
+        }
+        Some(b'{') => decode_json(payload).map(|(key, records)| (key, records, None)),
         _ => None,
     }
 }
 
-fn decode_binary(mut rest: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
+/// The batch key and records of a binary payload, and what follows them.
+fn decode_binary(mut rest: &[u8]) -> Option<(BatchKey, Vec<Queued>, &[u8])> {
     let int = |rest: &mut &[u8]| {
         let (head, tail) = rest.split_first_chunk::<8>()?;
         *rest = tail;
@@ -336,7 +375,7 @@ fn decode_binary(mut rest: &[u8]) -> Option<(BatchKey, Vec<Queued>)> {
         rest = tail;
         records.push(Queued { seq, log });
     }
-    rest.is_empty().then_some((key, records))
+    Some((key, records, rest))
 }
 
 /// Version 1 payloads: JSON.
@@ -417,8 +456,8 @@ mod tests {
         );
         let bare = Pending::from_log(AuditLog::new("u", "e", ""));
         let records = vec![Queued { seq: 1, log: full }, Queued { seq: 2, log: bare }];
-        let (key_back, back) = decode(&encode(key(9), &records)).expect("decodes");
-        assert_eq!(key_back, key(9));
+        let (key_back, back, claim) = decode(&encode(key(9), &records, None)).expect("decodes");
+        assert_eq!((key_back, claim), (key(9), None));
         assert_eq!(back.len(), 2);
         for (original, read) in records.iter().zip(&back) {
             assert_eq!(read.seq, original.seq);
@@ -427,19 +466,38 @@ mod tests {
         }
         assert_eq!(back[0].log.to_log().metadata["site"], "fra1");
         // Cut anywhere, or with a byte changed in a length, it is refused, never misread.
-        let payload = encode(key(9), &records);
-        for cut in 0..payload.len() {
-            assert!(decode(&payload[..cut]).is_none(), "cut at {cut}");
+        let claim = IdempotencyKey::new("billing:retry-7", [7; 32]).unwrap();
+        for claim in [None, Some(&claim)] {
+            let payload = encode(key(9), &records, claim);
+            for cut in 0..payload.len() {
+                assert!(decode(&payload[..cut]).is_none(), "cut at {cut}");
+            }
+            let mut longer = payload.clone();
+            longer.push(0);
+            assert!(decode(&longer).is_none());
         }
-        let mut longer = payload.clone();
-        longer.push(0);
-        assert!(decode(&longer).is_none());
+    }
+
+    #[test]
+    fn a_batch_sent_under_an_idempotency_key_keeps_it_on_disk() {
+        let dir = temp_dir("claim");
+        let claim = IdempotencyKey::new("billing:retry-7", [7; 32]).unwrap();
+        let mut spool = Spool::open(&dir, 1 << 30, 1 << 20).unwrap();
+        assert!(spool.append(key(1), &batch(1, 2), Some(&claim)).unwrap());
+        assert!(spool.append(key(2), &batch(3, 2), None).unwrap());
+        drop(spool);
+        let mut spool = Spool::open(&dir, 1 << 30, 1 << 20).unwrap();
+        let first = spool.peek(|_| panic!("no corruption")).unwrap().unwrap();
+        assert_eq!((first.key, first.claim.as_ref()), (key(1), Some(&claim)));
+        spool.consume(first.frame_bytes);
+        let second = spool.peek(|_| panic!("no corruption")).unwrap().unwrap();
+        assert_eq!((second.key, second.claim), (key(2), None));
     }
 
     #[test]
     fn a_spool_written_by_an_earlier_release_in_json_still_replays() {
         let v1 = br#"{"stream_id":7,"batch_id":3,"records":[{"seq":5,"log":{"created_at":"2026-11-01T10:00:00.000001Z","username":"alice","user_id":null,"event_type":"login","severity":"warning","message":"Login failed","ip_address":"192.0.2.7","resource_type":null,"resource_id":null,"resource_name":null,"metadata":{"attempts":3}}}]}"#;
-        let (key_back, back) = decode(v1).expect("a version 1 payload decodes");
+        let (key_back, back, _) = decode(v1).expect("a version 1 payload decodes");
         assert_eq!(key_back, key(3));
         let log = back[0].log.to_log();
         assert_eq!(
@@ -458,7 +516,7 @@ mod tests {
         let dir = temp_dir("order");
         let mut spool = Spool::open(&dir, 1 << 30, 2000).unwrap();
         for i in 0..10 {
-            assert!(spool.append(key(i), &batch(i * 5 + 1, 5)).unwrap());
+            assert!(spool.append(key(i), &batch(i * 5 + 1, 5), None).unwrap());
         }
         assert!(spool.segments.len() > 1, "small segments rotate");
         drop(spool);
@@ -501,7 +559,7 @@ mod tests {
         let dir = temp_dir("limit");
         let mut spool = Spool::open(&dir, 3000, 1 << 20).unwrap();
         let mut accepted = 0;
-        while spool.append(key(accepted), &batch(1, 5)).unwrap() {
+        while spool.append(key(accepted), &batch(1, 5), None).unwrap() {
             accepted += 1;
         }
         assert!(accepted > 0 && spool.bytes() <= 3000);
@@ -512,8 +570,8 @@ mod tests {
     fn a_torn_or_damaged_segment_is_reported_and_set_aside_never_skipped_silently() {
         let dir = temp_dir("torn");
         let mut spool = Spool::open(&dir, 1 << 30, 1 << 20).unwrap();
-        spool.append(key(1), &batch(1, 3)).unwrap();
-        spool.append(key(2), &batch(4, 3)).unwrap();
+        spool.append(key(1), &batch(1, 3), None).unwrap();
+        spool.append(key(2), &batch(4, 3), None).unwrap();
         drop(spool);
         // A crash in the middle of the second append.
         let path = dir.join(format!("{:020}.spool", 1));
@@ -534,7 +592,7 @@ mod tests {
 
         // A flipped bit in a complete frame.
         let mut spool = Spool::open(&dir, 1 << 30, 1 << 20).unwrap();
-        spool.append(key(3), &batch(7, 3)).unwrap();
+        spool.append(key(3), &batch(7, 3), None).unwrap();
         drop(spool);
         let path = dir.join(format!("{:020}.spool", 1));
         let mut bytes = fs::read(&path).unwrap();

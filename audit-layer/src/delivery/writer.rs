@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::copy::{BatchKey, Fate};
@@ -32,6 +32,7 @@ use crate::queue::{Queued, Sequence};
 use crate::record::{AuditLog, Severity};
 use crate::schema;
 use crate::stats::Counters;
+use crate::submit::{BatchFate, IdempotencyKey, Submitted};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// The writer's tuning, set through the builder.
@@ -126,12 +127,38 @@ impl Writer {
         if let Some(notice) = self.shared.drop_notice() {
             batch.push(notice);
         }
+        self.dispatch_batch(batch, None, None).await;
+    }
+
+    /// Dispatches a submission's records as a batch of their own, under its key, and
+    /// tells the submitter what became of it.
+    async fn dispatch_submission(&self, submitted: Submitted) {
+        let Submitted {
+            records,
+            key,
+            reply,
+        } = submitted;
+        self.dispatch_batch(records, key, Some(reply)).await;
+    }
+
+    async fn dispatch_batch(
+        &self,
+        batch: Vec<Queued>,
+        claim: Option<IdempotencyKey>,
+        reply: Option<oneshot::Sender<BatchFate>>,
+    ) {
+        let answer = |fate: BatchFate| {
+            if let Some(reply) = reply {
+                // The submitter may have given up waiting; the batch is written anyway.
+                let _ = reply.send(fate);
+            }
+        };
         if batch.is_empty() {
-            return;
+            return answer(BatchFate::default());
         }
         if self.config.discard {
             Counters::add(&self.shared.counters.written, batch.len() as u64);
-            return;
+            return answer(BatchFate::default());
         }
         // The batch's key, and whether it goes to the spool, are decided here, in
         // dispatch order, so that batches reach the table (directly or through the spool)
@@ -144,11 +171,16 @@ impl Writer {
             // goes there too, replayed in order, exactly once, as after an outage,
             // instead of waiting while the queue fills and records are dropped.
             let behind_spool = self.shared.spool_active();
-            if (behind_spool || free.is_none()) && self.shared.spool_takes(key, &batch) {
+            if (behind_spool || free.is_none())
+                && self.shared.spool_takes(key, &batch, claim.as_ref())
+            {
                 if !behind_spool {
                     Counters::add(&self.shared.counters.spilled_batches, 1);
                 }
-                return;
+                return answer(BatchFate {
+                    spooled: true,
+                    ..BatchFate::default()
+                });
             }
         }
         let permit = match free {
@@ -161,8 +193,9 @@ impl Writer {
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            shared.write_batch(key, batch, true).await;
+            let fate = shared.write_batch(key, batch, claim, true).await;
             drop(permit);
+            answer(fate);
         });
     }
 
@@ -237,6 +270,7 @@ impl Writer {
                             self.dispatch(take_batch(&mut batch, size)).await;
                         }
                     }
+                    Message::Submit(submitted) => self.dispatch_submission(submitted).await,
                     Message::Flush(ack) => {
                         self.dispatch(take_batch(&mut batch, size)).await;
                         self.settle().await;
@@ -264,6 +298,7 @@ impl Writer {
                         self.dispatch(take_batch(&mut batch, size)).await;
                     }
                 }
+                Message::Submit(submitted) => self.dispatch_submission(submitted).await,
                 Message::Flush(ack) | Message::Shutdown(ack) => acks.push(ack),
             }
         }
@@ -321,15 +356,27 @@ impl Shared {
     /// Writes a batch under its ledger key, each record exactly once, isolating refused
     /// records. Returns once every record is committed, kept as rejected, or (when
     /// `may_spill` and the database fails) safely in the spool.
-    async fn write_batch(&self, key: BatchKey, batch: Vec<Queued>, may_spill: bool) {
+    ///
+    /// A batch with a `claim` (an idempotency key) commits it in the ledger row of its
+    /// first part to commit, so a retry finds it; if another batch committed under it
+    /// first, none of its records are written.
+    async fn write_batch(
+        &self,
+        key: BatchKey,
+        batch: Vec<Queued>,
+        mut claim: Option<IdempotencyKey>,
+        may_spill: bool,
+    ) -> BatchFate {
+        let mut fate = BatchFate::default();
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Parts still to write, the next one last; each under its ledger key.
         let mut pending = vec![(key, batch)];
         while let Some((key, mut chunk)) = pending.pop() {
             loop {
-                let failure = match self.sink.copy(key, &chunk).await {
+                let failure = match self.sink.copy(key, &chunk, claim.as_ref()).await {
                     Ok(()) => {
                         self.committed(chunk.len(), &mut backoff);
+                        claim = None;
                         break;
                     }
                     Err(failure) => failure,
@@ -338,12 +385,40 @@ impl Shared {
                     FailureKind::AlreadyCommitted => {
                         // An earlier attempt whose answer was lost did commit.
                         self.committed(chunk.len(), &mut backoff);
+                        claim = None;
+                        break;
+                    }
+                    FailureKind::Duplicate => {
+                        // Either this very batch committed and its answer was lost (its
+                        // own key is in the ledger), or another did under the claim.
+                        if self.fence(key, &mut backoff).await == Fate::Committed {
+                            self.committed(chunk.len(), &mut backoff);
+                            claim = None;
+                            break;
+                        }
+                        let suppressed: Vec<Queued> = pending
+                            .drain(..)
+                            .flat_map(|(_, part)| part)
+                            .chain(chunk)
+                            .collect();
+                        fate.duplicate = true;
+                        Counters::add(
+                            &self.counters.suppressed_duplicates,
+                            suppressed.len() as u64,
+                        );
+                        if let Some(claim) = claim.take() {
+                            pending.push((
+                                self.new_key(),
+                                vec![self.duplicate_notice(&claim, &suppressed)],
+                            ));
+                        }
                         break;
                     }
                     FailureKind::Data => {
                         // The server refused the rows: nothing committed, for certain.
                         if let [record] = chunk.as_slice() {
                             self.reject(record, failure, &mut backoff).await;
+                            fate.rejected += 1;
                         } else {
                             let second = chunk.split_off(chunk.len() / 2);
                             pending.push((self.new_key(), second));
@@ -373,13 +448,48 @@ impl Shared {
                     pending.push((self.new_key(), chunk));
                     break;
                 }
-                if may_spill && self.spool_takes(key, &chunk) {
+                if may_spill && self.spool_takes(key, &chunk, claim.as_ref()) {
+                    // The claim went to disk with the records.
+                    claim = None;
+                    fate.spooled = true;
                     break;
                 }
                 self.wait_before_retry(&failure.message, &mut backoff).await;
             }
         }
         self.report_drops(false);
+        fate
+    }
+
+    /// The record left in place of a submission not written because it was a duplicate:
+    /// it says which seqs of this stream the suppressed records had taken, so that their
+    /// gap is explained in the table itself, as a drop's is.
+    fn duplicate_notice(&self, claim: &IdempotencyKey, suppressed: &[Queued]) -> Queued {
+        let seqs = suppressed.iter().map(|r| r.seq);
+        let (first, last) = (seqs.clone().min(), seqs.max());
+        let mut log = AuditLog::new(
+            "system",
+            "audit_duplicate_suppressed",
+            format!(
+                "{} audit records not written: a retry of a submission already committed under its idempotency key",
+                suppressed.len()
+            ),
+        );
+        log.severity = Severity::Warning;
+        log.metadata
+            .insert("idempotency_key".into(), claim.as_str().into());
+        log.metadata
+            .insert("suppressed".into(), suppressed.len().into());
+        log.metadata.insert("first_seq".into(), first.into());
+        log.metadata.insert("last_seq".into(), last.into());
+        log.metadata.insert(
+            "explanation".into(),
+            "these seqs of this stream are not used: the records are in the table under the first attempt".into(),
+        );
+        Queued {
+            seq: self.seq.next(),
+            log: Pending::from_log(log),
+        }
     }
 
     fn spool_active(&self) -> bool {
@@ -391,14 +501,19 @@ impl Shared {
 
     /// Appends a batch to the spool; `false` when there is no spool, no room, or the disk
     /// fails (the caller then keeps the batch in memory and retries).
-    fn spool_takes(&self, key: BatchKey, records: &[Queued]) -> bool {
+    fn spool_takes(
+        &self,
+        key: BatchKey,
+        records: &[Queued],
+        claim: Option<&IdempotencyKey>,
+    ) -> bool {
         let Some(spool) = &self.spool else {
             return false;
         };
         let Ok(mut spool) = spool.lock() else {
             return false;
         };
-        match spool.append(key, records) {
+        match spool.append(key, records, claim) {
             Ok(true) => {
                 Counters::add(&self.counters.spooled, records.len() as u64);
                 self.counters
@@ -461,7 +576,8 @@ impl Shared {
                 }
             };
             let frame_bytes = batch.frame_bytes;
-            self.write_batch(batch.key, batch.records, false).await;
+            self.write_batch(batch.key, batch.records, batch.claim, false)
+                .await;
             if let Ok(mut spool) = spool.lock() {
                 spool.consume(frame_bytes);
                 // Reading on retires replayed segments, so the size shown stays true.

@@ -40,6 +40,8 @@ pub enum OverflowPolicy {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Message {
     Record(Queued),
+    /// A submission's records, written as a batch of their own (`crate::submit`).
+    Submit(crate::submit::Submitted),
     /// Commit everything received so far, then acknowledge.
     Flush(Ack),
     /// Commit everything, acknowledge, and stop.
@@ -85,6 +87,11 @@ pub(crate) struct Sequence(AtomicI64);
 impl Sequence {
     pub(crate) fn next(&self) -> i64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `n` numbers in a row, the first of them returned.
+    pub(crate) fn next_run(&self, n: usize) -> i64 {
+        self.0.fetch_add(n as i64, Ordering::Relaxed) + 1
     }
 }
 

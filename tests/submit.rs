@@ -1,0 +1,153 @@
+//! Submissions: records sent as JSON objects (auditd's HTTP ingest), written as a batch of
+//! their own under an idempotency key, committed at most once under it, whichever writer
+//! sends them and whenever, with every guarantee an event gets.
+
+mod support;
+
+use std::time::Duration;
+
+use audit_layer::{IdempotencyKey, Outcome, Receipt};
+use serde_json::{json, Value};
+use support::{assert_intact_when_sealed, builder, own_cluster, TestDb};
+
+fn objects(n: usize, event_type: &str) -> Vec<serde_json::Map<String, Value>> {
+    (0..n)
+        .map(|i| {
+            let Value::Object(object) = json!({
+                "username": "alice",
+                "event_type": event_type,
+                "message": format!("record {i}"),
+                "metadata": {"index": i, "password": "hunter2"},
+            }) else {
+                unreachable!()
+            };
+            object
+        })
+        .collect()
+}
+
+async fn submit(
+    handle: &audit_layer::AuditHandle,
+    key: Option<&str>,
+    records: Vec<serde_json::Map<String, Value>>,
+) -> Receipt {
+    let mut submission = handle
+        .submission()
+        .sent_by("billing", Some("10.0.0.7".parse().unwrap()));
+    if let Some(key) = key {
+        submission = submission.idempotency_key(IdempotencyKey::new(key, [7; 32]).unwrap());
+    }
+    for object in records {
+        submission.push_object(object);
+    }
+    tokio::time::timeout(Duration::from_secs(60), handle.submit(submission))
+        .await
+        .expect("submitted in time")
+        .expect("submitted")
+}
+
+#[tokio::test]
+async fn a_submission_commits_once_under_its_key_even_when_another_writer_sends_it_again() {
+    let db = TestDb::migrated("submit_once").await;
+    let (_, first) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let receipt = submit(&first, Some("billing:order-7"), objects(3, "payment")).await;
+    assert_eq!(receipt.outcome, Outcome::Committed);
+    assert_eq!((receipt.records, receipt.rejected), (3, 0));
+
+    // Another process (auditd restarted, or a second one) gets the sender's retry.
+    let (_, second) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let retry = submit(&second, Some("billing:order-7"), objects(3, "payment")).await;
+    assert_eq!(retry.outcome, Outcome::Duplicate);
+    second.flush().await.unwrap();
+    assert_eq!(second.stats().suppressed_duplicates, 3);
+    assert_eq!(second.stats().pending(), 0);
+
+    let stored = db.records_where("event_type = 'payment'").await;
+    assert_eq!(stored.len(), 3, "written once");
+    assert_eq!(stored[0].metadata["password"], audit_layer::REDACTED);
+    assert_eq!(stored[0].metadata["_sent_by"]["name"], "billing");
+    assert_eq!(stored[0].metadata["_sent_by"]["address"], "10.0.0.7");
+    let ledger = db
+        .client
+        .query_one(
+            "SELECT stream_id, rows, request_digest FROM audit_writer_batches \
+             WHERE idempotency_key = 'billing:order-7'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ledger.get::<_, i64>(0), first.stream_id());
+    assert_eq!(ledger.get::<_, i32>(1), 3);
+    assert_eq!(ledger.get::<_, Vec<u8>>(2), vec![7; 32]);
+
+    // The seqs the suppressed retry had taken are explained in the table itself.
+    let notice = db
+        .records_where(&format!(
+            "event_type = 'audit_duplicate_suppressed' AND stream_id = {}",
+            second.stream_id()
+        ))
+        .await;
+    assert_eq!(notice.len(), 1);
+    let (low, high) = retry.seqs.unwrap();
+    assert_eq!(notice[0].metadata["first_seq"], low);
+    assert_eq!(notice[0].metadata["last_seq"], high);
+    assert_eq!(notice[0].metadata["idempotency_key"], "billing:order-7");
+
+    // Without a key, the same records are simply written again.
+    let unkeyed = submit(&second, None, objects(2, "payment")).await;
+    assert_eq!(unkeyed.outcome, Outcome::Committed);
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'payment'")
+            .await,
+        5
+    );
+    for handle in [first, second] {
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+    assert_intact_when_sealed(&db.url).await;
+}
+
+#[tokio::test]
+async fn a_submission_spooled_while_the_database_is_down_keeps_its_key_on_disk() {
+    let (cluster, url) = own_cluster().await;
+    cluster.stop("fast").unwrap();
+    let dir = std::env::temp_dir().join(format!("audit-submit-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, spooling) = builder(&url)
+        .spool_dir(&dir)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let receipt = submit(&spooling, Some("billing:order-8"), objects(4, "refund")).await;
+    assert_eq!(receipt.outcome, Outcome::Spooled, "answered once on disk");
+    assert!(spooling.stats().spool_bytes > 0);
+
+    cluster.start().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), spooling.flush())
+        .await
+        .expect("replayed in time")
+        .unwrap();
+    // The key went to disk with the records and came back with them: the retry is known.
+    let (_, other) = builder(&url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let retry = submit(&other, Some("billing:order-8"), objects(4, "refund")).await;
+    assert_eq!(retry.outcome, Outcome::Duplicate);
+    let client = support::connect(&url).await;
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_logs WHERE event_type = 'refund'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 4);
+    for handle in [spooling, other] {
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+    assert_intact_when_sealed(&url).await;
+}
