@@ -804,8 +804,27 @@ async fn the_openapi_document_describes_every_route_and_parameter_the_server_tak
     assert_eq!(documented, served, "documented paths vs the router's table");
 
     for route in auditd::ROUTES {
-        let operation = &doc["paths"][route.path]["get"];
-        assert!(operation.is_object(), "{}: no GET operation", route.path);
+        let method = match route.methods {
+            auditd::Methods::Read => "get",
+            auditd::Methods::Post => "post",
+        };
+        let operation = &doc["paths"][route.path][method];
+        assert!(
+            operation.is_object(),
+            "{}: no {method} operation",
+            route.path
+        );
+        let answers = operation["responses"].as_object().unwrap();
+        assert_eq!(
+            answers.contains_key("403"),
+            route.protected,
+            "{}: a protected route documents its 403 (a token without the scope)",
+            route.path
+        );
+        if route.methods == auditd::Methods::Post {
+            // Its parameters are a header and a body, checked by the ingest tests.
+            continue;
+        }
         let secured = operation
             .get("security")
             .is_some_and(|s| !s.as_array().unwrap().is_empty());

@@ -17,6 +17,8 @@ pub struct Caller {
     pub ip: std::net::IpAddr,
     /// Let in by a signed download link rather than a bearer token.
     pub by_link: bool,
+    /// What the caller's token allows.
+    pub scopes: crate::auth::Scopes,
 }
 
 /// What a handler returns besides the response: what to write in the access record.
@@ -83,6 +85,18 @@ impl AccessLog {
         // Not "token_presented": a field named like a secret would be redacted.
         let metadata =
             json!({ "route": route, "credentials_presented": had_credentials }).to_string();
+        self.emit(caller, &metadata, true);
+    }
+
+    /// Writes the record of a request refused because the caller's token, though valid,
+    /// does not allow what the route does (a writer reading, a reader writing).
+    pub fn forbidden(&self, caller: &Caller, route: &str, needed: crate::auth::Scope) {
+        let metadata = json!({
+            "route": route,
+            "status": 403,
+            "missing_scope": needed.name(),
+        })
+        .to_string();
         self.emit(caller, &metadata, true);
     }
 

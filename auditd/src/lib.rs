@@ -14,8 +14,10 @@
 //! Features: `tls` (on by default) serves HTTPS through rustls; without it auditd serves
 //! plain HTTP only, for a TLS-terminating proxy in front.
 //!
-//! Beside them: `admission` (how many connections, in all and per address), `state` (what handlers share), `auth/` (bearer tokens and signed download
-//! links), `metrics` (the request counters), `seal/` (the signed log: sealing, proofs,
+//! Beside them: `admission` (how many connections, in all and per address), `state` (what
+//! handlers share), `auth/` (bearer tokens, their scopes, and signed download links),
+//! `idempotency` and `rate` (what keeps `POST /api/v1/events` from writing a retry twice,
+//! or one sender from crowding out the rest), `metrics` (the request counters), `seal/` (the signed log: sealing, proofs,
 //! checking), `retention/` (old partitions into provable archives, legal holds, restore),
 //! `commands/` (the command line: `serve`, `migrate`, `partitions`, `text-index`, `keygen`,
 //! `seal`, `verify`, `retention`, `hold`, `restore`, `demo`), and small codecs (`hex`,
@@ -60,10 +62,12 @@ mod duration;
 mod handlers;
 mod hex;
 mod http;
+mod idempotency;
 mod metrics;
 mod query;
 
 mod query_string;
+mod rate;
 mod replaceable;
 pub mod retention;
 mod router;
@@ -71,12 +75,12 @@ pub mod seal;
 mod server;
 mod state;
 
-pub use auth::{TokenStore, Tokens};
+pub use auth::{Scope, Scopes, TokenStore, Tokens};
 pub use duration::parse_duration;
 pub use query::{commit_notices, CommitNotices, PageCursor, TailCursor};
 pub use query_string::encode as encode_query_value;
-pub use router::{Route, RouteId, ROUTES};
+pub use router::{Methods, Route, RouteId, ROUTES};
 #[cfg(feature = "tls")]
 pub use server::Certificate;
 pub use server::{serve, ServerOptions, TlsAcceptor};
-pub use state::Limits;
+pub use state::{IngestLimits, Limits};

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     rows: Mutex<BTreeMap<&'static str, u64>>,
+    ingested: AtomicU64,
+    ingest_fixups: AtomicU64,
+    ingest_duplicates: AtomicU64,
+    ingest_rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -54,6 +59,33 @@ impl Metrics {
             h.count += 1;
             h.sum += seconds;
         }
+    }
+
+    /// Counts records accepted by `POST /api/v1/events`, and their fix-ups.
+    pub fn records_ingested(&self, records: u64, fixups: u64) {
+        self.ingested.fetch_add(records, Ordering::Relaxed);
+        self.ingest_fixups.fetch_add(fixups, Ordering::Relaxed);
+    }
+
+    /// Counts a retry answered as a duplicate of a request already committed.
+    pub fn ingest_duplicate(&self) {
+        self.ingest_duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a write refused for its token's rate.
+    pub fn ingest_rate_limited(&self) {
+        self.ingest_rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The ingest counters: records, fix-ups, duplicates, rate-limited requests.
+    pub fn ingest_counts(&self) -> [u64; 4] {
+        [
+            &self.ingested,
+            &self.ingest_fixups,
+            &self.ingest_duplicates,
+            &self.ingest_rate_limited,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
     }
 
     /// Adds `rows` to the records served by `route`.

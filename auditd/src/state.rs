@@ -17,8 +17,10 @@ use crate::access::{AccessLog, Caller};
 use crate::admission::Connections;
 use crate::auth::TokenStore;
 use crate::http::ApiError;
+use crate::idempotency::InFlight;
 use crate::metrics::Metrics;
 use crate::query::{CommitNotices, Filters, Params, SharedSample};
+use crate::rate::RecordRate;
 use crate::seal::LogLeaves;
 
 /// Limits and intervals of the API.
@@ -59,6 +61,36 @@ pub struct Limits {
     /// How often the message sample that tunes text search is renewed
     /// (`query/text_search.rs`).
     pub text_sample_interval: Duration,
+    /// The bounds of `POST /api/v1/events`.
+    pub ingest: IngestLimits,
+}
+
+/// The bounds of `POST /api/v1/events`.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    /// Largest request body; beyond it, 413.
+    pub max_body_bytes: usize,
+    /// Most records in one request; beyond it, 413.
+    pub max_records: usize,
+    /// Records a second each token may send (0: no limit); beyond it, 429 with
+    /// `Retry-After`.
+    pub records_per_second: u64,
+    /// How far ahead of auditd's clock a record's `created_at` may be.
+    pub max_ahead: Duration,
+    /// How far behind it.
+    pub max_behind: Duration,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_body_bytes: 16 << 20,
+            max_records: 10_000,
+            records_per_second: 50_000,
+            max_ahead: audit_layer::DEFAULT_MAX_AHEAD,
+            max_behind: audit_layer::DEFAULT_MAX_BEHIND,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -77,6 +109,7 @@ impl Default for Limits {
             max_connections_per_ip: 512,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            ingest: IngestLimits::default(),
         }
     }
 }
@@ -107,6 +140,10 @@ pub struct App {
     pub text_sample: Arc<SharedSample>,
     /// The signed log's leaves, held for proofs.
     pub log_leaves: LogLeaves,
+    /// The rate of records each token may send.
+    pub record_rate: RecordRate,
+    /// Idempotency keys of the writes being handled now.
+    pub in_flight_keys: InFlight,
     narrowed_text_searches: AtomicU64,
 }
 
@@ -121,6 +158,8 @@ impl App {
         audit_handle: Option<Arc<AuditHandle>>,
         commit_notices: Option<CommitNotices>,
     ) -> Self {
+        let record_rate =
+            RecordRate::new(limits.ingest.records_per_second, limits.ingest.max_records);
         App {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             connections: Connections::new(
@@ -139,6 +178,8 @@ impl App {
             commit_notices,
             text_sample: Arc::default(),
             log_leaves: LogLeaves::default(),
+            record_rate,
+            in_flight_keys: InFlight::default(),
             narrowed_text_searches: AtomicU64::new(0),
         }
     }

@@ -1,9 +1,13 @@
-//! Bearer tokens: who may read the audit logs, and under which name their reads are audited.
+//! Bearer tokens: who may read the audit logs or write to them, and under which name their
+//! requests are audited.
 //!
-//! Tokens come from a file (one per line) or the environment (comma-separated), each either
-//! `name:secret` or a bare `secret` (named `token-N`). They are compared in constant time,
-//! against every configured token, so response timing reveals neither a prefix nor which
-//! token came close.
+//! Tokens come from a file (one per line) or the environment (comma-separated), each
+//! `name:secret`, `name:secret:scopes` or a bare `secret` (named `token-N`). Scopes are
+//! `read` (the default, what a token always meant), `write` (sends records to
+//! `POST /api/v1/events`, and nothing else), or `read,write`. A service that writes its
+//! audit records should not be able to read everyone else's, so a writer cannot read.
+//! Tokens are compared in constant time, against every configured token, so response
+//! timing reveals neither a prefix nor which token came close.
 
 use std::path::Path;
 
@@ -14,10 +18,85 @@ use sha2::Sha256;
 use crate::hex;
 use crate::replaceable::Replaceable;
 
-/// The configured bearer tokens: each a name (what access records show) and a secret.
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    /// Read the audit log: every route but ingest.
+    pub read: bool,
+    /// Write records to it: `POST /api/v1/events`.
+    pub write: bool,
+}
+
+impl Scopes {
+    /// Read only: a token without scopes, and a signed download link.
+    pub const READ: Scopes = Scopes {
+        read: true,
+        write: false,
+    };
+    /// Read and write: the anonymous caller when no tokens are configured (loopback only).
+    pub const ALL: Scopes = Scopes {
+        read: true,
+        write: true,
+    };
+
+    /// Parses `read`, `write` or `read,write` (in any order); `None` when a word is not a
+    /// scope or there is none.
+    fn parse(list: &str) -> Option<Scopes> {
+        let mut scopes = Scopes {
+            read: false,
+            write: false,
+        };
+        for word in list.split(',').map(str::trim) {
+            match word {
+                "read" => scopes.read = true,
+                "write" => scopes.write = true,
+                _ => return None,
+            }
+        }
+        Some(scopes)
+    }
+
+    /// Whether these include `needed`.
+    pub fn allow(self, needed: Scope) -> bool {
+        match needed {
+            Scope::Read => self.read,
+            Scope::Write => self.write,
+        }
+    }
+}
+
+/// What a route needs of its caller's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Reads the audit log.
+    Read,
+    /// Writes to it.
+    Write,
+}
+
+impl Scope {
+    /// Its name in token files and access records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+        }
+    }
+}
+
+/// A configured token.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    secret: Vec<u8>,
+    scopes: Scopes,
+}
+
+/// The configured bearer tokens: each a name (what access records show), a secret and
+/// its scopes.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(String, Vec<u8>)>,
+    entries: Vec<Entry>,
 }
 
 /// The shortest secret accepted: shorter ones are guessable.
@@ -29,8 +108,9 @@ impl Tokens {
         Tokens::default()
     }
 
-    /// Parses `name:secret` or `secret` entries; blank lines and `#` comments are skipped.
-    /// A bare secret is named `token-N`, N counting from 1.
+    /// Parses `name:secret`, `name:secret:scopes` or `secret` entries; blank lines and `#`
+    /// comments are skipped. A bare secret is named `token-N`, N counting from 1, and may
+    /// read.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         Tokens::parse_named(entries, "token")
     }
@@ -46,25 +126,34 @@ impl Tokens {
             if entry.is_empty() || entry.starts_with('#') {
                 continue;
             }
-            let (name, secret) = match entry.split_once(':') {
-                Some((name, secret)) => (name.trim().to_owned(), secret.trim()),
+            let (name, rest) = match entry.split_once(':') {
+                Some((name, rest)) => (name.trim().to_owned(), rest.trim()),
                 None => (format!("{source}-{}", tokens.entries.len() + 1), entry),
             };
+            let (secret, scopes) =
+                split_scopes(rest).with_context(|| format!("in the token named {name:?}"))?;
             if secret.len() < MIN_SECRET_BYTES {
                 bail!("the token named {name:?} is shorter than {MIN_SECRET_BYTES} characters");
             }
-            tokens.add(name, secret.as_bytes().to_vec())?;
+            tokens.add(Entry {
+                name,
+                secret: secret.as_bytes().to_vec(),
+                scopes,
+            })?;
         }
         Ok(tokens)
     }
 
     /// A name is who the access records name and whose secret signs download links, so
     /// two tokens may not share one.
-    fn add(&mut self, name: String, secret: Vec<u8>) -> Result<()> {
-        if self.entries.iter().any(|(n, _)| *n == name) {
-            bail!("two tokens are named {name:?}: give each its own name");
+    fn add(&mut self, entry: Entry) -> Result<()> {
+        if self.entries.iter().any(|e| e.name == entry.name) {
+            bail!(
+                "two tokens are named {:?}: give each its own name",
+                entry.name
+            );
         }
-        self.entries.push((name, secret));
+        self.entries.push(entry);
         Ok(())
     }
 
@@ -83,8 +172,8 @@ impl Tokens {
 
     /// These tokens and `other`'s; an error when a name is in both.
     pub fn merge(mut self, other: Tokens) -> Result<Self> {
-        for (name, secret) in other.entries {
-            self.add(name, secret)?;
+        for entry in other.entries {
+            self.add(entry)?;
         }
         Ok(self)
     }
@@ -117,26 +206,47 @@ impl Tokens {
     }
 
     fn mac(&self, name: &str, message: &[u8]) -> Option<Hmac<Sha256>> {
-        let (_, secret) = self.entries.iter().find(|(n, _)| n == name)?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+        let entry = self.entries.iter().find(|e| e.name == name)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&entry.secret).ok()?;
         mac.update(message);
         Some(mac)
     }
 
-    /// The name of the token in an `Authorization` header value, if it is valid.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Option<&str> {
+    /// The name and scopes of the token in an `Authorization` header value, if it is
+    /// valid.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Option<(&str, Scopes)> {
         let presented = authorization.and_then(|h| {
             let prefix = b"Bearer ";
             (h.len() > prefix.len() && h[..prefix.len()].eq_ignore_ascii_case(prefix))
                 .then(|| &h[prefix.len()..])
         })?;
         let mut found = None;
-        for (name, secret) in &self.entries {
-            if constant_time_eq(presented, secret) && found.is_none() {
-                found = Some(name.as_str());
+        for entry in &self.entries {
+            if constant_time_eq(presented, &entry.secret) && found.is_none() {
+                found = Some((entry.name.as_str(), entry.scopes));
             }
         }
         found
+    }
+}
+
+/// A token's secret and scopes from what follows its name: a last `:`-separated part made
+/// only of lowercase letters and commas is a scope list (an unknown word in it is an
+/// error, never a silent part of the secret); anything else is all secret.
+fn split_scopes(rest: &str) -> Result<(&str, Scopes)> {
+    match rest.rsplit_once(':') {
+        Some((secret, list))
+            if !list.is_empty()
+                && list
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b',' || b == b' ') =>
+        {
+            let scopes = Scopes::parse(list).with_context(|| {
+                format!("unknown scopes {list:?}: give read, write or read,write")
+            })?;
+            Ok((secret.trim(), scopes))
+        }
+        _ => Ok((rest, Scopes::READ)),
     }
 }
 
@@ -169,11 +279,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             tokens.check(Some(b"Bearer 0123456789abcdef0123")),
-            Some("ops")
+            Some(("ops", Scopes::READ))
         );
         assert_eq!(
             tokens.check(Some(b"bearer fedcba9876543210fedc")),
-            Some("token-2")
+            Some(("token-2", Scopes::READ))
         );
         assert_eq!(tokens.check(Some(b"Bearer 0123456789abcdef012")), None);
         assert_eq!(tokens.check(Some(b"Bearer 0123456789abcdef01234")), None);
@@ -203,6 +313,37 @@ mod tests {
         let file = Tokens::parse(["ops:0123456789abcdef0123"]).unwrap();
         let env = Tokens::parse(["ops:fedcba9876543210fedc"]).unwrap();
         assert!(file.merge(env).is_err());
+    }
+
+    #[test]
+    fn scopes_follow_the_secret_and_a_token_without_them_reads() {
+        let tokens = Tokens::parse([
+            "reader:0123456789abcdef0123",
+            "billing:1123456789abcdef0123:write",
+            "both:2123456789abcdef0123:read,write",
+            "colon:31234567:89abcdef0123",
+        ])
+        .unwrap();
+        let scopes = |secret: &str| {
+            tokens
+                .check(Some(format!("Bearer {secret}").as_bytes()))
+                .map(|(_, s)| s)
+        };
+        assert_eq!(scopes("0123456789abcdef0123"), Some(Scopes::READ));
+        assert_eq!(
+            scopes("1123456789abcdef0123"),
+            Some(Scopes {
+                read: false,
+                write: true
+            })
+        );
+        assert_eq!(scopes("2123456789abcdef0123"), Some(Scopes::ALL));
+        // A colon inside a secret stays part of it.
+        assert_eq!(scopes("31234567:89abcdef0123"), Some(Scopes::READ));
+        // The scope list is not part of the secret.
+        assert_eq!(scopes("1123456789abcdef0123:write"), None);
+        let typo = Tokens::parse(["billing:1123456789abcdef0123:wrte"]).unwrap_err();
+        assert!(format!("{typo:#}").contains("unknown scopes"), "{typo:#}");
     }
 
     #[test]

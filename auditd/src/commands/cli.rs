@@ -529,6 +529,58 @@ pub struct ServeArgs {
     /// How often to create partitions ahead of time; 0 disables (when the role may not).
     #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub upkeep_interval: Duration,
+
+    /// A directory where auditd's writer keeps batches the database cannot take yet (down,
+    /// or slower than the senders): access records, and records sent to POST
+    /// /api/v1/events, which are then answered 202 "spooled" once on disk. Recommended
+    /// whenever producers write through auditd; one auditd process per directory.
+    #[arg(long, env = "AUDITD_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Largest body of POST /api/v1/events, in bytes (K, M, G suffixes: powers of 1024).
+    #[arg(long, env = "AUDITD_INGEST_MAX_BODY", default_value = "16M", value_parser = parse_bytes)]
+    pub ingest_max_body: usize,
+
+    /// Most records in one POST /api/v1/events.
+    #[arg(long, env = "AUDITD_INGEST_MAX_RECORDS", default_value_t = 10_000)]
+    pub ingest_max_records: usize,
+
+    /// Records a second each token may send to POST /api/v1/events (beyond it, 429 with
+    /// Retry-After); 0 for no limit.
+    #[arg(long, env = "AUDITD_INGEST_RATE", default_value_t = 50_000)]
+    pub ingest_rate: u64,
+
+    /// How far ahead of auditd's clock a sent record's created_at may be; beyond it the
+    /// record is stamped with the time received (a fix-up, noted in the record).
+    #[arg(long, env = "AUDITD_INGEST_MAX_AHEAD", default_value = "5m", value_parser = parse_duration)]
+    pub ingest_max_ahead: Duration,
+
+    /// How far behind auditd's clock it may be (a sender that held records through an
+    /// outage); beyond it, stamped with the time received, noted.
+    #[arg(long, env = "AUDITD_INGEST_MAX_BEHIND", default_value = "24h", value_parser = parse_duration)]
+    pub ingest_max_behind: Duration,
+}
+
+/// A size in bytes: `65536`, `64K`, `16M`, `1G` (powers of 1024).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{text:?}: give bytes, or a number with K, M or G")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size in bytes above 0"))
 }
 
 #[cfg(test)]
@@ -539,5 +591,16 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        for bad in ["", "0", "M", "12X", "-1"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -46,10 +46,20 @@ where
 /// Installs the global subscriber with an audit layer writing to `url` beside the
 /// console diagnostics, for commands that leave audit records; the handle flushes it.
 pub fn audited(url: &str, filter: &str) -> Result<audit_layer::AuditHandle> {
-    let (audit, handle) = audit_layer::AuditLayer::builder()
-        .database_url(url)
-        .build()
-        .context("cannot start the audit writer")?;
+    audited_with(url, filter, None)
+}
+
+/// As [`audited`], with the writer's spool in `spool_dir` when given (`auditd serve`).
+pub fn audited_with(
+    url: &str,
+    filter: &str,
+    spool_dir: Option<&std::path::Path>,
+) -> Result<audit_layer::AuditHandle> {
+    let mut builder = audit_layer::AuditLayer::builder().database_url(url);
+    if let Some(dir) = spool_dir {
+        builder = builder.spool_dir(dir);
+    }
+    let (audit, handle) = builder.build().context("cannot start the audit writer")?;
     init(filter, Some(audit))?;
     Ok(handle)
 }

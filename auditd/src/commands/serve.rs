@@ -17,7 +17,7 @@ use crate::seal::{publish, seal_periodically, sealer_for, SigningKey};
 #[cfg(feature = "tls")]
 use crate::server::Certificate;
 use crate::server::{self, ServerOptions, TlsAcceptor};
-use crate::state::Limits;
+use crate::state::{IngestLimits, Limits};
 
 /// Runs `auditd serve` until SIGINT or SIGTERM, then lets the access-audit writer commit.
 pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
@@ -29,9 +29,10 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     if let Some(path) = &args.signing_key {
         SigningKey::load(path)?;
     }
-    let audit_handle = logging::audited(
+    let audit_handle = logging::audited_with(
         args.audit_database_url.as_deref().unwrap_or(&url),
         log_filter,
+        args.spool_dir.as_deref(),
     )?;
     let pool = query_pool(&url, &args)?;
     let listener = TcpListener::bind(args.listen)
@@ -184,6 +185,13 @@ pub async fn serve_until_signal(
             max_connections: args.max_connections,
             max_connections_per_ip: args.max_connections_per_ip,
             header_read_timeout: args.header_timeout,
+            ingest: IngestLimits {
+                max_body_bytes: args.ingest_max_body,
+                max_records: args.ingest_max_records,
+                records_per_second: args.ingest_rate,
+                max_ahead: args.ingest_max_ahead,
+                max_behind: args.ingest_max_behind,
+            },
             ..Limits::default()
         },
         shutdown_grace: args.shutdown_grace,

@@ -73,28 +73,71 @@ pub fn render(app: &App) -> Response<Body> {
             value: app.narrowed_text_searches() as f64,
         },
     ];
+    let [ingested, fixups, duplicates, limited] = app.metrics.ingest_counts();
+    for (name, help, value) in [
+        (
+            "auditd_ingest_records_total",
+            "Records accepted by POST /api/v1/events (committed or spooled).",
+            ingested,
+        ),
+        (
+            "auditd_ingest_fixups_total",
+            "Fix-ups applied to ingested records (each noted in the record's _fixups).",
+            fixups,
+        ),
+        (
+            "auditd_ingest_duplicates_total",
+            "Retries answered as duplicates of a request already committed under its Idempotency-Key.",
+            duplicates,
+        ),
+        (
+            "auditd_ingest_rate_limited_total",
+            "Writes refused with 429 for their token's rate.",
+            limited,
+        ),
+    ] {
+        extra.push(Extra {
+            name,
+            kind: "counter",
+            help,
+            value: value as f64,
+        });
+    }
     if let Some(handle) = &app.audit_handle {
         let s = handle.stats();
+        extra.push(Extra {
+            name: "auditd_writer_spool_bytes",
+            kind: "gauge",
+            help: "Bytes waiting in auditd's spool (--spool-dir) for the database.",
+            value: s.spool_bytes as f64,
+        });
+        // The writer's counters cover access records and ingested records alike; the
+        // names keep what they were called before ingest.
         for (name, help, value) in [
             (
                 "auditd_access_records_written_total",
-                "Access records committed.",
+                "Records committed by auditd's writer: access records and ingested records.",
                 s.written,
             ),
             (
                 "auditd_access_records_dropped_total",
-                "Access records dropped (queue full or writer stopped).",
+                "Records auditd's writer dropped (queue full or writer stopped).",
                 s.dropped,
             ),
             (
                 "auditd_access_records_rejected_total",
-                "Access records refused by PostgreSQL.",
+                "Records refused by PostgreSQL (kept in audit_logs_rejected).",
                 s.rejected,
             ),
             (
                 "auditd_access_writer_retries_total",
-                "Retried writes of access records.",
+                "Retried writes of auditd's writer.",
                 s.retries,
+            ),
+            (
+                "auditd_writer_spooled_records_total",
+                "Records auditd's writer put in its spool.",
+                s.spooled,
             ),
         ] {
             extra.push(Extra {

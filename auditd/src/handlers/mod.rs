@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod export;
 pub mod export_link;
 pub mod health;
+pub mod ingest;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;

@@ -5,4 +5,4 @@ mod pipeline;
 mod table;
 
 pub use pipeline::handle;
-pub use table::{Route, RouteId, ROUTES};
+pub use table::{Methods, Route, RouteId, ROUTES};

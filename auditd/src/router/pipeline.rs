@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
 use super::table::{route_for, Route, RouteId};
 use crate::access::{Answer, Caller};
-use crate::auth::links;
+use crate::auth::{links, Scopes};
 use crate::handlers::{
-    bundle, export, export_link, health, logs, metrics, openapi, proof, stats, tail, viewer,
+    bundle, export, export_link, health, ingest, logs, metrics, openapi, proof, stats, tail, viewer,
 };
 use crate::http::{ApiError, Body};
 use crate::query::Params;
@@ -56,16 +56,16 @@ async fn handle_route(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    if !route.methods.allow(request.method()) {
         let mut response = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "only GET is supported",
+            format!("this route answers {} only", route.methods.header()),
         )
         .into_response();
         response
             .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(ALLOW, HeaderValue::from_static(route.methods.header()));
         return response;
     }
     let Some(caller) = authenticate(app, route, &request, peer) else {
@@ -81,6 +81,30 @@ async fn handle_route(
         );
         return response;
     };
+    if route.protected && !caller.scopes.allow(route.scope) {
+        if route.records_refusals {
+            app.access.forbidden(&caller, route.path, route.scope);
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may not {} the audit log: it needs the {} scope (name:secret:{} in the token file)",
+                route.scope.name(),
+                route.scope.name(),
+                route.scope.name(),
+            ),
+        )
+        .into_response();
+    }
+    if route.id == RouteId::Ingest {
+        // A write: bounded with the reads, under the same timeout, and answered by the
+        // ingest handler, which takes the request's body.
+        let Some(_slot) = app.read_slot() else {
+            return ApiError::overloaded("requests").into_response();
+        };
+        return ingest::ingest(app, request, caller).await;
+    }
     if !route.audited {
         // Health, metrics, the OpenAPI document: cheap, and needed most under load.
         let params = Params::parse(request.uri().query());
@@ -170,6 +194,12 @@ async fn dispatch(
         RouteId::Bundle => bundle::bundle(app, params).await,
         RouteId::Checkpoints => proof::checkpoints(app, params).await,
         RouteId::Consistency => proof::consistency(app, params).await,
+        // Answered before dispatch, with the request's body (`handle_route`).
+        RouteId::Ingest => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "ingest is not a read",
+        )),
     }
 }
 
@@ -184,6 +214,9 @@ fn authenticate(
         name: "anonymous".to_owned(),
         ip: peer.ip(),
         by_link: false,
+        // With no tokens (loopback only) everything is open; a refusal's record names
+        // the caller anonymous.
+        scopes: Scopes::ALL,
     };
     let tokens = app.tokens.current();
     if !route.protected || tokens.is_empty() {
@@ -198,19 +231,23 @@ fn authenticate(
     // 401, whatever else it carries.
     let link = route.id == RouteId::Export && links::is_link(request.uri().query());
     let admitted = if link {
+        // A link grants the one export it names: a read.
         request
             .uri()
             .path_and_query()
             .and_then(|target| links::signer(&tokens, target.as_str()))
-            .map(|name| (name, true))
+            .map(|name| (name, true, Scopes::READ))
     } else {
-        tokens.check(header).map(|name| (name.to_owned(), false))
+        tokens
+            .check(header)
+            .map(|(name, scopes)| (name.to_owned(), false, scopes))
     };
     match admitted {
-        Some((name, by_link)) => Some(Caller {
+        Some((name, by_link, scopes)) => Some(Caller {
             name,
             ip: peer.ip(),
             by_link,
+            scopes,
         }),
         None => {
             if route.records_refusals {

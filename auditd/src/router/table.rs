@@ -1,6 +1,7 @@
 //! The route table: every path the server answers, and how requests to it are handled.
 //! The OpenAPI document is checked against it.
 
+use crate::auth::Scope;
 use crate::handlers::viewer::Asset;
 
 /// The routes the server answers. The OpenAPI document is checked against this table.
@@ -38,6 +39,35 @@ pub enum RouteId {
     Checkpoints,
     /// A consistency proof between two sizes of the log.
     Consistency,
+    /// Records sent by producers in any language, written through the audit layer.
+    Ingest,
+}
+
+/// The methods a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Methods {
+    /// `GET` and `HEAD`: every reading route.
+    Read,
+    /// `POST` only.
+    Post,
+}
+
+impl Methods {
+    /// Whether `method` is one of these.
+    pub fn allow(self, method: &hyper::Method) -> bool {
+        match self {
+            Methods::Read => method == hyper::Method::GET || method == hyper::Method::HEAD,
+            Methods::Post => method == hyper::Method::POST,
+        }
+    }
+
+    /// The `Allow` header's value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Methods::Read => "GET, HEAD",
+            Methods::Post => "POST",
+        }
+    }
 }
 
 /// A row of the route table: a path, and how requests to it are handled.
@@ -52,8 +82,12 @@ pub struct Route {
     /// Reads audit records, so each request is itself audited.
     pub audited: bool,
     /// Grants reads of audit records (the reading routes, and the link route that signs
-    /// them), so a request refused for its token is recorded.
+    /// them) or writes them, so a request refused for its token is recorded.
     pub records_refusals: bool,
+    /// The methods it answers.
+    pub methods: Methods,
+    /// What its caller's token must allow (when it is protected).
+    pub scope: Scope,
 }
 
 /// The route table: every path the server answers (see `route_for`).
@@ -64,6 +98,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Viewer(Asset::Script),
@@ -71,6 +107,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Viewer(Asset::Style),
@@ -78,6 +116,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Healthz,
@@ -85,6 +125,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Readyz,
@@ -92,6 +134,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Metrics,
@@ -99,6 +143,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::OpenApi,
@@ -106,6 +152,8 @@ pub const ROUTES: &[Route] = &[
         protected: false,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Logs,
@@ -113,6 +161,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Export,
@@ -120,6 +170,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::ExportLink,
@@ -128,6 +180,8 @@ pub const ROUTES: &[Route] = &[
         // The download it leads to is the read, and is recorded as one.
         audited: false,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Tail,
@@ -135,6 +189,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Stream,
@@ -142,6 +198,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Bundle,
@@ -149,6 +207,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::LogById,
@@ -156,6 +216,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Stats,
@@ -163,6 +225,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::LogProof,
@@ -171,6 +235,8 @@ pub const ROUTES: &[Route] = &[
         // A proof carries the record's encoding: it is a read of the record.
         audited: true,
         records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Checkpoints,
@@ -178,6 +244,8 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
     },
     Route {
         id: RouteId::Consistency,
@@ -185,6 +253,18 @@ pub const ROUTES: &[Route] = &[
         protected: true,
         audited: false,
         records_refusals: false,
+        methods: Methods::Read,
+        scope: Scope::Read,
+    },
+    Route {
+        id: RouteId::Ingest,
+        path: "/api/v1/events",
+        protected: true,
+        // Writes, recorded as the records themselves (each names its sender).
+        audited: false,
+        records_refusals: true,
+        methods: Methods::Post,
+        scope: Scope::Write,
     },
 ];
 
