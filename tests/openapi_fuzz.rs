@@ -65,7 +65,8 @@ async fn requests_generated_from_the_openapi_document_get_only_documented_answer
         max_stream_duration: Duration::from_secs(2),
         ..Limits::default()
     };
-    let tokens = Tokens::parse([format!("ops:{TOKEN}").as_str()]).unwrap();
+    // Both scopes, so that the fuzzer reaches the reads and the ingest route alike.
+    let tokens = Tokens::parse([format!("ops:{TOKEN}:read,write").as_str()]).unwrap();
     let server = TestServer::start_with(&db, tokens, limits).await;
     let examples = std::env::var("AUDITD_FUZZ_EXAMPLES").unwrap_or_else(|_| "40".to_owned());
     let seed = std::env::var("AUDITD_FUZZ_SEED").unwrap_or_else(|_| "20261201".to_owned());
@@ -76,6 +77,13 @@ async fn requests_generated_from_the_openapi_document_get_only_documented_answer
     // The fuzzer blocks; the server goes on serving on the runtime's other thread.
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(schemathesis())
+            // How to send NDJSON bodies, and what a reused Idempotency-Key gets.
+            .env("SCHEMATHESIS_HOOKS", "openapi_fuzz_hooks")
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
+            .args([
+                "--config-file",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi_fuzz.toml"),
+            ])
             .args([
                 "run",
                 &url,
