@@ -177,6 +177,20 @@ pub async fn serve_in_process(
     tokio::sync::oneshot::Sender<()>,
     Serving,
 ) {
+    serve_in_process_with(url, access_url, auditd::Tokens::none()).await
+}
+
+/// As [`serve_in_process`], with `tokens`; its writer (access records, and what is posted
+/// to `/api/v1/events`) writes to `access_url`, and no rate limit applies.
+pub async fn serve_in_process_with(
+    url: &str,
+    access_url: &str,
+    tokens: auditd::Tokens,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Serving,
+) {
     use std::time::Duration;
     use tracing_subscriber::prelude::*;
     let pool = audit_layer::pool::connect_pool(
@@ -198,16 +212,23 @@ pub async fn serve_in_process(
         .build()
         .expect("layer");
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let audit = std::sync::Arc::new(audit);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(auditd::serve(
         listener,
         pool,
         auditd::ServerOptions {
-            tokens: std::sync::Arc::new(auditd::TokenStore::new(auditd::Tokens::none())),
-            limits: auditd::Limits::default(),
+            tokens: std::sync::Arc::new(auditd::TokenStore::new(tokens)),
+            limits: auditd::Limits {
+                ingest: auditd::IngestLimits {
+                    records_per_second: 0,
+                    ..auditd::IngestLimits::default()
+                },
+                ..auditd::Limits::default()
+            },
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
-            audit_handle: None,
+            audit_handle: Some(audit.clone()),
             commit_notices: None,
             tls: None,
         },
@@ -221,7 +242,8 @@ pub async fn serve_in_process(
 /// An in-process auditd, until stopped.
 pub struct Serving {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    audit: audit_layer::AuditHandle,
+    /// Its writer: access records, and records posted to it.
+    pub audit: std::sync::Arc<audit_layer::AuditHandle>,
 }
 
 impl Serving {
