@@ -369,6 +369,8 @@ impl AuditLayerBuilder {
             max_message_bytes: self.max_message_bytes,
             counters: counters.clone(),
             clock: self.clock,
+            #[cfg(feature = "opentelemetry")]
+            otel: crate::trace::Subscriber::default(),
         };
         let handle = AuditHandle {
             tx,

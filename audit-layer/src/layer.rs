@@ -40,6 +40,9 @@ pub struct AuditLayer {
     pub(crate) counters: Arc<Counters>,
     /// When set, the time of each record instead of the system clock's.
     pub(crate) clock: Option<fn() -> chrono::DateTime<chrono::Utc>>,
+    /// Where the OpenTelemetry context of spans is found (`crate::trace`).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) otel: crate::trace::Subscriber,
 }
 
 impl std::fmt::Debug for AuditLayer {
@@ -126,6 +129,11 @@ impl<S> Layer<S> for AuditLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    #[cfg(feature = "opentelemetry")]
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.otel.register(subscriber);
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let draft = self.capture(attrs.metadata(), |c| attrs.record(c));
         if draft.is_empty() {
@@ -182,6 +190,8 @@ where
                     }
                 }
             }
+            #[cfg(feature = "opentelemetry")]
+            self.otel.prepend_ids(event, span_metadata);
             capture::finish(
                 draft,
                 span_metadata,

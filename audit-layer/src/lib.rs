@@ -83,6 +83,8 @@ mod record;
 pub mod schema;
 mod stats;
 mod submit;
+#[cfg(feature = "opentelemetry")]
+mod trace;
 
 pub use builder::{AuditLayerBuilder, FilteredAuditLayer};
 pub use capture::{
@@ -99,3 +101,5 @@ pub use stats::Stats;
 pub use submit::{
     IdempotencyKey, Outcome, Receipt, Submission, DEFAULT_MAX_AHEAD, DEFAULT_MAX_BEHIND,
 };
+#[cfg(feature = "opentelemetry")]
+pub use trace::{SPAN_ID_KEY, TRACE_ID_KEY};

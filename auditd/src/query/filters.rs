@@ -84,6 +84,12 @@ impl Filters {
             f.matches_nothing = f.severities.is_empty();
             f.min_severity = Some(min);
         }
+        if let Some(trace) = params.take_parsed("trace_id", parse_trace_id)? {
+            // Records carry it in metadata (audit-layer's `opentelemetry` feature), where
+            // the metadata's GIN index finds it.
+            f.metadata
+                .push(("trace_id".to_owned(), Value::String(trace)));
+        }
         for (name, value) in params.take_prefixed("meta.") {
             let path = &name["meta.".len()..];
             if path.split('.').count() > MAX_META_DEPTH {
@@ -249,6 +255,16 @@ impl Filters {
         }
         Value::Object(map)
     }
+}
+
+/// An OpenTelemetry trace id: 32 hex digits (any case), not all zero; lowercase, as
+/// records store it.
+fn parse_trace_id(text: &str) -> Result<String, String> {
+    let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid || text.bytes().all(|b| b == b'0') {
+        return Err("must be a trace id: 32 hex digits, not all zero".to_owned());
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 fn nest(path: &str, value: Value) -> Value {
