@@ -1,6 +1,7 @@
 //! What an audit event costs the thread that emits it, next to the ecosystem's usual
-//! choice (tracing-subscriber's JSON fmt layer through tracing-appender's non_blocking
-//! writer), and what a non-audit event costs with the layer installed.
+//! choices (tracing-subscriber's JSON fmt layer through tracing-appender's non_blocking
+//! writer; OpenTelemetry's tracing appender into the SDK's batch log processor), and what a
+//! non-audit event costs with the layer installed.
 //!
 //! `cargo bench --bench caller`
 //!
@@ -14,7 +15,7 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use support::caller::{audit_dispatch, json_dispatch, ten_field_audit_event};
+use support::caller::{audit_dispatch, json_dispatch, otel_logs_dispatch, ten_field_audit_event};
 use tracing::{info, info_span};
 
 /// Emits a burst before measuring, so that the first case does not also pay for the
@@ -77,6 +78,23 @@ fn bench(c: &mut Criterion) {
                 )
             })
         });
+    });
+
+    let (otel, _provider) = otel_logs_dispatch(1 << 20);
+    tracing::dispatcher::with_default(&otel, || {
+        let span = info_span!("request", username = "alice", ip_address = "192.0.2.10");
+        let _g = span.enter();
+        warm_up();
+        let mut i = 0;
+        group.bench_function(
+            "OpenTelemetry appender + batch log processor, 10 fields, 1 span",
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    ten_field_audit_event(i)
+                })
+            },
+        );
     });
 
     let (json, _guard) = json_dispatch(1 << 20);

@@ -1,5 +1,6 @@
 //! The caller cost as a distribution: each event timed on its own, p50 to p99.9, for the
-//! audit layer and for JSON fmt through `non_blocking`, in the same run.
+//! audit layer, for OpenTelemetry's tracing appender into the SDK's batch log processor,
+//! and for JSON fmt through `non_blocking`, in the same run.
 //!
 //! `cargo bench --bench caller_latency -- --events 1000000`
 //!
@@ -14,7 +15,7 @@ mod support;
 use std::time::Instant;
 
 use support::arg;
-use support::caller::{audit_dispatch, json_dispatch, ten_field_audit_event};
+use support::caller::{audit_dispatch, json_dispatch, otel_logs_dispatch, ten_field_audit_event};
 use tracing::info_span;
 
 const WARM_UP_EVENTS: u64 = 300_000;
@@ -38,6 +39,13 @@ fn main() {
     if audit_only {
         return;
     }
+    let (otel, _provider) = otel_logs_dispatch(room);
+    report(
+        "OpenTelemetry appender + batch log processor, same event",
+        &otel,
+        events,
+        timer,
+    );
     let (json, _guard) = json_dispatch(room);
     report("JSON fmt + non_blocking, same event", &json, events, timer);
 }
