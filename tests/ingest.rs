@@ -232,6 +232,19 @@ async fn a_writer_cannot_read_and_a_reader_cannot_write_and_each_refusal_is_reco
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = server.post("/api/v1/events", None, &[JSON], record).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A writer's holder knows its secret, so it can sign a download link itself: the link
+    // grants nothing, since links stand in for reading tokens only.
+    let expires = chrono::Utc::now().timestamp() + 30;
+    let unsigned = format!("/api/v1/logs/export?link_by=billing&link_expires={expires}");
+    let signature = tokens().sign("billing", unsigned.as_bytes()).unwrap();
+    let (status, _, _) = server
+        .request(&format!("{unsigned}&link_signature={signature}"), None, &[])
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a forged link reads nothing"
+    );
     // A token with both may do both.
     let (status, _, _) = server
         .request("/api/v1/logs", Some(OTHER_WRITER), &[])

@@ -151,3 +151,150 @@ async fn a_submission_spooled_while_the_database_is_down_keeps_its_key_on_disk()
     }
     assert_intact_when_sealed(&url).await;
 }
+
+fn object(message: &str) -> serde_json::Map<String, Value> {
+    let Value::Object(object) =
+        json!({"username": "alice", "event_type": "settlement", "message": message})
+    else {
+        unreachable!()
+    };
+    object
+}
+
+#[tokio::test]
+async fn a_submission_with_a_record_postgresql_refuses_commits_whole_and_a_retry_adds_nothing() {
+    let db = TestDb::migrated("submit_refused").await;
+    db.client
+        .batch_execute(
+            "ALTER TABLE audit_logs ADD CONSTRAINT no_poison CHECK (message <> 'poison') NOT VALID",
+        )
+        .await
+        .unwrap();
+    let records = || ["a", "b", "poison", "c", "d"].map(object).to_vec();
+    let (_, first) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let receipt = submit(&first, Some("billing:settle-1"), records()).await;
+    assert_eq!(receipt.outcome, Outcome::Committed);
+    assert_eq!((receipt.records, receipt.rejected), (5, 1));
+    // One transaction: the four records, the refused one kept aside, the key.
+    let ledger = db
+        .client
+        .query_one(
+            "SELECT count(*), sum(rows) FROM audit_writer_batches \
+             WHERE stream_id = $1 AND rows > 0",
+            &[&first.stream_id()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ledger.get::<_, i64>(0), ledger.get::<_, i64>(1)),
+        (1, 4),
+        "one batch, not parts"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_writer_batches WHERE idempotency_key = 'billing:settle-1' AND rows = 4")
+            .await,
+        1
+    );
+
+    let (_, second) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let retry = submit(&second, Some("billing:settle-1"), records()).await;
+    assert_eq!(retry.outcome, Outcome::Duplicate);
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'settlement'")
+            .await,
+        4
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs_rejected").await,
+        1,
+        "the retry's refused record is not kept twice"
+    );
+    for handle in [first, second] {
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+    assert_intact_when_sealed(&db.url).await;
+}
+
+#[tokio::test]
+async fn a_key_reused_for_other_records_writes_nothing_and_says_so() {
+    let db = TestDb::migrated("submit_reused").await;
+    let (_, handle) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let key = |digest: u8| IdempotencyKey::new("billing:order-9", [digest; 32]).unwrap();
+    let mut first = handle.submission().idempotency_key(key(1));
+    first.push_object(object("first"));
+    assert_eq!(
+        handle.submit(first).await.unwrap().outcome,
+        Outcome::Committed
+    );
+    let mut other = handle.submission().idempotency_key(key(2));
+    other.push_object(object("other"));
+    other.push_object(object("records"));
+    let refused = handle.submit(other).await.unwrap();
+    assert_eq!(refused.outcome, Outcome::KeyReused);
+    handle.flush().await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'settlement'")
+            .await,
+        1
+    );
+    let notice = db
+        .records_where("event_type = 'audit_submission_refused'")
+        .await;
+    assert_eq!(notice.len(), 1);
+    let (low, high) = refused.seqs.unwrap();
+    assert_eq!(
+        (
+            notice[0].metadata["first_seq"].as_i64(),
+            notice[0].metadata["last_seq"].as_i64()
+        ),
+        (Some(low), Some(high))
+    );
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_submission_too_slow_to_write_whole_is_written_in_parts_rather_than_not_at_all() {
+    let db = TestDb::migrated("submit_too_slow").await;
+    // 2 ms a row: 400 records take 0.8 s, over the 300 ms timeout; 100 fit.
+    db.client
+        .batch_execute(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON audit_logs
+                 FOR EACH ROW EXECUTE FUNCTION slow_row();",
+        )
+        .await
+        .unwrap();
+    let (_, handle) = builder(&db.url)
+        .db_timeout(Duration::from_millis(300))
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let records: Vec<_> = (0..400).map(|i| object(&format!("r{i}"))).collect();
+    let receipt = submit(&handle, Some("billing:bulk-1"), records).await;
+    assert_eq!(receipt.outcome, Outcome::Committed);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT message) FROM audit_logs WHERE event_type = 'settlement'")
+            .await,
+        400
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'settlement'")
+            .await,
+        400
+    );
+    let stats = handle.stats();
+    assert!(stats.batches >= 2, "in parts: {stats:?}");
+    // Parts cannot carry a key that stands for the whole (an error is logged saying so).
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_writer_batches WHERE idempotency_key IS NOT NULL")
+            .await,
+        0
+    );
+    handle.shutdown(Duration::from_secs(60)).await.unwrap();
+}

@@ -379,6 +379,7 @@ impl AuditLayerBuilder {
             drop_flush_timeout: self.drop_flush_timeout,
             stopped: AtomicBool::new(false),
             seq: seq.clone(),
+            submitted: Arc::new(tokio::sync::Semaphore::new(self.queue_capacity)),
             submissions: SubmissionSettings {
                 redactor: layer.redactor.clone(),
                 max_value_bytes: self.max_message_bytes,

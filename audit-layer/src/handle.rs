@@ -30,6 +30,9 @@ pub struct AuditHandle {
     pub(crate) stopped: AtomicBool,
     pub(crate) seq: Arc<Sequence>,
     pub(crate) submissions: SubmissionSettings,
+    /// Records of submissions not yet committed or spooled, bounded by the queue's
+    /// capacity.
+    pub(crate) submitted: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -99,9 +102,11 @@ impl AuditHandle {
     /// retry from a key reused with other records looks the key up in
     /// `audit_writer_batches` first.
     ///
-    /// Waits for room in the queue, and while the database is down with no spool, for the
-    /// database: bound it with `tokio::time::timeout`. A submission given up that way is
-    /// still written.
+    /// Waits for room (the records of submissions not yet committed or spooled count
+    /// against the queue's capacity), and while the database is down with no spool, for
+    /// the database: bound it with `tokio::time::timeout`. A submission given up while
+    /// waiting for room was not taken (it used no seq); one given up after is still
+    /// written.
     pub async fn submit(&self, submission: Submission) -> Result<Receipt, Error> {
         let count = submission.records.len();
         let fixups = submission.fixups;
@@ -115,6 +120,17 @@ impl AuditHandle {
                 seqs: None,
             });
         }
+        // Room first, numbers after: a submission given up while it waits for room has
+        // taken no seq, so it leaves no gap. Its records count against the queue's
+        // capacity until their fate is known, so submissions cannot pile up in memory.
+        let room = u32::try_from(count.min(self.tx.max_capacity())).unwrap_or(u32::MAX);
+        let held = self
+            .submitted
+            .clone()
+            .acquire_many_owned(room)
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        let slot = self.tx.reserve().await.map_err(|_| Error::WriterStopped)?;
         let first = self.seq.next_run(count);
         let records = submission
             .records
@@ -123,15 +139,12 @@ impl AuditHandle {
             .map(|(log, seq)| Queued { seq, log })
             .collect();
         let (reply, fate) = oneshot::channel();
-        let message = Message::Submit(Submitted {
+        slot.send(Message::Submit(Submitted {
             records,
             key: submission.key,
             reply,
-        });
-        if self.tx.send(message).await.is_err() {
-            Counters::add(&self.counters.dropped_writer_stopped, count as u64);
-            return Err(Error::WriterStopped);
-        }
+            held,
+        }));
         Counters::add(&self.counters.enqueued, count as u64);
         Counters::add(&self.counters.fixups, fixups);
         let fate = fate.await.map_err(|_| Error::WriterStopped)?;

@@ -233,6 +233,10 @@ pub enum Outcome {
     /// earlier attempt whose answer the sender never saw). An `audit_duplicate_suppressed`
     /// record names the seqs this one had taken.
     Duplicate,
+    /// Not written: a batch under the same idempotency key, with other content (another
+    /// request digest), was committed before. The key was reused by mistake; an
+    /// `audit_submission_refused` record names the seqs this one had taken.
+    KeyReused,
 }
 
 /// The writer's side of a submission: its records, numbered, and where to report back.
@@ -240,6 +244,8 @@ pub(crate) struct Submitted {
     pub(crate) records: Vec<crate::queue::Queued>,
     pub(crate) key: Option<IdempotencyKey>,
     pub(crate) reply: tokio::sync::oneshot::Sender<BatchFate>,
+    /// Its share of the room for submissions, given back once its fate is known.
+    pub(crate) held: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What became of a batch, as the writer tells the submitter.
@@ -248,12 +254,15 @@ pub(crate) struct BatchFate {
     pub(crate) rejected: usize,
     pub(crate) spooled: bool,
     pub(crate) duplicate: bool,
+    pub(crate) key_reused: bool,
 }
 
 impl BatchFate {
     pub(crate) fn outcome(&self) -> Outcome {
         if self.duplicate {
             Outcome::Duplicate
+        } else if self.key_reused {
+            Outcome::KeyReused
         } else if self.spooled {
             Outcome::Spooled
         } else {

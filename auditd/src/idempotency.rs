@@ -10,7 +10,7 @@
 //! batch under the same key even when two attempts race past the lookup.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use hyper::header::HeaderValue;
@@ -61,29 +61,29 @@ pub fn scoped(token: &str, key: &str) -> String {
 /// told to wait (409) instead of being written beside it.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    keys: Mutex<HashSet<String>>,
+    keys: Arc<Mutex<HashSet<String>>>,
 }
 
-/// A key held while its request is handled; released when dropped.
-pub struct Held<'a> {
-    owner: &'a InFlight,
+/// A key held while its attempt is under way; released when dropped.
+pub struct Held {
+    keys: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
 
 impl InFlight {
-    /// Holds `key`, or `None` when another request holds it.
-    pub fn hold(&self, key: &str) -> Option<Held<'_>> {
+    /// Holds `key`, or `None` when another attempt holds it.
+    pub fn hold(&self, key: &str) -> Option<Held> {
         let mut keys = self.keys.lock().ok()?;
         keys.insert(key.to_owned()).then(|| Held {
-            owner: self,
+            keys: self.keys.clone(),
             key: key.to_owned(),
         })
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Held {
     fn drop(&mut self) {
-        if let Ok(mut keys) = self.owner.keys.lock() {
+        if let Ok(mut keys) = self.keys.lock() {
             keys.remove(&self.key);
         }
     }

@@ -79,6 +79,10 @@ pub struct IngestLimits {
     pub max_ahead: Duration,
     /// How far behind it.
     pub max_behind: Duration,
+    /// Writes handled at once, apart from the reads' bound (so that writers never take
+    /// the readers' slots); beyond it, 503 at once. Each holds its body (up to
+    /// `max_body_bytes`) and its parsed records in memory while it is handled.
+    pub max_concurrent: usize,
 }
 
 impl Default for IngestLimits {
@@ -89,6 +93,7 @@ impl Default for IngestLimits {
             records_per_second: 50_000,
             max_ahead: audit_layer::DEFAULT_MAX_AHEAD,
             max_behind: audit_layer::DEFAULT_MAX_BEHIND,
+            max_concurrent: 16,
         }
     }
 }
@@ -144,6 +149,7 @@ pub struct App {
     pub record_rate: RecordRate,
     /// Idempotency keys of the writes being handled now.
     pub in_flight_keys: InFlight,
+    ingest_permits: Arc<Semaphore>,
     narrowed_text_searches: AtomicU64,
 }
 
@@ -160,6 +166,7 @@ impl App {
     ) -> Self {
         let record_rate =
             RecordRate::new(limits.ingest.records_per_second, limits.ingest.max_records);
+        let ingest_permits = Arc::new(Semaphore::new(limits.ingest.max_concurrent));
         App {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             connections: Connections::new(
@@ -180,6 +187,7 @@ impl App {
             log_leaves: LogLeaves::default(),
             record_rate,
             in_flight_keys: InFlight::default(),
+            ingest_permits,
             narrowed_text_searches: AtomicU64::new(0),
         }
     }
@@ -225,6 +233,11 @@ impl App {
     /// A slot among the reads served at once, or `None` when all are taken.
     pub fn read_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot among the writes handled at once, or `None` when all are taken.
+    pub fn ingest_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.ingest_permits.clone().try_acquire_owned().ok()
     }
 
     /// Reads being served now.

@@ -70,7 +70,10 @@ pub fn json_dispatch(
 /// while measuring.
 pub fn otel_logs_dispatch(
     queue_capacity: usize,
-) -> (tracing::Dispatch, opentelemetry_sdk::logs::SdkLoggerProvider) {
+) -> (
+    tracing::Dispatch,
+    opentelemetry_sdk::logs::SdkLoggerProvider,
+) {
     use opentelemetry_sdk::logs::{BatchConfigBuilder, BatchLogProcessor, SdkLoggerProvider};
 
     let processor = BatchLogProcessor::builder(DiscardLogs)

@@ -65,8 +65,12 @@ pub(crate) fn record_of(
         } else if let Some(column) = Column::of_field(&name) {
             match value {
                 Value::String(text) => draft.set(column, &text),
-                // As a tracing field of another type: its JSON text.
-                other => draft.set(column, &other.to_string()),
+                // As a tracing field of another type: its JSON text, with the secrets in
+                // it redacted as they would be in metadata.
+                mut other => {
+                    redactor.redact_value(&mut other);
+                    draft.set(column, &other.to_string());
+                }
             }
         } else if name == METADATA {
             match value {
@@ -120,16 +124,21 @@ fn time_of(
         ));
         return now;
     };
-    let ahead = chrono::Duration::from_std(skew.ahead).unwrap_or(chrono::Duration::MAX);
-    let behind = chrono::Duration::from_std(skew.behind).unwrap_or(chrono::Duration::MAX);
-    if time > now + ahead {
+    // A bound too far to add to `now` is no bound.
+    let latest = chrono::Duration::from_std(skew.ahead)
+        .ok()
+        .and_then(|ahead| now.checked_add_signed(ahead));
+    let earliest = chrono::Duration::from_std(skew.behind)
+        .ok()
+        .and_then(|behind| now.checked_sub_signed(behind));
+    if latest.is_some_and(|latest| time > latest) {
         notes.push(format!(
             "created_at: {shown} is more than {}s ahead of the receiver's clock, stored as the time received",
             skew.ahead.as_secs()
         ));
         return now;
     }
-    if time < now - behind {
+    if earliest.is_some_and(|earliest| time < earliest) {
         notes.push(format!(
             "created_at: {shown} is more than {}s behind the receiver's clock, stored as the time received",
             skew.behind.as_secs()
@@ -141,6 +150,7 @@ fn time_of(
 
 #[cfg(test)]
 mod tests {
+    use chrono::Datelike;
     use serde_json::json;
 
     use super::*;
@@ -257,6 +267,41 @@ mod tests {
                 "{note}"
             );
         }
+    }
+
+    #[test]
+    fn a_column_given_as_an_object_is_its_text_with_the_secrets_redacted() {
+        let (log, _) = build(
+            json!({"event_type": "x", "username": "a", "message": {"password": "hunter2", "step": 2}}),
+            Utc::now(),
+        );
+        assert!(!log.message.contains("hunter2"), "{}", log.message);
+        assert!(log.message.contains(r#""step":2"#), "{}", log.message);
+    }
+
+    #[test]
+    fn a_skew_too_large_to_add_to_the_clock_is_no_bound() {
+        let now = Utc::now();
+        let redactor = Redactor::new(DEFAULT_SECRET_PATTERNS);
+        let Value::Object(object) =
+            json!({"event_type": "x", "username": "a", "created_at": "2001-01-01T00:00:00Z"})
+        else {
+            unreachable!()
+        };
+        let (pending, fixups) = record_of(
+            object,
+            &mut Draft::default(),
+            &redactor,
+            1024,
+            &Members::default(),
+            now,
+            ClockSkew {
+                ahead: Duration::MAX,
+                behind: Duration::MAX,
+            },
+        );
+        assert_eq!(fixups, 0);
+        assert_eq!(pending.to_log().created_at.year(), 2001);
     }
 
     #[test]

@@ -88,6 +88,9 @@ const NOTIFY: &str = concat!("NOTIFY ", commit_channel!());
 /// How long a batch's commit notice may take before it is given up.
 const NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
+const CLAIMED_DIGEST: &str =
+    "SELECT request_digest FROM audit_writer_batches WHERE idempotency_key = $1";
+
 const BATCH_ROWS: &str =
     "SELECT rows FROM audit_writer_batches WHERE stream_id = $1 AND batch_id = $2";
 
@@ -168,21 +171,61 @@ impl Sink {
         }
     }
 
-    /// Writes all `records`, and the batch's ledger row (under `claim`, when it was sent
-    /// with an idempotency key), in one transaction, or nothing.
-    pub(crate) async fn copy(
+    /// Writes all `records`, and the batch's ledger row, in one transaction, or nothing.
+    pub(crate) async fn copy(&self, key: BatchKey, records: &[Queued]) -> Result<(), Failure> {
+        self.copy_claimed(key, records, &[], None).await
+    }
+
+    /// Writes `records`, the `refused` ones into `audit_logs_rejected` with their reasons,
+    /// and the batch's ledger row (under `claim`, a submission's idempotency key), in one
+    /// transaction, or nothing: a submission commits whole, so its key never stands for
+    /// part of it.
+    pub(crate) async fn copy_claimed(
         &self,
         key: BatchKey,
         records: &[Queued],
+        refused: &[(&Queued, &Failure)],
         claim: Option<&IdempotencyKey>,
     ) -> Result<(), Failure> {
         let client = self.client().await?;
         let outcome = tokio::time::timeout(
             self.timeout,
-            copy_batch(&client, key, records, claim, self.integrity),
+            copy_batch(&client, key, records, refused, claim, self.integrity),
         )
         .await;
         self.settle(client, outcome, "COPY into audit_logs")
+    }
+
+    /// Whether PostgreSQL takes `records`: they are copied in a transaction that is rolled
+    /// back. How the records of a submission that PostgreSQL refuses are told apart from
+    /// the others without committing any part of it.
+    pub(crate) async fn probe(&self, stream_id: i64, records: &[Queued]) -> Result<(), Failure> {
+        let client = self.client().await?;
+        let work = async {
+            client.batch_execute("BEGIN").await?;
+            let copied = copy_rows(&client, stream_id, records, None).await;
+            let _ = client.batch_execute("ROLLBACK").await;
+            copied
+        };
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        self.settle(client, outcome, "a trial COPY into audit_logs")
+    }
+
+    /// The request digest of the batch committed under `claim`'s key, if one is.
+    pub(crate) async fn claimed_digest(
+        &self,
+        claim: &IdempotencyKey,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let client = self.client().await?;
+        let mut digest = None;
+        let work = async {
+            let row = client.query_opt(CLAIMED_DIGEST, &[&claim.as_str()]).await?;
+            digest = row.and_then(|row| row.get::<_, Option<Vec<u8>>>(0));
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        self.settle(client, outcome, "reading a submission's ledger row")?;
+        Ok(digest)
     }
 
     /// Settles the fate of a batch whose outcome is unknown (see migration 0003).
@@ -274,13 +317,33 @@ async fn copy_batch(
     client: &tokio_postgres::Client,
     key: BatchKey,
     records: &[Queued],
+    refused: &[(&Queued, &Failure)],
     claim: Option<&IdempotencyKey>,
     integrity: bool,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("BEGIN").await?;
     let work = async {
-        let mut proof = integrity.then(|| ProofBuilder::new(key.stream_id, records.len()));
-        copy_rows(client, key.stream_id, records, proof.as_mut()).await?;
+        // A batch whose every record was refused has nothing to prove, only its key.
+        let prove = integrity && !records.is_empty();
+        let mut proof = prove.then(|| ProofBuilder::new(key.stream_id, records.len()));
+        if !records.is_empty() {
+            copy_rows(client, key.stream_id, records, proof.as_mut()).await?;
+        }
+        for (record, reason) in refused {
+            let json = record.log.to_log().to_json();
+            client
+                .execute(
+                    KEEP_REJECTED,
+                    &[
+                        &reason.sqlstate,
+                        &reason.message,
+                        &Json(&json),
+                        &key.stream_id,
+                        &record.seq,
+                    ],
+                )
+                .await?;
+        }
         let proof = proof.map(ProofBuilder::finish);
         let rows = i32::try_from(records.len()).unwrap_or(i32::MAX);
         let claim_key = claim.map(IdempotencyKey::as_str);

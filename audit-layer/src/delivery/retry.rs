@@ -30,6 +30,9 @@ pub(crate) enum FailureKind {
 /// The primary key of the batch ledger (migration 0003).
 const LEDGER_KEY: &str = "audit_writer_batches_pkey";
 
+/// An undefined column: the schema predates a migration the statement needs.
+pub(crate) const UNDEFINED_COLUMN: &str = "42703";
+
 /// The unique index on idempotency keys (migration 0008).
 const IDEMPOTENCY_KEY: &str = "audit_writer_batches_idempotency_key";
 

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::copy::{BatchKey, Fate};
 use super::copy::{Failure, Sink};
-use super::retry::{is_connection_problem, Backoff, FailureKind};
+use super::retry::{is_connection_problem, Backoff, FailureKind, UNDEFINED_COLUMN};
 use super::spool::{Corruption, Spool};
 use crate::error::Error;
 use crate::queue::Pending;
@@ -48,6 +48,10 @@ pub(crate) struct WriterConfig {
     /// Benchmarks of the emitting side only: count batches as written and drop them.
     pub(crate) discard: bool,
 }
+
+/// Attempts at writing a submission whole that may run out of time before it is written
+/// in parts instead (without its idempotency key).
+const WHOLE_ATTEMPTS_TOO_SLOW: u32 = 3;
 
 /// How long the writer waits before looking at an empty queue again: it starts short after
 /// activity and doubles while the queue stays empty.
@@ -137,20 +141,25 @@ impl Writer {
             records,
             key,
             reply,
+            held,
         } = submitted;
-        self.dispatch_batch(records, key, Some(reply)).await;
+        self.dispatch_batch(records, key, Some((reply, held))).await;
     }
 
     async fn dispatch_batch(
         &self,
         batch: Vec<Queued>,
         claim: Option<IdempotencyKey>,
-        reply: Option<oneshot::Sender<BatchFate>>,
+        submitter: Option<(
+            oneshot::Sender<BatchFate>,
+            tokio::sync::OwnedSemaphorePermit,
+        )>,
     ) {
         let answer = |fate: BatchFate| {
-            if let Some(reply) = reply {
+            if let Some((reply, held)) = submitter {
                 // The submitter may have given up waiting; the batch is written anyway.
                 let _ = reply.send(fate);
+                drop(held);
             }
         };
         if batch.is_empty() {
@@ -193,7 +202,10 @@ impl Writer {
         };
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let fate = shared.write_batch(key, batch, claim, true).await;
+            let fate = match claim {
+                Some(claim) => shared.write_submission(key, batch, claim, true).await,
+                None => shared.write_batch(key, batch, true).await,
+            };
             drop(permit);
             answer(fate);
         });
@@ -319,8 +331,28 @@ impl Shared {
         }
     }
 
-    /// An `audit_dropped` record for the drops not yet recorded, numbered in the stream
-    /// like any record: the table then says itself how many records are missing and why.
+    /// A record the writer adds to its stream to explain something about it (records
+    /// dropped, a submission not written), numbered like any record: the table then says
+    /// itself why seqs are missing.
+    fn notice(
+        &self,
+        event_type: &str,
+        severity: Severity,
+        message: String,
+        members: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+    ) -> Queued {
+        let mut log = AuditLog::new("system", event_type, message);
+        log.severity = severity;
+        for (key, value) in members {
+            log.metadata.insert(key.into(), value);
+        }
+        Queued {
+            seq: self.seq.next(),
+            log: Pending::from_log(log),
+        }
+    }
+
+    /// An `audit_dropped` record for the drops not yet recorded.
     fn drop_notice(&self) -> Option<Queued> {
         let dropped = self.counters.dropped();
         let recorded = self.drops_recorded.load(Ordering::Relaxed);
@@ -330,53 +362,36 @@ impl Shared {
         self.drops_recorded.store(dropped, Ordering::Relaxed);
         let full = self.counters.dropped_queue_full.load(Ordering::Relaxed);
         let stopped = self.counters.dropped_writer_stopped.load(Ordering::Relaxed);
-        let mut log = AuditLog::new(
-            "system",
+        Some(self.notice(
             "audit_dropped",
+            Severity::Error,
             format!("{} audit records dropped", dropped - recorded),
-        );
-        log.severity = Severity::Error;
-        log.metadata
-            .insert("dropped".into(), (dropped - recorded).into());
-        log.metadata.insert("dropped_total".into(), dropped.into());
-        log.metadata
-            .insert("dropped_queue_full_total".into(), full.into());
-        log.metadata
-            .insert("dropped_writer_stopped_total".into(), stopped.into());
-        log.metadata.insert(
-            "explanation".into(),
-            "the records are missing from this stream's seq numbers".into(),
-        );
-        Some(Queued {
-            seq: self.seq.next(),
-            log: Pending::from_log(log),
-        })
+            [
+                ("dropped", (dropped - recorded).into()),
+                ("dropped_total", dropped.into()),
+                ("dropped_queue_full_total", full.into()),
+                ("dropped_writer_stopped_total", stopped.into()),
+                (
+                    "explanation",
+                    "the records are missing from this stream's seq numbers".into(),
+                ),
+            ],
+        ))
     }
 
     /// Writes a batch under its ledger key, each record exactly once, isolating refused
     /// records. Returns once every record is committed, kept as rejected, or (when
     /// `may_spill` and the database fails) safely in the spool.
-    ///
-    /// A batch with a `claim` (an idempotency key) commits it in the ledger row of its
-    /// first part to commit, so a retry finds it; if another batch committed under it
-    /// first, none of its records are written.
-    async fn write_batch(
-        &self,
-        key: BatchKey,
-        batch: Vec<Queued>,
-        mut claim: Option<IdempotencyKey>,
-        may_spill: bool,
-    ) -> BatchFate {
+    async fn write_batch(&self, key: BatchKey, batch: Vec<Queued>, may_spill: bool) -> BatchFate {
         let mut fate = BatchFate::default();
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Parts still to write, the next one last; each under its ledger key.
         let mut pending = vec![(key, batch)];
         while let Some((key, mut chunk)) = pending.pop() {
             loop {
-                let failure = match self.sink.copy(key, &chunk, claim.as_ref()).await {
+                let failure = match self.sink.copy(key, &chunk).await {
                     Ok(()) => {
                         self.committed(chunk.len(), &mut backoff);
-                        claim = None;
                         break;
                     }
                     Err(failure) => failure,
@@ -385,33 +400,6 @@ impl Shared {
                     FailureKind::AlreadyCommitted => {
                         // An earlier attempt whose answer was lost did commit.
                         self.committed(chunk.len(), &mut backoff);
-                        claim = None;
-                        break;
-                    }
-                    FailureKind::Duplicate => {
-                        // Either this very batch committed and its answer was lost (its
-                        // own key is in the ledger), or another did under the claim.
-                        if self.fence(key, &mut backoff).await == Fate::Committed {
-                            self.committed(chunk.len(), &mut backoff);
-                            claim = None;
-                            break;
-                        }
-                        let suppressed: Vec<Queued> = pending
-                            .drain(..)
-                            .flat_map(|(_, part)| part)
-                            .chain(chunk)
-                            .collect();
-                        fate.duplicate = true;
-                        Counters::add(
-                            &self.counters.suppressed_duplicates,
-                            suppressed.len() as u64,
-                        );
-                        if let Some(claim) = claim.take() {
-                            pending.push((
-                                self.new_key(),
-                                vec![self.duplicate_notice(&claim, &suppressed)],
-                            ));
-                        }
                         break;
                     }
                     FailureKind::Data => {
@@ -426,7 +414,8 @@ impl Shared {
                         }
                         break;
                     }
-                    FailureKind::Transient | FailureKind::TooSlow => {}
+                    // Only submissions have an idempotency key (`write_submission`).
+                    FailureKind::Transient | FailureKind::TooSlow | FailureKind::Duplicate => {}
                 }
                 // The failure may have come after COMMIT was sent. Sending the same key
                 // again is safe: the ledger admits a key once, so a batch that did commit
@@ -448,9 +437,7 @@ impl Shared {
                     pending.push((self.new_key(), chunk));
                     break;
                 }
-                if may_spill && self.spool_takes(key, &chunk, claim.as_ref()) {
-                    // The claim went to disk with the records.
-                    claim = None;
+                if may_spill && self.spool_takes(key, &chunk, None) {
                     fate.spooled = true;
                     break;
                 }
@@ -461,34 +448,243 @@ impl Shared {
         fate
     }
 
-    /// The record left in place of a submission not written because it was a duplicate:
-    /// it says which seqs of this stream the suppressed records had taken, so that their
-    /// gap is explained in the table itself, as a drop's is.
-    fn duplicate_notice(&self, claim: &IdempotencyKey, suppressed: &[Queued]) -> Queued {
-        let seqs = suppressed.iter().map(|r| r.seq);
+    /// Writes a submission sent under an idempotency key: whole, in one transaction (its
+    /// records, the ones PostgreSQL refuses into `audit_logs_rejected`, and its ledger
+    /// row with the key), so that the key stands for all of it or none. It is not split:
+    /// the records PostgreSQL refuses are found by trial copies that are rolled back, and
+    /// a call too slow is tried again whole, up to 3 times; after that it is written in
+    /// parts without its key (reported), rather than not at all.
+    ///
+    /// If a batch under the same key committed before, nothing is written: a retry (the
+    /// same request digest) is suppressed; a key reused for other records is refused when
+    /// its sender waits for the answer (`may_spill`), and written without the key when it
+    /// comes from the spool (its sender was told it was spooled). Either way a notice
+    /// names the seqs left unused.
+    async fn write_submission(
+        &self,
+        key: BatchKey,
+        batch: Vec<Queued>,
+        claim: IdempotencyKey,
+        may_spill: bool,
+    ) -> BatchFate {
+        let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
+        // Positions of the records PostgreSQL refuses, with the reason.
+        let mut refused: Vec<(usize, Failure)> = Vec::new();
+        let mut too_slow = 0;
+        loop {
+            let kept: Vec<Queued> = batch
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
+                .map(|(_, record)| record.clone())
+                .collect();
+            let reasons: Vec<(&Queued, &Failure)> =
+                refused.iter().map(|(i, f)| (&batch[*i], f)).collect();
+            let written = self
+                .sink
+                .copy_claimed(key, &kept, &reasons, Some(&claim))
+                .await;
+            let failure = match written {
+                Ok(()) => return self.submission_committed(&kept, &refused, &mut backoff),
+                Err(failure) => failure,
+            };
+            if failure.sqlstate.as_deref() == Some(UNDEFINED_COLUMN) {
+                // A schema without migration 0008: the records matter more than the key.
+                let error = format!(
+                    "idempotency keys need migration 0008 (run the migrations); a submission \
+                     under {:?} is written without its key: {}",
+                    claim.as_str(),
+                    failure.message
+                );
+                tracing::error!(error = %error, "audit submission written without its idempotency key");
+                self.counters.set_last_error(error);
+                return self.write_batch(key, batch, may_spill).await;
+            }
+            match failure.kind {
+                FailureKind::AlreadyCommitted => {
+                    return self.submission_committed(&kept, &refused, &mut backoff)
+                }
+                FailureKind::Duplicate => {
+                    // This very batch, its answer lost (its own key is in the ledger), or
+                    // another under the same idempotency key.
+                    if self.fence(key, &mut backoff).await == Fate::Committed {
+                        return self.submission_committed(&kept, &refused, &mut backoff);
+                    }
+                    return self
+                        .not_written(batch, claim, may_spill, &mut backoff)
+                        .await;
+                }
+                FailureKind::Data => match self.refused_records(&batch, &refused).await {
+                    // Nothing committed, for certain: the same key is tried again, without
+                    // the records found refused.
+                    Ok(found) if !found.is_empty() => {
+                        refused.extend(found);
+                        continue;
+                    }
+                    // Refused whole, yet no record alone is: something else (a trigger on
+                    // the ledger, a constraint added meanwhile); waited for, as transient.
+                    Ok(_) => {}
+                    Err(failure) => {
+                        self.wait_before_retry(&failure.message, &mut backoff).await;
+                        continue;
+                    }
+                },
+                FailureKind::TooSlow => {
+                    too_slow += 1;
+                    if too_slow >= WHOLE_ATTEMPTS_TOO_SLOW {
+                        // Too big to write whole within the timeout: written in parts, as
+                        // any batch is, once this attempt surely never commits; the key
+                        // cannot stand for parts, so it is not kept (said, not hidden).
+                        if self.fence(key, &mut backoff).await == Fate::Committed {
+                            return self.submission_committed(&kept, &refused, &mut backoff);
+                        }
+                        let error = format!(
+                            "a submission under {:?} could not be written whole within the \
+                             timeout; written in parts, without its idempotency key",
+                            claim.as_str()
+                        );
+                        tracing::error!(error = %error, "audit submission written without its idempotency key");
+                        self.counters.set_last_error(error);
+                        return self.write_batch(self.new_key(), batch, may_spill).await;
+                    }
+                }
+                FailureKind::Transient => {}
+            }
+            self.counters.set_last_error(failure.message.clone());
+            if failure.maybe_committed {
+                Counters::add(&self.counters.unsettled_batches, 1);
+            }
+            // Sent again under the same key, a batch that did commit answers
+            // AlreadyCommitted; to the spool it goes whole, key and all.
+            if may_spill && self.spool_takes(key, &batch, Some(&claim)) {
+                return BatchFate {
+                    spooled: true,
+                    ..BatchFate::default()
+                };
+            }
+            self.wait_before_retry(&failure.message, &mut backoff).await;
+        }
+    }
+
+    fn submission_committed(
+        &self,
+        kept: &[Queued],
+        refused: &[(usize, Failure)],
+        backoff: &mut Backoff,
+    ) -> BatchFate {
+        self.committed(kept.len(), backoff);
+        Counters::add(&self.counters.rejected, refused.len() as u64);
+        if let Some((_, reason)) = refused.first() {
+            self.counters.set_last_error(format!(
+                "{} records of a submission rejected: {}",
+                refused.len(),
+                reason.message
+            ));
+        }
+        self.report_drops(false);
+        BatchFate {
+            rejected: refused.len(),
+            ..BatchFate::default()
+        }
+    }
+
+    /// The records of `batch` not yet known refused that PostgreSQL refuses, each with its
+    /// reason, found by halving in trial copies that are rolled back.
+    async fn refused_records(
+        &self,
+        batch: &[Queued],
+        known: &[(usize, Failure)],
+    ) -> Result<Vec<(usize, Failure)>, Failure> {
+        let candidates: Vec<usize> = (0..batch.len())
+            .filter(|i| !known.iter().any(|(r, _)| r == i))
+            .collect();
+        let mut found = Vec::new();
+        let mut parts = vec![candidates];
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let records: Vec<Queued> = part.iter().map(|i| batch[*i].clone()).collect();
+            match self.sink.probe(self.stream_id, &records).await {
+                Ok(()) => {}
+                Err(failure) if failure.kind == FailureKind::Data => {
+                    if let [one] = part.as_slice() {
+                        found.push((*one, failure));
+                    } else {
+                        let mut first = part;
+                        let second = first.split_off(first.len() / 2);
+                        parts.push(second);
+                        parts.push(first);
+                    }
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Ok(found)
+    }
+
+    /// A submission that is not written because another batch holds its key.
+    async fn not_written(
+        &self,
+        batch: Vec<Queued>,
+        claim: IdempotencyKey,
+        may_spill: bool,
+        backoff: &mut Backoff,
+    ) -> BatchFate {
+        let earlier = loop {
+            match self.sink.claimed_digest(&claim).await {
+                Ok(digest) => break digest,
+                Err(failure) => self.wait_before_retry(&failure.message, backoff).await,
+            }
+        };
+        let retry = earlier.as_deref() == Some(&claim.request_digest()[..]);
+        if !retry && !may_spill {
+            // From the spool: its sender was told it was spooled, so it is written, only
+            // not under a key that stands for other records.
+            tracing::warn!(
+                idempotency_key = %claim.as_str(),
+                "a spooled submission reused an idempotency key for other records; written without it"
+            );
+            self.counters.set_last_error(format!(
+                "idempotency key {:?} reused for other records; written without it",
+                claim.as_str()
+            ));
+            return self.write_batch(self.new_key(), batch, false).await;
+        }
+        let seqs = batch.iter().map(|r| r.seq);
         let (first, last) = (seqs.clone().min(), seqs.max());
-        let mut log = AuditLog::new(
-            "system",
-            "audit_duplicate_suppressed",
-            format!(
-                "{} audit records not written: a retry of a submission already committed under its idempotency key",
-                suppressed.len()
-            ),
+        Counters::add(&self.counters.suppressed_duplicates, batch.len() as u64);
+        let (event_type, why) = if retry {
+            (
+                "audit_duplicate_suppressed",
+                "a retry of a submission already committed under its idempotency key: the records are in the table under the first attempt",
+            )
+        } else {
+            (
+                "audit_submission_refused",
+                "its idempotency key was used before for other records: its sender was told so, and nothing of it was written",
+            )
+        };
+        let notice = self.notice(
+            event_type,
+            Severity::Warning,
+            format!("{} audit records not written: {why}", batch.len()),
+            [
+                ("idempotency_key", claim.as_str().into()),
+                ("records", batch.len().into()),
+                ("first_seq", first.into()),
+                ("last_seq", last.into()),
+                (
+                    "explanation",
+                    "these seqs of this stream are not used".into(),
+                ),
+            ],
         );
-        log.severity = Severity::Warning;
-        log.metadata
-            .insert("idempotency_key".into(), claim.as_str().into());
-        log.metadata
-            .insert("suppressed".into(), suppressed.len().into());
-        log.metadata.insert("first_seq".into(), first.into());
-        log.metadata.insert("last_seq".into(), last.into());
-        log.metadata.insert(
-            "explanation".into(),
-            "these seqs of this stream are not used: the records are in the table under the first attempt".into(),
-        );
-        Queued {
-            seq: self.seq.next(),
-            log: Pending::from_log(log),
+        self.write_batch(self.new_key(), vec![notice], false).await;
+        BatchFate {
+            duplicate: retry,
+            key_reused: !retry,
+            ..BatchFate::default()
         }
     }
 
@@ -576,8 +772,13 @@ impl Shared {
                 }
             };
             let frame_bytes = batch.frame_bytes;
-            self.write_batch(batch.key, batch.records, batch.claim, false)
-                .await;
+            match batch.claim {
+                Some(claim) => {
+                    self.write_submission(batch.key, batch.records, claim, false)
+                        .await
+                }
+                None => self.write_batch(batch.key, batch.records, false).await,
+            };
             if let Ok(mut spool) = spool.lock() {
                 spool.consume(frame_bytes);
                 // Reading on retires replayed segments, so the size shown stays true.

@@ -112,6 +112,11 @@ pub fn signer(tokens: &Tokens, path_and_query: &str) -> Option<String> {
         return None;
     }
     let name = value(BY)?;
+    // A link stands in for a reading token: one signed with a write-only token's secret
+    // (which its holder could compute offline) grants nothing.
+    if !tokens.scopes(name)?.read {
+        return None;
+    }
     tokens
         .verify(name, unsigned.as_bytes(), signature)
         .then(|| name.to_owned())
@@ -186,6 +191,9 @@ mod tests {
         assert_eq!(signer(&tokens, &expired), None);
         let other_tokens = Tokens::parse(["ops:fedcba9876543210fedc"]).unwrap();
         assert_eq!(signer(&other_tokens, &good), None);
+        // A write-only token's holder can compute a link's signature; it reads nothing.
+        let writer = Tokens::parse(["ops:0123456789abcdef0123:write"]).unwrap();
+        assert_eq!(signer(&writer, &link(&writer, "q=backup", soon)), None);
         assert_eq!(signer(&tokens, "/api/v1/logs/export?q=backup"), None);
     }
 }

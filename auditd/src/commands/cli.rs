@@ -550,6 +550,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITD_INGEST_RATE", default_value_t = 50_000)]
     pub ingest_rate: u64,
 
+    /// Writes to POST /api/v1/events handled at once (apart from --max-concurrent-requests,
+    /// which bounds reads); beyond it, 503 with Retry-After. Each holds its body and its
+    /// records in memory while it is handled.
+    #[arg(long, env = "AUDITD_INGEST_MAX_CONCURRENT", default_value_t = 16)]
+    pub ingest_max_concurrent: usize,
+
     /// How far ahead of auditd's clock a sent record's created_at may be; beyond it the
     /// record is stamped with the time received (a fix-up, noted in the record).
     #[arg(long, env = "AUDITD_INGEST_MAX_AHEAD", default_value = "5m", value_parser = parse_duration)]

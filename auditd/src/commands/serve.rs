@@ -191,6 +191,7 @@ pub async fn serve_until_signal(
                 records_per_second: args.ingest_rate,
                 max_ahead: args.ingest_max_ahead,
                 max_behind: args.ingest_max_behind,
+                max_concurrent: args.ingest_max_concurrent,
             },
             ..Limits::default()
         },

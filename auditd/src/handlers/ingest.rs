@@ -115,8 +115,9 @@ async fn accept(
 
     let digest: [u8; 32] = Sha256::digest(&body).into();
     let scoped = key.as_deref().map(|k| idempotency::scoped(&caller.name, k));
-    // Held until the answer: a retry racing this attempt is told to wait for it.
-    let _held = match &scoped {
+    // Held until the writer knows the fate of this attempt (even past this request's
+    // timeout): a retry racing it is told to wait for it.
+    let held = match &scoped {
         Some(scoped) => Some(app.in_flight_keys.hold(scoped).ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
@@ -128,12 +129,13 @@ async fn accept(
     };
     if let (Some(scoped), Some(key)) = (&scoped, &key) {
         match committed(app, scoped).await {
-            Ok(Some(earlier)) => return duplicate(app, key, &earlier, &digest),
+            Ok(Some(earlier)) => return duplicate(app, key, Some(&earlier), &digest),
             Ok(None) => {}
             Err(e) if e.code == "schema_outdated" => return Err(e),
-            // The database is down: the records go to the writer (and its spool) all the
-            // same. The lookup only shapes the answer; the ledger's unique key is what
-            // keeps a retry from being written twice.
+            // The database is down, or this role may not read the ledger: the records go
+            // to the writer (and its spool) all the same. The lookup only shapes the
+            // answer; the writer's check against the ledger's unique key, digest
+            // included, is what keeps a retry from being written twice.
             Err(_) => {}
         }
     }
@@ -155,31 +157,45 @@ async fn accept(
     for object in records {
         submission.push_object(object);
     }
-    let receipt = writer.submit(submission).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "writer_stopped",
-            format!("the audit writer is not taking records: {e}"),
-        )
-    })?;
-    if receipt.outcome == audit_layer::Outcome::Duplicate {
-        // Another attempt committed between the lookup and the write (another auditd, or
-        // a replay from the spool): it is the one that counts.
-        if let (Some(scoped), Some(key)) = (&scoped, &key) {
-            if let Ok(Some(earlier)) = committed(app, scoped).await {
-                return duplicate(app, key, &earlier, &digest);
-            }
+    // On a task of its own, so that a request given up (its timeout) leaves the attempt
+    // to finish, still holding its key.
+    let submitted = tokio::spawn(async move {
+        let receipt = writer.submit(submission).await;
+        drop(held);
+        receipt
+    });
+    let receipt = match submitted.await {
+        Ok(Ok(receipt)) => receipt,
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "writer_stopped",
+                format!("the audit writer is not taking records: {e}"),
+            ))
         }
-        app.metrics.ingest_duplicate();
-        return Ok(http::json(
-            StatusCode::OK,
-            &json!({
-                "status": "duplicate",
-                "duplicate": true,
-                "records": receipt.records,
-                "idempotency_key": key,
-            }),
-        ));
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the submission failed: {e}"),
+            ))
+        }
+    };
+    match receipt.outcome {
+        audit_layer::Outcome::Duplicate | audit_layer::Outcome::KeyReused => {
+            // Another attempt committed under the key between the lookup and the write
+            // (another auditd, a replay from the spool); the writer compared the digests.
+            let key = key.as_deref().unwrap_or_default();
+            let earlier = match &scoped {
+                Some(scoped) => committed(app, scoped).await.ok().flatten(),
+                None => None,
+            };
+            if receipt.outcome == audit_layer::Outcome::KeyReused {
+                return Err(key_reused());
+            }
+            return duplicate(app, key, earlier.as_ref(), &digest);
+        }
+        _ => {}
     }
     app.metrics
         .records_ingested(receipt.records as u64, receipt.fixups);
@@ -221,31 +237,40 @@ async fn committed(app: &App, scoped: &str) -> Result<Option<Committed>, ApiErro
 }
 
 /// The answer to a retry of a request already committed (200, nothing written now), or
-/// to a key reused for other records (422).
+/// to a key reused for other records (422). `earlier` is the ledger's row, when it could
+/// be read.
 fn duplicate(
     app: &App,
     key: &str,
-    earlier: &Committed,
+    earlier: Option<&Committed>,
     digest: &[u8; 32],
 ) -> Result<Response<Body>, ApiError> {
-    if earlier.request_digest.as_deref() != Some(&digest[..]) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a request with other content; use a new key for new records",
-        ));
+    if let Some(earlier) = earlier {
+        if earlier.request_digest.as_deref() != Some(&digest[..]) {
+            return Err(key_reused());
+        }
     }
     app.metrics.ingest_duplicate();
-    Ok(http::json(
-        StatusCode::OK,
-        &json!({
-            "status": "duplicate",
-            "duplicate": true,
-            "records": earlier.rows,
-            "committed_at": earlier.committed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "idempotency_key": key,
-        }),
-    ))
+    let mut answer = json!({
+        "status": "duplicate",
+        "duplicate": true,
+        "idempotency_key": key,
+    });
+    if let Some(earlier) = earlier {
+        answer["records"] = json!(earlier.rows);
+        answer["committed_at"] = json!(earlier
+            .committed_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    Ok(http::json(StatusCode::OK, &answer))
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a request with other content; use a new key for new records",
+    )
 }
 
 fn body_too_large(max: usize) -> ApiError {
@@ -315,30 +340,26 @@ fn records_of(
                 }
             }
         }
-        Format::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => {
-                if items.len() > max_records {
-                    return Err(too_many());
+        Format::Json => {
+            // Read element by element, stopping at the first that is not a record or one
+            // past the bound: a body of 16 MiB of `[0,0,...]` is never built whole.
+            let mut reader = serde_json::Deserializer::from_slice(body);
+            let read = serde::de::DeserializeSeed::deserialize(
+                RecordList { max: max_records },
+                &mut reader,
+            )
+            .and_then(|list| reader.end().map(|()| list));
+            match read {
+                Ok(list) => records = list,
+                Err(e) if e.to_string().starts_with(TOO_MANY) => return Err(too_many()),
+                Err(e) if e.to_string().starts_with(NOT_A_RECORD) => {
+                    let message = e.to_string();
+                    let what = message.split(" at line").next().unwrap_or(&message);
+                    return Err(invalid(what[NOT_A_RECORD.len()..].trim().to_owned()));
                 }
-                for (index, item) in items.into_iter().enumerate() {
-                    match item {
-                        Value::Object(object) => records.push(object),
-                        _ => {
-                            return Err(invalid(format!(
-                                "record {index}: a record must be a JSON object"
-                            )))
-                        }
-                    }
-                }
+                Err(e) => return Err(invalid(format!("not JSON: {e}"))),
             }
-            Ok(Value::Object(object)) => records.push(object),
-            Ok(_) => {
-                return Err(invalid(
-                    "the body must be an array of records or one record".to_owned(),
-                ))
-            }
-            Err(e) => return Err(invalid(format!("not JSON: {e}"))),
-        },
+        }
     }
     if records.is_empty() {
         return Err(ApiError::new(
@@ -348,6 +369,59 @@ fn records_of(
         ));
     }
     Ok(records)
+}
+
+const TOO_MANY: &str = "too many records";
+const NOT_A_RECORD: &str = "not a record:";
+
+/// A JSON array of records (objects), read until one past `max`; or one record.
+struct RecordList {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordList {
+    type Value = Vec<Map<String, Value>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<Self::Value, D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordList {
+    type Value = Vec<Map<String, Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of records or one record")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut items: A,
+    ) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut records = Vec::new();
+        while let Some(item) = items.next_element::<Value>()? {
+            if records.len() == self.max {
+                return Err(A::Error::custom(TOO_MANY));
+            }
+            match item {
+                Value::Object(record) => records.push(record),
+                _ => {
+                    return Err(A::Error::custom(format!(
+                        "{NOT_A_RECORD} record {}: a record must be a JSON object",
+                        records.len()
+                    )))
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, members: A) -> Result<Self::Value, A::Error> {
+        let record =
+            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(members))?;
+        Ok(vec![record])
+    }
 }
 
 #[cfg(test)]

@@ -98,10 +98,10 @@ async fn handle_route(
         .into_response();
     }
     if route.id == RouteId::Ingest {
-        // A write: bounded with the reads, under the same timeout, and answered by the
-        // ingest handler, which takes the request's body.
-        let Some(_slot) = app.read_slot() else {
-            return ApiError::overloaded("requests").into_response();
+        // A write: bounded apart from the reads, under the same timeout, and answered by
+        // the ingest handler, which takes the request's body.
+        let Some(_slot) = app.ingest_slot() else {
+            return ApiError::overloaded("writes").into_response();
         };
         return ingest::ingest(app, request, caller).await;
     }
