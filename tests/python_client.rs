@@ -187,9 +187,12 @@ async fn the_python_client_sends_a_batch_again_under_its_key_when_the_answer_is_
          c = audit_client.AuditClient('http://{proxy}', '{WRITER}', flush_interval=0.05)\n\
          for i in range(5):\n\
          \x20   c.create_log('alice', 'payment', 'Invoice %d paid' % i)\n\
+         # Not JSON: refused on the caller's thread, never failing the batch.\n\
+         assert c.create_log('alice', 'payment', 'bad', metadata={{'ratio': float('nan')}}) is False\n\
          assert c.close(30), 'not flushed'\n\
          print(c.stats)\n\
-         assert c.stats['sent'] == 5 and c.stats['retries'] >= 1 and c.stats['duplicates'] == 1, c.stats\n"
+         assert c.stats['sent'] == 5 and c.stats['retries'] >= 1 and c.stats['duplicates'] == 1, c.stats\n\
+         assert c.stats['invalid'] == 1, c.stats\n"
     );
     let out = tokio::task::spawn_blocking(move || python(&["-c", &program]))
         .await

@@ -21,6 +21,7 @@ Or with a client of your own:
 
 import atexit
 import datetime
+import email.utils
 import json
 import logging
 import queue
@@ -41,9 +42,10 @@ __all__ = [
 
 log = logging.getLogger("audit_client")
 
-# Statuses worth sending the same request again for: auditd overloaded or shutting down
-# (503), a rate limit (429), a request still being handled under the same key (409).
-RETRYABLE = {409, 429, 500, 502, 503, 504}
+# Statuses that say the request itself is wrong, so sending it again cannot help. Every
+# other failure (no answer, 401/403 while a token is being rotated, 409, 429, 5xx) is
+# retried with the same key until auditd takes the batch: records are kept, not dropped.
+PERMANENT = {400, 413, 415, 422}
 
 
 class AuditClient:
@@ -74,6 +76,7 @@ class AuditClient:
             "queued": 0,
             "sent": 0,
             "dropped": 0,
+            "invalid": 0,
             "retries": 0,
             "duplicates": 0,
             "fixups": 0,
@@ -82,7 +85,11 @@ class AuditClient:
         self._queue = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._in_hand = 0
+        # Records queued, and records done with (sent or refused), since the start: the
+        # sender takes them in order, so a flush waits for `done` to reach `queued` as it
+        # was when the flush began.
+        self._queued_total = 0
+        self._done_total = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="audit-client", daemon=True)
         self._thread.start()
@@ -102,7 +109,8 @@ class AuditClient:
         created_at=None,
     ):
         """Queues one record with every column of ``audit_logs``; returns False if it was
-        dropped (the queue is full or the client closed)."""
+        dropped (the queue is full, the client closed, or a value is not JSON: NaN, or an
+        object ``str()`` cannot render). Never raises, never waits."""
         record = {
             "username": username,
             "event_type": event_type,
@@ -121,27 +129,38 @@ class AuditClient:
         ):
             if value is not None:
                 record[name] = value
+        try:
+            # Serialized now, on the caller's thread: what is sent is the record as it was
+            # when logged (a metadata dict changed later does not change it), and a value
+            # that is not JSON is reported here rather than failing a whole batch.
+            line = json.dumps(record, separators=(",", ":"), default=str, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            with self._lock:
+                self.stats["invalid"] += 1
+            log.warning("audit record not queued: %s", e)
+            return False
         with self._lock:
             if self._closed:
                 self.stats["dropped"] += 1
                 return False
             try:
-                self._queue.put_nowait(record)
+                self._queue.put_nowait(line.encode("utf-8") + b"\n")
             except queue.Full:
                 self.stats["dropped"] += 1
                 if self.stats["dropped"] == 1 or self.stats["dropped"] % 1000 == 0:
                     log.warning("audit queue full: %d records dropped", self.stats["dropped"])
                 return False
             self.stats["queued"] += 1
-            self._in_hand += 1
+            self._queued_total += 1
         return True
 
     def flush(self, timeout=None):
-        """Waits until every record queued so far is committed (or refused); False on
-        timeout."""
+        """Waits until every record queued before this call is committed (or refused);
+        False on timeout. Records queued meanwhile do not hold it up."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._in_hand > 0:
+            target = self._queued_total
+            while self._done_total < target:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -170,39 +189,48 @@ class AuditClient:
                     break
             self._send(batch)
             with self._idle:
-                self._in_hand -= len(batch)
+                self._done_total += len(batch)
                 self._idle.notify_all()
 
     def _send(self, batch):
         """Sends one batch until auditd has it: the same body under the same key on every
-        attempt, so a retry of a batch that did commit is answered as a duplicate."""
-        body = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in batch)
-        body = body.encode("utf-8")
+        attempt, so a retry of a batch that did commit is answered as a duplicate. Never
+        raises: the sender thread must outlive any answer."""
+        body = b"".join(batch)
         key = str(uuid.uuid4())
         backoff = 0.2
         while True:
-            status, answer, retry_after = self._post(body, key)
+            try:
+                status, answer, retry_after = self._post(body, key)
+            except Exception as e:  # noqa: BLE001 - the thread must not die
+                status, answer, retry_after = None, "unexpected error: %r" % (e,), None
+            if not isinstance(answer, dict):
+                answer = {"error": answer}
             if status in (200, 202):
-                self.stats["sent"] += len(batch)
-                self.stats["fixups"] += answer.get("fixups", 0)
-                if answer.get("duplicate"):
-                    self.stats["duplicates"] += 1
+                with self._lock:
+                    self.stats["sent"] += len(batch)
+                    self.stats["fixups"] += int(answer.get("fixups") or 0)
+                    if answer.get("duplicate"):
+                        self.stats["duplicates"] += 1
                 return
             if status == 413 and len(batch) > 1:
-                # Refused whole, so nothing of it committed: send it in halves.
+                # Refused whole (a body over auditd's limit), so nothing of it committed:
+                # send it in halves, each under a key of its own.
                 half = len(batch) // 2
                 self._send(batch[:half])
                 self._send(batch[half:])
                 return
-            if status is not None and status not in RETRYABLE:
-                # It will fail the same way every time (a bad token, a malformed body).
-                self.stats["refused"] += len(batch)
+            if status in PERMANENT:
+                with self._lock:
+                    self.stats["refused"] += len(batch)
                 log.error("auditd refused %d audit records: %s %s", len(batch), status, answer)
                 return
-            self.stats["retries"] += 1
+            with self._lock:
+                self.stats["retries"] += 1
             wait = retry_after if retry_after is not None else backoff
-            log.warning("audit records not sent (%s); retrying in %.1fs", status or answer, wait)
-            time.sleep(wait)
+            level = logging.ERROR if status in (401, 403) else logging.WARNING
+            log.log(level, "audit records not sent (%s %s); retrying in %.1fs", status, answer, wait)
+            time.sleep(max(0.0, min(wait, self.max_backoff)))
             backoff = min(backoff * 2, self.max_backoff)
 
     def _post(self, body, key):
@@ -220,16 +248,32 @@ class AuditClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read() or b"{}"), None
         except urllib.error.HTTPError as e:
-            retry_after = e.headers.get("Retry-After")
             try:
                 answer = json.loads(e.read() or b"{}")
-            except ValueError:
+            except (OSError, ValueError):
                 answer = {}
-            return e.code, answer, float(retry_after) if retry_after else None
+            return e.code, answer, _seconds(e.headers.get("Retry-After"))
         except (OSError, ValueError) as e:
             # No answer at all (refused, reset, timed out): it may or may not have
             # committed, which the same key settles.
             return None, str(e), None
+
+
+def _seconds(retry_after):
+    """Retry-After as seconds: a number, or an HTTP date; None when it is neither."""
+    if not retry_after:
+        return None
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def _rfc3339(moment):
