@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::access::Caller;
 use crate::http::{self, ApiError, Body};
 use crate::idempotency::{self, Committed};
+use crate::query::Params;
 use crate::state::App;
 
 /// How the records of a body are laid out.
@@ -66,6 +67,8 @@ async fn accept(
         ));
     };
     let limits = &app.limits.ingest;
+    // It takes no query parameters, and says so of one sent (as every route does).
+    Params::parse(request.uri().query())?.finish()?;
     let format = format_of(request.headers().get(CONTENT_TYPE))?;
     let key = idempotency::key_of(request.headers().get(idempotency::HEADER))?;
     let announced = request
