@@ -70,6 +70,42 @@ async fn a_record_emitted_in_an_opentelemetry_span_carries_its_trace_and_auditd_
     assert_eq!(find("sync").metadata["trace_id"], "from-the-event");
     assert!(find("system").metadata.get("trace_id").is_none());
 
+    // The filter is spelled as the partial index of migration 0009 is, and uses it.
+    let indexes: Vec<String> = db
+        .client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'audit_logs_trace_id'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!indexes.is_empty(), "each partition has the index");
+    db.client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = db
+        .client
+        .query(
+            "EXPLAIN SELECT id FROM audit_logs \
+             WHERE metadata ? 'trace_id' AND metadata->>'trace_id' = $1",
+            &[&trace_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        indexes.iter().any(|index| plan.contains(index.as_str())),
+        "{plan}"
+    );
+
     let server = TestServer::start_quiet(&db).await;
     let page = server
         .get_json(&format!(

@@ -5,8 +5,8 @@
 //!
 //! They go into the record's metadata (`trace_id`, 32 hex digits, and `span_id`, 16), not
 //! columns of their own: the record's hash covers them with no change to its encoding,
-//! auditd's `trace_id` filter is a containment query the metadata's GIN index answers, and
-//! a schema without them serves everyone who does not trace. A field of the event or of
+//! a schema without them serves everyone who does not trace, and auditd's `trace_id`
+//! filter is answered by a partial index of the records that carry one (migration 0009). A field of the event or of
 //! its spans with the same name wins: the application said so explicitly.
 
 use std::fmt::Write as _;

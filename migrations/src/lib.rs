@@ -46,6 +46,7 @@ migrations! {
     6 => "0006_append_only.sql",
     7 => "0007_retention.sql",
     8 => "0008_idempotent_submissions.sql",
+    9 => "0009_trace_index.sql",
 }
 
 /// The highest migration version embedded.

@@ -33,6 +33,9 @@ pub struct Filters {
     /// ([`super::text_search`]); empty: `text` itself.
     text_index_patterns: Vec<String>,
     metadata: Vec<(String, Value)>,
+    /// An OpenTelemetry trace: records carry it in metadata (audit-layer's `opentelemetry`
+    /// feature), found through the partial index of migration 0009.
+    trace_id: Option<String>,
     /// The filters contradict each other (see `min_severity`).
     matches_nothing: bool,
     /// `min_severity` as given (`severities` holds its effect).
@@ -84,12 +87,7 @@ impl Filters {
             f.matches_nothing = f.severities.is_empty();
             f.min_severity = Some(min);
         }
-        if let Some(trace) = params.take_parsed("trace_id", parse_trace_id)? {
-            // Records carry it in metadata (audit-layer's `opentelemetry` feature), where
-            // the metadata's GIN index finds it.
-            f.metadata
-                .push(("trace_id".to_owned(), Value::String(trace)));
-        }
+        f.trace_id = params.take_parsed("trace_id", parse_trace_id)?;
         for (name, value) in params.take_prefixed("meta.") {
             let path = &name["meta.".len()..];
             if path.split('.').count() > MAX_META_DEPTH {
@@ -197,6 +195,13 @@ impl Filters {
                 sql.push(&format!(" AND (message || '') ILIKE {p}"));
             }
         }
+        if let Some(trace) = &self.trace_id {
+            let p = sql.bind(trace.clone());
+            // Spelled as the index is (migration 0009), so that the planner uses it.
+            sql.push(&format!(
+                " AND metadata ? 'trace_id' AND metadata->>'trace_id' = {p}"
+            ));
+        }
         for (path, value) in &self.metadata {
             let Value::String(text) = value else { continue };
             let as_text = nest(path, Value::String(text.clone()));
@@ -250,6 +255,7 @@ impl Filters {
         put("since", json!(self.since.map(time)));
         put("until", json!(self.until.map(time)));
         put("q", json!(self.text));
+        put("trace_id", json!(self.trace_id));
         for (path, value) in &self.metadata {
             map.insert(format!("meta.{path}"), value.clone());
         }
@@ -257,12 +263,11 @@ impl Filters {
     }
 }
 
-/// An OpenTelemetry trace id: 32 hex digits (any case), not all zero; lowercase, as
-/// records store it.
+/// An OpenTelemetry trace id: 32 hex digits (any case); lowercase, as records store it.
+/// (The all-zero id is invalid in OpenTelemetry, and simply finds nothing.)
 fn parse_trace_id(text: &str) -> Result<String, String> {
-    let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
-    if !valid || text.bytes().all(|b| b == b'0') {
-        return Err("must be a trace id: 32 hex digits, not all zero".to_owned());
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("must be a trace id: 32 hex digits".to_owned());
     }
     Ok(text.to_ascii_lowercase())
 }
