@@ -7,8 +7,9 @@
 //! criterion (`--bench caller`) gives a mean per event; the target is stated as a median,
 //! and the tail matters to an application too. Each event is timed with two `Instant`
 //! readings; the median cost of an empty pair of readings, measured first, is subtracted.
-//! `--only audit` runs the audit layer alone, for `valgrind --tool=callgrind`, whose
-//! instruction counts per event stay the same from run to run when wall time does not.
+//! `--only audit` (or `otel`, `json`) runs one subscriber alone, for
+//! `valgrind --tool=callgrind`, whose instruction counts per event stay the same from run
+//! to run when wall time does not.
 
 mod support;
 
@@ -23,31 +24,45 @@ const WARM_UP_EVENTS: u64 = 300_000;
 fn main() {
     let events = arg("--events", 1_000_000);
     let args: Vec<String> = std::env::args().collect();
-    let audit_only = args.windows(2).any(|w| w[0] == "--only" && w[1] == "audit");
+    // `--only audit|otel|json|none`: one subscriber alone, for callgrind.
+    let only = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].clone());
+    let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let timer = timer_overhead_ns(events);
     println!("caller_latency: {events} events each; timer overhead {timer} ns (subtracted)");
 
     // Room for every event: the figures must not be of the drop path.
     let room = usize::try_from(events + WARM_UP_EVENTS).unwrap_or(usize::MAX);
-    let (audit, handle) = audit_dispatch(room);
-    report("audit layer, 10 fields, 1 span", &audit, events, timer);
-    assert_eq!(
-        handle.stats().dropped,
-        0,
-        "the queue overflowed: the figures would be of the drop path"
-    );
-    if audit_only {
-        return;
+    if runs("audit") {
+        let (audit, handle) = audit_dispatch(room);
+        report("audit layer, 10 fields, 1 span", &audit, events, timer);
+        assert_eq!(
+            handle.stats().dropped,
+            0,
+            "the queue overflowed: the figures would be of the drop path"
+        );
     }
-    let (otel, _provider) = otel_logs_dispatch(room);
-    report(
-        "OpenTelemetry appender + batch log processor, same event",
-        &otel,
-        events,
-        timer,
-    );
-    let (json, _guard) = json_dispatch(room);
-    report("JSON fmt + non_blocking, same event", &json, events, timer);
+    if runs("otel") {
+        let (otel, _provider) = otel_logs_dispatch(room);
+        report(
+            "OpenTelemetry appender + batch log processor, same event",
+            &otel,
+            events,
+            timer,
+        );
+    }
+    if only.as_deref() == Some("none") {
+        // The harness and tracing's own dispatch, with no layer: what the others' figures
+        // include besides their own work.
+        let none = tracing::Dispatch::new(tracing_subscriber::registry());
+        report("no layer (harness and dispatch)", &none, events, timer);
+    }
+    if runs("json") {
+        let (json, _guard) = json_dispatch(room);
+        report("JSON fmt + non_blocking, same event", &json, events, timer);
+    }
 }
 
 /// The median time of two back-to-back `Instant` readings.

@@ -139,12 +139,12 @@ impl AuditHandle {
             .map(|(log, seq)| Queued { seq, log })
             .collect();
         let (reply, fate) = oneshot::channel();
-        slot.send(Message::Submit(Submitted {
+        slot.send(Message::Submit(Box::new(Submitted {
             records,
             key: submission.key,
             reply,
             held,
-        }));
+        })));
         Counters::add(&self.counters.enqueued, count as u64);
         Counters::add(&self.counters.fixups, fixups);
         let fate = fate.await.map_err(|_| Error::WriterStopped)?;

@@ -136,13 +136,13 @@ impl Writer {
 
     /// Dispatches a submission's records as a batch of their own, under its key, and
     /// tells the submitter what became of it.
-    async fn dispatch_submission(&self, submitted: Submitted) {
+    async fn dispatch_submission(&self, submitted: Box<Submitted>) {
         let Submitted {
             records,
             key,
             reply,
             held,
-        } = submitted;
+        } = *submitted;
         self.dispatch_batch(records, key, Some((reply, held))).await;
     }
 

@@ -40,8 +40,9 @@ pub enum OverflowPolicy {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Message {
     Record(Queued),
-    /// A submission's records, written as a batch of their own (`crate::submit`).
-    Submit(crate::submit::Submitted),
+    /// A submission's records, written as a batch of their own (`crate::submit`). Boxed:
+    /// every queue slot is as large as the largest message, and records are nearly all.
+    Submit(Box<crate::submit::Submitted>),
     /// Commit everything received so far, then acknowledge.
     Flush(Ack),
     /// Commit everything, acknowledge, and stop.
