@@ -298,3 +298,39 @@ async fn a_submission_too_slow_to_write_whole_is_written_in_parts_rather_than_no
     );
     handle.shutdown(Duration::from_secs(60)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_submission_refused_whole_for_no_record_of_its_own_is_written_in_parts_rather_than_not_at_all(
+) {
+    let db = TestDb::migrated("submit_unlocalized").await;
+    // A rule of the ledger's, not of any record: every batch sent under a key is refused,
+    // while each record alone is fine.
+    db.client
+        .batch_execute(
+            "CREATE FUNCTION no_keys() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN
+                      IF NEW.idempotency_key IS NOT NULL THEN RAISE EXCEPTION 'no keys here'; END IF;
+                      RETURN NEW;
+                    END $$;
+             CREATE TRIGGER no_keys BEFORE INSERT ON audit_writer_batches
+                 FOR EACH ROW EXECUTE FUNCTION no_keys();",
+        )
+        .await
+        .unwrap();
+    let (_, handle) = builder(&db.url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let records: Vec<_> = (0..10).map(|i| object(&format!("r{i}"))).collect();
+    let receipt = submit(&handle, Some("billing:locked-1"), records).await;
+    assert_eq!(receipt.outcome, Outcome::Committed, "answered, not stuck");
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs WHERE event_type = 'settlement'")
+            .await,
+        10
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM audit_logs_rejected").await,
+        0
+    );
+    handle.shutdown(Duration::from_secs(30)).await.unwrap();
+}

@@ -46,6 +46,11 @@ async fn a_record_emitted_in_an_opentelemetry_span_carries_its_trace_and_auditd_
     });
     tracing::dispatcher::with_default(&dispatch, || {
         info!(target: "audit", event_type = "system", "Outside any span");
+        // An explicit parent already closed: no ids, and no panic in the caller.
+        let gone = info_span!("gone", username = "bob");
+        let id = gone.id();
+        drop(gone);
+        info!(target: "audit", parent: id, event_type = "late", "After its span");
     });
     handle.shutdown(Duration::from_secs(30)).await.unwrap();
 
@@ -69,6 +74,7 @@ async fn a_record_emitted_in_an_opentelemetry_span_carries_its_trace_and_auditd_
     assert_ne!(span_id, inner_span_id);
     assert_eq!(find("sync").metadata["trace_id"], "from-the-event");
     assert!(find("system").metadata.get("trace_id").is_none());
+    assert!(find("late").metadata.get("trace_id").is_none());
 
     // The filter is spelled as the partial index of migration 0009 is, and uses it.
     let indexes: Vec<String> = db
@@ -92,7 +98,8 @@ async fn a_record_emitted_in_an_opentelemetry_span_carries_its_trace_and_auditd_
         .client
         .query(
             "EXPLAIN SELECT id FROM audit_logs \
-             WHERE metadata ? 'trace_id' AND metadata->>'trace_id' = $1",
+             WHERE metadata ? 'trace_id' AND length(metadata->>'trace_id') = 32 \
+               AND metadata->>'trace_id' = $1",
             &[&trace_id],
         )
         .await

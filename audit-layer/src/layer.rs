@@ -191,7 +191,8 @@ where
                 }
             }
             #[cfg(feature = "opentelemetry")]
-            self.otel.prepend_ids(event, span_metadata);
+            self.otel
+                .prepend_ids(event, |id| ctx.exists(id), span_metadata);
             capture::finish(
                 draft,
                 span_metadata,

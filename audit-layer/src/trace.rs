@@ -39,7 +39,12 @@ impl Subscriber {
 
     /// Puts the trace and span ids of the OpenTelemetry span `event` is emitted in before
     /// `members`, when it has a valid context.
-    pub(crate) fn prepend_ids(&self, event: &Event<'_>, members: &mut Members) {
+    pub(crate) fn prepend_ids(
+        &self,
+        event: &Event<'_>,
+        span_exists: impl Fn(&Id) -> bool,
+        members: &mut Members,
+    ) {
         let Some(dispatch) = self.0.get().and_then(WeakDispatch::upgrade) else {
             return;
         };
@@ -51,7 +56,9 @@ impl Subscriber {
             None if event.is_contextual() => dispatch.current_span().id().cloned(),
             None => None,
         };
-        let Some(span) = span else {
+        // An explicit parent may be a span already closed, which tracing-opentelemetry
+        // would not find (and panics on).
+        let Some(span) = span.filter(|id| span_exists(id)) else {
             return;
         };
         let Some(context) = tracing_opentelemetry::get_otel_context(&span, &dispatch) else {

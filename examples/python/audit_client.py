@@ -133,25 +133,33 @@ class AuditClient:
             # Serialized now, on the caller's thread: what is sent is the record as it was
             # when logged (a metadata dict changed later does not change it), and a value
             # that is not JSON is reported here rather than failing a whole batch.
-            line = json.dumps(record, separators=(",", ":"), default=str, allow_nan=False)
+            # UTF-8 as it will be sent: a lone surrogate fails here, not in auditd.
+            line = json.dumps(
+                record, separators=(",", ":"), default=str, allow_nan=False, ensure_ascii=False
+            ).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as e:
             with self._lock:
                 self.stats["invalid"] += 1
             log.warning("audit record not queued: %s", e)
             return False
+        dropped = None
         with self._lock:
             if self._closed:
                 self.stats["dropped"] += 1
                 return False
             try:
-                self._queue.put_nowait(line.encode("utf-8") + b"\n")
+                self._queue.put_nowait(line + b"\n")
+                self.stats["queued"] += 1
+                self._queued_total += 1
             except queue.Full:
                 self.stats["dropped"] += 1
-                if self.stats["dropped"] == 1 or self.stats["dropped"] % 1000 == 0:
-                    log.warning("audit queue full: %d records dropped", self.stats["dropped"])
-                return False
-            self.stats["queued"] += 1
-            self._queued_total += 1
+                dropped = self.stats["dropped"]
+        if dropped is not None:
+            # Logged outside the lock: a handler that logs audit records again must not
+            # find it held.
+            if dropped == 1 or dropped % 1000 == 0:
+                log.warning("audit queue full: %d records dropped", dropped)
+            return False
         return True
 
     def flush(self, timeout=None):
@@ -168,13 +176,26 @@ class AuditClient:
         return True
 
     def close(self, timeout=10.0):
-        """Sends what is queued (waiting at most ``timeout`` seconds) and stops."""
-        flushed = self.flush(timeout)
+        """Stops taking records, sends what is queued (waiting at most ``timeout``
+        seconds), and says so loudly when it could not."""
         with self._lock:
             self._closed = True
+        flushed = self.flush(timeout)
+        if not flushed:
+            with self._lock:
+                left = self._queued_total - self._done_total
+            log.error("audit client closed with %d records not sent to auditd", left)
         return flushed
 
     def _run(self):
+        while True:
+            try:
+                self._run_once()
+            except Exception:  # noqa: BLE001 - the thread must outlive anything
+                log.exception("audit client sender failed; going on")
+                time.sleep(1.0)
+
+    def _run_once(self):
         while True:
             batch = [self._queue.get()]
             deadline = time.monotonic() + self.flush_interval
@@ -187,10 +208,12 @@ class AuditClient:
                         batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._send(batch)
-            with self._idle:
-                self._done_total += len(batch)
-                self._idle.notify_all()
+            try:
+                self._send(batch)
+            finally:
+                with self._idle:
+                    self._done_total += len(batch)
+                    self._idle.notify_all()
 
     def _send(self, batch):
         """Sends one batch until auditd has it: the same body under the same key on every
@@ -209,7 +232,8 @@ class AuditClient:
             if status in (200, 202):
                 with self._lock:
                     self.stats["sent"] += len(batch)
-                    self.stats["fixups"] += int(answer.get("fixups") or 0)
+                    fixups = answer.get("fixups")
+                    self.stats["fixups"] += fixups if isinstance(fixups, int) else 0
                     if answer.get("duplicate"):
                         self.stats["duplicates"] += 1
                 return

@@ -49,9 +49,10 @@ pub(crate) struct WriterConfig {
     pub(crate) discard: bool,
 }
 
-/// Attempts at writing a submission whole that may run out of time before it is written
-/// in parts instead (without its idempotency key).
-const WHOLE_ATTEMPTS_TOO_SLOW: u32 = 3;
+/// Attempts at writing a submission whole that may fail (out of time, or refused in a way
+/// no single record explains) before it is written in parts instead, without its
+/// idempotency key.
+const WHOLE_ATTEMPTS: u32 = 3;
 
 /// How long the writer waits before looking at an empty queue again: it starts short after
 /// activity and doubles while the queue stays empty.
@@ -452,8 +453,9 @@ impl Shared {
     /// records, the ones PostgreSQL refuses into `audit_logs_rejected`, and its ledger
     /// row with the key), so that the key stands for all of it or none. It is not split:
     /// the records PostgreSQL refuses are found by trial copies that are rolled back, and
-    /// a call too slow is tried again whole, up to 3 times; after that it is written in
-    /// parts without its key (reported), rather than not at all.
+    /// a call too slow (or a refusal no single record explains) is tried again whole, up
+    /// to 3 times; after that it is written in parts without its key (reported), rather
+    /// than not at all.
     ///
     /// If a batch under the same key committed before, nothing is written: a retry (the
     /// same request digest) is suppressed; a key reused for other records is refused when
@@ -470,7 +472,7 @@ impl Shared {
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Positions of the records PostgreSQL refuses, with the reason.
         let mut refused: Vec<(usize, Failure)> = Vec::new();
-        let mut too_slow = 0;
+        let mut unwritable_whole = 0;
         loop {
             let kept: Vec<Queued> = batch
                 .iter()
@@ -521,34 +523,36 @@ impl Shared {
                         refused.extend(found);
                         continue;
                     }
-                    // Refused whole, yet no record alone is: something else (a trigger on
-                    // the ledger, a constraint added meanwhile); waited for, as transient.
-                    Ok(_) => {}
-                    Err(failure) => {
-                        self.wait_before_retry(&failure.message, &mut backoff).await;
+                    // Refused whole, yet no record alone is (a trigger on the ledger, a
+                    // constraint that depends on the whole): it counts as a failed whole
+                    // attempt, and after a few the batch is written as any other is.
+                    Ok(_) => unwritable_whole += 1,
+                    Err(probe) if probe.kind == FailureKind::TooSlow => unwritable_whole += 1,
+                    Err(probe) => {
+                        self.wait_before_retry(&probe.message, &mut backoff).await;
                         continue;
                     }
                 },
-                FailureKind::TooSlow => {
-                    too_slow += 1;
-                    if too_slow >= WHOLE_ATTEMPTS_TOO_SLOW {
-                        // Too big to write whole within the timeout: written in parts, as
-                        // any batch is, once this attempt surely never commits; the key
-                        // cannot stand for parts, so it is not kept (said, not hidden).
-                        if self.fence(key, &mut backoff).await == Fate::Committed {
-                            return self.submission_committed(&kept, &refused, &mut backoff);
-                        }
-                        let error = format!(
-                            "a submission under {:?} could not be written whole within the \
-                             timeout; written in parts, without its idempotency key",
-                            claim.as_str()
-                        );
-                        tracing::error!(error = %error, "audit submission written without its idempotency key");
-                        self.counters.set_last_error(error);
-                        return self.write_batch(self.new_key(), batch, may_spill).await;
-                    }
-                }
+                FailureKind::TooSlow => unwritable_whole += 1,
                 FailureKind::Transient => {}
+            }
+            if unwritable_whole >= WHOLE_ATTEMPTS {
+                // Not writable whole (too slow within the timeout, or refused in a way no
+                // single record explains): written in parts, as any batch is, once this
+                // attempt surely never commits. The key cannot stand for parts, so it is
+                // not kept (said, not hidden).
+                if self.fence(key, &mut backoff).await == Fate::Committed {
+                    return self.submission_committed(&kept, &refused, &mut backoff);
+                }
+                let error = format!(
+                    "a submission under {:?} could not be written whole ({}); written in \
+                     parts, without its idempotency key",
+                    claim.as_str(),
+                    failure.message
+                );
+                tracing::error!(error = %error, "audit submission written without its idempotency key");
+                self.counters.set_last_error(error);
+                return self.write_batch(self.new_key(), batch, may_spill).await;
             }
             self.counters.set_last_error(failure.message.clone());
             if failure.maybe_committed {

@@ -99,6 +99,10 @@ pub struct Tokens {
     entries: Vec<Entry>,
 }
 
+/// The longest token name: it goes into every record and key it sends (with a 255-byte
+/// Idempotency-Key, a scoped key stays within `audit_layer::IdempotencyKey::MAX_BYTES`).
+const MAX_NAME_BYTES: usize = 128;
+
 /// The shortest secret accepted: shorter ones are guessable.
 const MIN_SECRET_BYTES: usize = 16;
 
@@ -134,6 +138,9 @@ impl Tokens {
                 split_scopes(rest).with_context(|| format!("in the token named {name:?}"))?;
             if secret.len() < MIN_SECRET_BYTES {
                 bail!("the token named {name:?} is shorter than {MIN_SECRET_BYTES} characters");
+            }
+            if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                bail!("a token's name must be 1 to {MAX_NAME_BYTES} bytes: {name:?}");
             }
             tokens.add(Entry {
                 name,

@@ -37,9 +37,16 @@ enum Format {
 }
 
 /// Answers `POST /api/v1/events`, within the request timeout.
-pub async fn ingest(app: &Arc<App>, request: Request<Incoming>, caller: Caller) -> Response<Body> {
+/// `slot` is its place among the writes handled at once: kept by the attempt until the
+/// writer answers, so that requests given up at their timeout cannot pile attempts up.
+pub async fn ingest(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    caller: Caller,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Response<Body> {
     let limit = app.limits.request_timeout;
-    match tokio::time::timeout(limit, accept(app, request, &caller)).await {
+    match tokio::time::timeout(limit, accept(app, request, &caller, slot)).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error.into_response(),
         Err(_) => ApiError::new(
@@ -58,6 +65,7 @@ async fn accept(
     app: &Arc<App>,
     request: Request<Incoming>,
     caller: &Caller,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response<Body>, ApiError> {
     let Some(writer) = app.audit_handle.clone() else {
         return Err(ApiError::new(
@@ -165,6 +173,7 @@ async fn accept(
     let submitted = tokio::spawn(async move {
         let receipt = writer.submit(submission).await;
         drop(held);
+        drop(slot);
         receipt
     });
     let receipt = match submitted.await {

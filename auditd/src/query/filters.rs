@@ -199,7 +199,8 @@ impl Filters {
             let p = sql.bind(trace.clone());
             // Spelled as the index is (migration 0009), so that the planner uses it.
             sql.push(&format!(
-                " AND metadata ? 'trace_id' AND metadata->>'trace_id' = {p}"
+                " AND metadata ? 'trace_id' AND length(metadata->>'trace_id') = 32 \
+                 AND metadata->>'trace_id' = {p}"
             ));
         }
         for (path, value) in &self.metadata {

@@ -100,10 +100,10 @@ async fn handle_route(
     if route.id == RouteId::Ingest {
         // A write: bounded apart from the reads, under the same timeout, and answered by
         // the ingest handler, which takes the request's body.
-        let Some(_slot) = app.ingest_slot() else {
+        let Some(slot) = app.ingest_slot() else {
             return ApiError::overloaded("writes").into_response();
         };
-        return ingest::ingest(app, request, caller).await;
+        return ingest::ingest(app, request, caller, slot).await;
     }
     if !route.audited {
         // Health, metrics, the OpenAPI document: cheap, and needed most under load.
