@@ -255,9 +255,10 @@ async fn emit_through_a_slow_database(
         for i in 0..n {
             info!(target: "audit", event_type = "burst", i, "Burst");
             // Far faster than the locked database takes them (none), slow enough for a
-            // spool on any disk (a batch of 500, one fsync, every 10 ms).
+            // spool on any disk, with the machine busy with other tests (a batch of 500,
+            // one fsync, every 20 ms).
             if i % 100 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(4));
             }
         }
     });

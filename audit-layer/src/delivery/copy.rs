@@ -91,8 +91,31 @@ const NOTIFY_WAIT: Duration = Duration::from_secs(1);
 const CLAIMED_DIGEST: &str =
     "SELECT request_digest FROM audit_writer_batches WHERE idempotency_key = $1";
 
-const BATCH_ROWS: &str =
-    "SELECT rows FROM audit_writer_batches WHERE stream_id = $1 AND batch_id = $2";
+/// Whether a batch's ledger row stands for records committed (rows, or a submission's key
+/// even when PostgreSQL refused every record of it) rather than a fence (rows = 0, no key).
+/// `to_jsonb` reads the key without naming its column, so the query also runs on a schema
+/// from before migration 0008.
+const BATCH_COMMITTED: &str = "SELECT b.rows > 0 OR to_jsonb(b) ->> 'idempotency_key' IS NOT NULL \
+     FROM audit_writer_batches b WHERE b.stream_id = $1 AND b.batch_id = $2";
+
+/// The key of part `side` (0 or 1) of `parent` when it is split: in the parent's stream
+/// (its records keep their `stream_id`, also when the parent came from another process's
+/// spool), from a range of batch ids of its own (negative: a writer numbers its batches
+/// from 1), and the same every time the same batch is split, so that a part written before
+/// a crash is found in the ledger when the batch is replayed and split again.
+pub(crate) fn part_key(parent: BatchKey, side: u64) -> BatchKey {
+    let mut x = (parent.batch_id as u64)
+        ^ (parent.stream_id as u64).rotate_left(17)
+        ^ side.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64's finaliser: every bit of the parent's key moves every bit of the part's.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    BatchKey {
+        stream_id: parent.stream_id,
+        batch_id: -((x >> 2) as i64) - 1,
+    }
+}
 
 /// A batch's place in the ledger: whose it is and which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,8 +264,8 @@ impl Sink {
             // The key was there already: committed by the batch itself (rows > 0), or by an
             // earlier fence of ours whose answer was lost (rows = 0). A new statement sees
             // rows committed while the insert above waited for them.
-            let rows: i32 = client.query_one(BATCH_ROWS, &params).await?.get(0);
-            fate = if rows > 0 {
+            let committed: bool = client.query_one(BATCH_COMMITTED, &params).await?.get(0);
+            fate = if committed {
                 Fate::Committed
             } else {
                 Fate::Fenced
@@ -450,4 +473,40 @@ impl ToSql for RawJsonb<'_> {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_key_is_the_same_each_time_in_its_parents_stream_and_apart_from_counted_ids() {
+        let parent = BatchKey {
+            stream_id: 7_000_000_001,
+            batch_id: 42,
+        };
+        let (a, b) = (part_key(parent, 0), part_key(parent, 1));
+        assert_eq!(a, part_key(parent, 0), "the same every time");
+        assert_ne!(a, b);
+        assert_eq!(
+            (a.stream_id, b.stream_id),
+            (parent.stream_id, parent.stream_id)
+        );
+        assert!(
+            a.batch_id < 0 && b.batch_id < 0,
+            "never a writer's own 1, 2, 3..."
+        );
+        // Parts of parts, and parts of another batch, differ.
+        assert_ne!(part_key(a, 0), a);
+        assert_ne!(
+            part_key(
+                BatchKey {
+                    batch_id: 43,
+                    ..parent
+                },
+                0
+            ),
+            a
+        );
+    }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
-use super::copy::{BatchKey, Fate};
+use super::copy::{part_key, BatchKey, Fate};
 use super::copy::{Failure, Sink};
 use super::retry::{is_connection_problem, Backoff, FailureKind, UNDEFINED_COLUMN};
 use super::spool::{Corruption, Spool};
@@ -388,7 +388,7 @@ impl Shared {
         let mut backoff = Backoff::new(self.retry_initial, self.retry_max);
         // Parts still to write, the next one last; each under its ledger key.
         let mut pending = vec![(key, batch)];
-        while let Some((key, mut chunk)) = pending.pop() {
+        while let Some((key, chunk)) = pending.pop() {
             loop {
                 let failure = match self.sink.copy(key, &chunk).await {
                     Ok(()) => {
@@ -399,19 +399,25 @@ impl Shared {
                 };
                 match failure.kind {
                     FailureKind::AlreadyCommitted => {
-                        // An earlier attempt whose answer was lost did commit.
-                        self.committed(chunk.len(), &mut backoff);
+                        // An earlier attempt whose answer was lost did commit; or its key
+                        // is a fence (rows = 0): the batch was split before (a replay of a
+                        // spooled batch after a crash), and its parts, under keys that
+                        // are the same every time, are where its records went.
+                        if self.fence(key, &mut backoff).await == Fate::Committed {
+                            self.committed(chunk.len(), &mut backoff);
+                        } else {
+                            pending.extend(split_under_part_keys(key, chunk));
+                        }
                         break;
                     }
                     FailureKind::Data => {
                         // The server refused the rows: nothing committed, for certain.
                         if let [record] = chunk.as_slice() {
-                            self.reject(record, failure, &mut backoff).await;
+                            self.reject(key.stream_id, record, failure, &mut backoff)
+                                .await;
                             fate.rejected += 1;
                         } else {
-                            let second = chunk.split_off(chunk.len() / 2);
-                            pending.push((self.new_key(), second));
-                            pending.push((self.new_key(), chunk));
+                            pending.extend(split_under_part_keys(key, chunk));
                         }
                         break;
                     }
@@ -433,9 +439,7 @@ impl Shared {
                         break;
                     }
                     Counters::add(&self.counters.retries, 1);
-                    let second = chunk.split_off(chunk.len() / 2);
-                    pending.push((self.new_key(), second));
-                    pending.push((self.new_key(), chunk));
+                    pending.extend(split_under_part_keys(key, chunk));
                     break;
                 }
                 if may_spill && self.spool_takes(key, &chunk, None) {
@@ -504,7 +508,14 @@ impl Shared {
             }
             match failure.kind {
                 FailureKind::AlreadyCommitted => {
-                    return self.submission_committed(&kept, &refused, &mut backoff)
+                    if self.fence(key, &mut backoff).await == Fate::Committed {
+                        return self.submission_committed(&kept, &refused, &mut backoff);
+                    }
+                    // A fence: settled before a crash (a duplicate, a key reused, or
+                    // written in parts), and replayed again: settled the same way.
+                    return self
+                        .not_written(key, batch, claim, may_spill, &mut backoff)
+                        .await;
                 }
                 FailureKind::Duplicate => {
                     // This very batch, its answer lost (its own key is in the ledger), or
@@ -513,26 +524,28 @@ impl Shared {
                         return self.submission_committed(&kept, &refused, &mut backoff);
                     }
                     return self
-                        .not_written(batch, claim, may_spill, &mut backoff)
+                        .not_written(key, batch, claim, may_spill, &mut backoff)
                         .await;
                 }
-                FailureKind::Data => match self.refused_records(&batch, &refused).await {
-                    // Nothing committed, for certain: the same key is tried again, without
-                    // the records found refused.
-                    Ok(found) if !found.is_empty() => {
-                        refused.extend(found);
-                        continue;
+                FailureKind::Data => {
+                    match self.refused_records(key.stream_id, &batch, &refused).await {
+                        // Nothing committed, for certain: the same key is tried again, without
+                        // the records found refused.
+                        Ok(found) if !found.is_empty() => {
+                            refused.extend(found);
+                            continue;
+                        }
+                        // Refused whole, yet no record alone is (a trigger on the ledger, a
+                        // constraint that depends on the whole): it counts as a failed whole
+                        // attempt, and after a few the batch is written as any other is.
+                        Ok(_) => unwritable_whole += 1,
+                        Err(probe) if probe.kind == FailureKind::TooSlow => unwritable_whole += 1,
+                        Err(probe) => {
+                            self.wait_before_retry(&probe.message, &mut backoff).await;
+                            continue;
+                        }
                     }
-                    // Refused whole, yet no record alone is (a trigger on the ledger, a
-                    // constraint that depends on the whole): it counts as a failed whole
-                    // attempt, and after a few the batch is written as any other is.
-                    Ok(_) => unwritable_whole += 1,
-                    Err(probe) if probe.kind == FailureKind::TooSlow => unwritable_whole += 1,
-                    Err(probe) => {
-                        self.wait_before_retry(&probe.message, &mut backoff).await;
-                        continue;
-                    }
-                },
+                }
                 FailureKind::TooSlow => unwritable_whole += 1,
                 FailureKind::Transient => {}
             }
@@ -552,7 +565,7 @@ impl Shared {
                 );
                 tracing::error!(error = %error, "audit submission written without its idempotency key");
                 self.counters.set_last_error(error);
-                return self.write_batch(self.new_key(), batch, may_spill).await;
+                return self.write_batch(part_key(key, 0), batch, may_spill).await;
             }
             self.counters.set_last_error(failure.message.clone());
             if failure.maybe_committed {
@@ -596,6 +609,7 @@ impl Shared {
     /// reason, found by halving in trial copies that are rolled back.
     async fn refused_records(
         &self,
+        stream_id: i64,
         batch: &[Queued],
         known: &[(usize, Failure)],
     ) -> Result<Vec<(usize, Failure)>, Failure> {
@@ -609,7 +623,7 @@ impl Shared {
                 continue;
             }
             let records: Vec<Queued> = part.iter().map(|i| batch[*i].clone()).collect();
-            match self.sink.probe(self.stream_id, &records).await {
+            match self.sink.probe(stream_id, &records).await {
                 Ok(()) => {}
                 Err(failure) if failure.kind == FailureKind::Data => {
                     if let [one] = part.as_slice() {
@@ -630,6 +644,7 @@ impl Shared {
     /// A submission that is not written because another batch holds its key.
     async fn not_written(
         &self,
+        key: BatchKey,
         batch: Vec<Queued>,
         claim: IdempotencyKey,
         may_spill: bool,
@@ -642,6 +657,11 @@ impl Shared {
             }
         };
         let retry = earlier.as_deref() == Some(&claim.request_digest()[..]);
+        // No batch holds the key: this one was written in parts without it before a
+        // crash (`write_submission`'s fallback), and goes on the same way.
+        if earlier.is_none() && !may_spill {
+            return self.write_batch(part_key(key, 0), batch, false).await;
+        }
         if !retry && !may_spill {
             // From the spool: its sender was told it was spooled, so it is written, only
             // not under a key that stands for other records.
@@ -653,7 +673,7 @@ impl Shared {
                 "idempotency key {:?} reused for other records; written without it",
                 claim.as_str()
             ));
-            return self.write_batch(self.new_key(), batch, false).await;
+            return self.write_batch(part_key(key, 0), batch, false).await;
         }
         let seqs = batch.iter().map(|r| r.seq);
         let (first, last) = (seqs.clone().min(), seqs.max());
@@ -824,13 +844,15 @@ impl Shared {
         }
     }
 
-    async fn reject(&self, record: &Queued, reason: Failure, backoff: &mut Backoff) {
+    async fn reject(
+        &self,
+        stream_id: i64,
+        record: &Queued,
+        reason: Failure,
+        backoff: &mut Backoff,
+    ) {
         loop {
-            match self
-                .sink
-                .keep_rejected(self.stream_id, record, &reason)
-                .await
-            {
+            match self.sink.keep_rejected(stream_id, record, &reason).await {
                 Ok(()) => {
                     Counters::add(&self.counters.rejected, 1);
                     self.counters
@@ -954,6 +976,16 @@ impl Shared {
             report.at = Some(Instant::now());
         }
     }
+}
+
+/// A batch in halves, each under its part key (`copy::part_key`), the first half last (it
+/// is written first). A single record goes on whole under its first part key.
+fn split_under_part_keys(key: BatchKey, mut chunk: Vec<Queued>) -> Vec<(BatchKey, Vec<Queued>)> {
+    if chunk.len() < 2 {
+        return vec![(part_key(key, 0), chunk)];
+    }
+    let second = chunk.split_off(chunk.len() / 2);
+    vec![(part_key(key, 1), second), (part_key(key, 0), chunk)]
 }
 
 fn take_batch(batch: &mut Vec<Queued>, capacity: usize) -> Vec<Queued> {
