@@ -364,15 +364,7 @@ async fn a_partial_batch_is_written_when_its_time_is_up() {
 async fn a_batch_too_slow_for_the_timeout_is_written_in_smaller_parts() {
     let db = TestDb::migrated("too_slow").await;
     // Every row costs 2 ms on the server: a 1,000-row batch takes 2 s, far over 500 ms.
-    db.client
-        .batch_execute(
-            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON audit_logs
-                 FOR EACH ROW EXECUTE FUNCTION slow_row();",
-        )
-        .await
-        .unwrap();
+    support::slow_inserts(&db, 0.002).await;
     let (dispatch, handle) = dispatch(
         builder(&db.url)
             .batch_size(1000)

@@ -262,15 +262,7 @@ async fn a_key_reused_for_other_records_writes_nothing_and_says_so() {
 async fn a_submission_too_slow_to_write_whole_is_written_in_parts_rather_than_not_at_all() {
     let db = TestDb::migrated("submit_too_slow").await;
     // 2 ms a row: 400 records take 0.8 s, over the 300 ms timeout; 100 fit.
-    db.client
-        .batch_execute(
-            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON audit_logs
-                 FOR EACH ROW EXECUTE FUNCTION slow_row();",
-        )
-        .await
-        .unwrap();
+    support::slow_inserts(&db, 0.002).await;
     let (_, handle) = builder(&db.url)
         .db_timeout(Duration::from_millis(300))
         .build::<tracing_subscriber::Registry>()

@@ -8,7 +8,7 @@ use auditd::Limits;
 use auditd::ServerOptions;
 use auditd::{TokenStore, Tokens};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -139,24 +139,8 @@ impl TestServer {
         token: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Response<Incoming> {
-        let stream = tokio::net::TcpStream::connect(self.addr)
+        self.send_with(hyper::Method::GET, path, token, headers, Bytes::new())
             .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        let mut request = Request::get(path).header("host", "localhost");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        sender
-            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-            .await
-            .expect("response")
     }
 
     /// POSTs `body` to `path` and returns the status, headers and body of the answer.
@@ -167,24 +151,9 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        let mut request = Request::post(path).header("host", "localhost");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = sender
-            .send_request(request.body(Full::new(body.into())).unwrap())
-            .await
-            .expect("response");
+        let response = self
+            .send_with(hyper::Method::POST, path, token, headers, body.into())
+            .await;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
@@ -194,6 +163,38 @@ impl TestServer {
             .expect("body")
             .to_bytes();
         (status, headers, body)
+    }
+
+    /// One request on a connection of its own, with the token and headers given.
+    async fn send_with(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Response<Incoming> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        sender
+            .send_request(request.body(Full::new(body)).unwrap())
+            .await
+            .expect("response")
     }
 
     /// Stops the server gracefully and commits the access records.

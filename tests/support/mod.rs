@@ -65,6 +65,20 @@ impl TestDb {
     }
 }
 
+/// Makes every row inserted into `audit_logs` cost the server `seconds` (a trigger), so
+/// that a batch takes longer than a writer's timeout.
+pub async fn slow_inserts(db: &TestDb, seconds: f64) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON audit_logs
+                 FOR EACH ROW EXECUTE FUNCTION slow_row();"
+        ))
+        .await
+        .expect("a slow trigger");
+}
+
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
