@@ -326,3 +326,72 @@ async fn a_submission_refused_whole_for_no_record_of_its_own_is_written_in_parts
     );
     handle.shutdown(Duration::from_secs(30)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_spooled_submission_whose_key_was_taken_meanwhile_for_other_records_is_written_without_it(
+) {
+    let (cluster, url) = own_cluster().await;
+    // Another sender's records commit under the key first.
+    let (_, first) = builder(&url)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let mut taken = first
+        .submission()
+        .idempotency_key(IdempotencyKey::new("billing:order-10", [1; 32]).unwrap());
+    taken.push_object(object("first"));
+    assert_eq!(
+        first.submit(taken).await.unwrap().outcome,
+        Outcome::Committed
+    );
+
+    // With the database down, this one is spooled, and its sender told so.
+    cluster.stop("fast").unwrap();
+    let dir = std::env::temp_dir().join(format!("audit-submit-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, spooling) = builder(&url)
+        .spool_dir(&dir)
+        .build::<tracing_subscriber::Registry>()
+        .unwrap();
+    let mut other = spooling
+        .submission()
+        .idempotency_key(IdempotencyKey::new("billing:order-10", [2; 32]).unwrap());
+    other.push_object(object("other"));
+    other.push_object(object("records"));
+    assert_eq!(
+        spooling.submit(other).await.unwrap().outcome,
+        Outcome::Spooled
+    );
+
+    // Replayed, it meets the key taken for other records: it is written all the same
+    // (its sender was told it was spooled), only not under that key.
+    cluster.start().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), spooling.flush())
+        .await
+        .expect("replayed in time")
+        .unwrap();
+    let client = support::connect(&url).await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM audit_logs WHERE event_type = 'settlement' AND message IN ('other', 'records')").await,
+        2
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM audit_writer_batches WHERE idempotency_key = 'billing:order-10'"
+        )
+        .await,
+        1,
+        "the key still stands for the first sender's records"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM audit_logs WHERE event_type IN ('audit_submission_refused', 'audit_duplicate_suppressed')").await,
+        0
+    );
+    for handle in [first, spooling] {
+        handle.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+    assert_intact_when_sealed(&url).await;
+}
