@@ -120,16 +120,7 @@ impl TestServer {
         token: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let response = self.send(path, token, headers).await;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, headers, body)
+        whole(self.send(path, token, headers).await).await
     }
 
     /// Sends a request and returns the response with its body unread (for streams).
@@ -151,18 +142,11 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let response = self
-            .send_with(hyper::Method::POST, path, token, headers, body.into())
-            .await;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, headers, body)
+        whole(
+            self.send_with(hyper::Method::POST, path, token, headers, body.into())
+                .await,
+        )
+        .await
     }
 
     /// One request on a connection of its own, with the token and headers given.
@@ -207,6 +191,19 @@ impl TestServer {
         }
         self.audit.flush().await.unwrap();
     }
+}
+
+/// A response's status, headers and whole body.
+async fn whole(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, headers, body)
 }
 
 /// Reads from a streaming body until `predicate` holds for what was read, or `timeout`.

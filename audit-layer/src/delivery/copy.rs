@@ -285,21 +285,12 @@ impl Sink {
         reason: &Failure,
     ) -> Result<(), Failure> {
         let client = self.client().await?;
-        let json = record.log.to_log().to_json();
-        let params: [&(dyn ToSql + Sync); 5] = [
-            &reason.sqlstate,
-            &reason.message,
-            &Json(&json),
-            &stream_id,
-            &record.seq,
-        ];
-        let outcome =
-            tokio::time::timeout(self.timeout, client.execute(KEEP_REJECTED, &params)).await;
-        self.settle(
-            client,
-            outcome.map(|r| r.map(|_| ())),
-            "INSERT into audit_logs_rejected",
+        let outcome = tokio::time::timeout(
+            self.timeout,
+            insert_rejected(&client, stream_id, record, reason),
         )
+        .await;
+        self.settle(client, outcome, "INSERT into audit_logs_rejected")
     }
 
     fn settle(
@@ -336,6 +327,24 @@ impl Sink {
     }
 }
 
+/// Keeps `record` in `audit_logs_rejected` with the reason PostgreSQL gave.
+async fn insert_rejected(
+    client: &tokio_postgres::Client,
+    stream_id: i64,
+    record: &Queued,
+    reason: &Failure,
+) -> Result<(), tokio_postgres::Error> {
+    let json = record.log.to_log().to_json();
+    let params: [&(dyn ToSql + Sync); 5] = [
+        &reason.sqlstate,
+        &reason.message,
+        &Json(&json),
+        &stream_id,
+        &record.seq,
+    ];
+    client.execute(KEEP_REJECTED, &params).await.map(|_| ())
+}
+
 async fn copy_batch(
     client: &tokio_postgres::Client,
     key: BatchKey,
@@ -353,19 +362,7 @@ async fn copy_batch(
             copy_rows(client, key.stream_id, records, proof.as_mut()).await?;
         }
         for (record, reason) in refused {
-            let json = record.log.to_log().to_json();
-            client
-                .execute(
-                    KEEP_REJECTED,
-                    &[
-                        &reason.sqlstate,
-                        &reason.message,
-                        &Json(&json),
-                        &key.stream_id,
-                        &record.seq,
-                    ],
-                )
-                .await?;
+            insert_rejected(client, key.stream_id, record, reason).await?;
         }
         let proof = proof.map(ProofBuilder::finish);
         let rows = i32::try_from(records.len()).unwrap_or(i32::MAX);
