@@ -95,12 +95,12 @@ impl AuditHandle {
     /// Writes a submission's records as one batch of their own, numbered in this layer's
     /// stream, and returns once they are committed or safely in the spool.
     ///
-    /// With an [`IdempotencyKey`](crate::IdempotencyKey), they commit at most once under
-    /// it: if a batch under the same key committed before (in this process or any other
-    /// writing to the database), nothing is written and the receipt says
-    /// [`Outcome::Duplicate`](crate::Outcome::Duplicate). A caller that needs to tell a
-    /// retry from a key reused with other records looks the key up in
-    /// `audit_writer_batches` first.
+    /// With an [`IdempotencyKey`](crate::IdempotencyKey), they commit whole, in one
+    /// transaction with the key, at most once under it: if a batch under the same key
+    /// committed before (in this process or any other writing to the database), nothing
+    /// is written, and the receipt says [`Outcome::Duplicate`](crate::Outcome::Duplicate)
+    /// when it had the same request digest (a retry) or
+    /// [`Outcome::KeyReused`](crate::Outcome::KeyReused) when it had another.
     ///
     /// Waits for room (the records of submissions not yet committed or spooled count
     /// against the queue's capacity), and while the database is down with no spool, for
