@@ -289,6 +289,7 @@ async fn main() {
                     access_audit: None,
                     audit_handle: None,
                     commit_notices: None,
+                    write_pool: None,
                     tls,
                 },
                 std::future::pending(),

@@ -63,7 +63,7 @@ fn args() -> Args {
 fn main() {
     let args = args();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let server = Postgres::from_env_or_throwaway(&ClusterOptions { durable: true })
+    let server = Postgres::from_env_or_throwaway(&ClusterOptions::durable())
         .expect("a PostgreSQL to measure against");
     let url = runtime
         .block_on(server.create_database("bench_ingest"))

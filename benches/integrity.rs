@@ -27,7 +27,7 @@ fn main() {
     let threads = arg("--threads", 8);
     let seal_every = Duration::from_millis(arg("--seal-every-ms", 1000));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let server = Postgres::from_env_or_throwaway(&ClusterOptions { durable: true })
+    let server = Postgres::from_env_or_throwaway(&ClusterOptions::durable())
         .expect("a PostgreSQL to measure against");
     let url = runtime
         .block_on(server.create_database("bench_integrity"))

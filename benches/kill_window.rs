@@ -46,7 +46,7 @@ fn main() {
     }
     let runs = arg("--runs", 5);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let cluster = Cluster::start_new(&ClusterOptions { durable: true }).expect("cluster");
+    let cluster = Cluster::start_new(&ClusterOptions::durable()).expect("cluster");
     let url = cluster.url("postgres");
     let client = runtime.block_on(connect_migrated(&url));
     let mut losses = Vec::new();

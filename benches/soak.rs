@@ -21,7 +21,7 @@ fn main() {
     let rate = arg("--rate", 20_000);
     let restart_every = Duration::from_secs(arg("--restart-every", 60));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let cluster = Cluster::start_new(&ClusterOptions { durable: true }).expect("cluster");
+    let cluster = Cluster::start_new(&ClusterOptions::durable()).expect("cluster");
     let url = cluster.url("postgres");
     runtime.block_on(connect_migrated(&url));
     let spool = std::env::temp_dir().join(format!("audit-soak-spool-{}", std::process::id()));

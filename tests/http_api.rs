@@ -741,6 +741,7 @@ async fn serving_a_non_loopback_address_without_tokens_is_refused() {
         access_audit: None,
         audit_handle: None,
         commit_notices: None,
+        write_pool: None,
         tls: None,
     };
     let err = auditd::serve(listener, pool, options, std::future::pending())

@@ -168,3 +168,65 @@ async fn a_change_made_after_commit_no_longer_matches_its_batch() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_lost_with_its_ledger_row_shows_as_unexplained_missing_seqs() {
+    let db = TestDb::migrated("integrity_gaps").await;
+    // Small batches, so that one in the middle can go whole.
+    let (dispatch, handle) = dispatch(builder(&db.url).batch_size(10));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..30 {
+            info!(target: "audit", username = "alice", event_type = "authentication", i, "User login");
+            if i % 10 == 9 {
+                // Each ten in a batch of its own.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    });
+    let stream = handle.stream_id();
+    handle
+        .shutdown(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        audit_layer::integrity::stream_gaps(&db.client)
+            .await
+            .unwrap(),
+        vec![],
+        "no gap before the loss"
+    );
+    // What a failover to a standby that never received one commit leaves: the batch's
+    // rows and its ledger row are both gone, so the records' proofs cannot miss them.
+    let (first, last): (i64, i64) = {
+        let row = db
+            .client
+            .query_one(
+                "SELECT first_seq, last_seq FROM audit_writer_batches \
+                 WHERE stream_id = $1 AND first_seq > 1 ORDER BY first_seq LIMIT 1",
+                &[&stream],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    db.client
+        .batch_execute(&format!(
+            "SET session_replication_role = replica;
+             DELETE FROM audit_logs WHERE stream_id = {stream} AND seq BETWEEN {first} AND {last};
+             DELETE FROM audit_writer_batches WHERE stream_id = {stream} AND first_seq = {first};
+             RESET session_replication_role;"
+        ))
+        .await
+        .unwrap();
+    prove_every_record(&db)
+        .await
+        .expect("the remaining records still prove: tamper evidence cannot see this");
+    let gaps = audit_layer::integrity::stream_gaps(&db.client)
+        .await
+        .unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].stream_id, stream);
+    assert_eq!(gaps[0].runs, vec![(first, last)]);
+    assert_eq!(gaps[0].unexplained(), last - first + 1);
+    assert!(gaps[0].to_string().contains("unexplained"), "{}", gaps[0]);
+}

@@ -41,6 +41,7 @@
 //!     access_audit: None,
 //!     audit_handle: None,
 //!     commit_notices: None,
+//!     write_pool: None,
 //!     tls: None,
 //! };
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
@@ -69,6 +70,7 @@ mod query;
 mod query_string;
 mod rate;
 mod replaceable;
+pub mod replication;
 pub mod retention;
 mod router;
 pub mod seal;

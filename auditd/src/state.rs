@@ -61,6 +61,8 @@ pub struct Limits {
     /// How often the message sample that tunes text search is renewed
     /// (`query/text_search.rs`).
     pub text_sample_interval: Duration,
+    /// How often the replication lag shown in /metrics is sampled.
+    pub replication_sample_interval: Duration,
     /// The bounds of `POST /api/v1/events`.
     pub ingest: IngestLimits,
 }
@@ -114,6 +116,7 @@ impl Default for Limits {
             max_connections_per_ip: 512,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            replication_sample_interval: Duration::from_secs(5),
             ingest: IngestLimits::default(),
         }
     }
@@ -121,8 +124,12 @@ impl Default for Limits {
 
 /// Everything a request handler may use.
 pub struct App {
-    /// The database pool for queries.
+    /// The database pool for queries (a hot standby's, possibly).
     pub pool: Pool,
+    /// The primary's pool, when `pool` is not (see [`App::write_client`]).
+    pub write_pool: Option<Pool>,
+    /// How far the read database runs behind the write database, for /metrics.
+    pub replication: Arc<crate::replication::Replication>,
     /// The bearer tokens in force, replaceable while serving.
     pub tokens: Arc<TokenStore>,
     /// The timeouts, bounds and intervals in force.
@@ -154,9 +161,10 @@ pub struct App {
 }
 
 impl App {
-    /// The shared state of a server; the concurrency bounds come from `limits`.
+    /// The shared state of a server: `pools` are the query pool and, when it reads from
+    /// a standby, the primary's; the concurrency bounds come from `limits`.
     pub fn new(
-        pool: Pool,
+        (pool, write_pool): (Pool, Option<Pool>),
         tokens: Arc<TokenStore>,
         limits: Limits,
         stopping: watch::Receiver<bool>,
@@ -176,6 +184,8 @@ impl App {
             ),
             stream_permits: Arc::new(Semaphore::new(limits.max_streams)),
             pool,
+            write_pool,
+            replication: Arc::default(),
             tokens,
             limits,
             metrics: Metrics::default(),
@@ -218,9 +228,19 @@ impl App {
         let _ = self.stream_permits.acquire_many(all).await;
     }
 
-    /// A pooled connection, or 503.
+    /// A pooled connection for a read, or 503.
     pub async fn client(&self) -> Result<Object, ApiError> {
-        self.pool.get().await.map_err(|e| {
+        Self::client_of(&self.pool).await
+    }
+
+    /// A pooled connection to the primary, for what must see every commit at once (the
+    /// ingest's idempotency lookups), or 503.
+    pub async fn write_client(&self) -> Result<Object, ApiError> {
+        Self::client_of(self.write_pool.as_ref().unwrap_or(&self.pool)).await
+    }
+
+    async fn client_of(pool: &Pool) -> Result<Object, ApiError> {
+        pool.get().await.map_err(|e| {
             tracing::warn!(error = %e, "no database connection for a request");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

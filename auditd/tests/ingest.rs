@@ -86,7 +86,7 @@ fn post_when_up(port: u16, key: &str, body: &str) -> (u16, String) {
 async fn records_spooled_while_the_database_is_down_survive_a_kill_and_the_retry_is_not_written_twice(
 ) {
     let cluster = tokio::task::spawn_blocking(|| {
-        pg_provision::Cluster::start_new(&pg_provision::ClusterOptions { durable: true })
+        pg_provision::Cluster::start_new(&pg_provision::ClusterOptions::durable())
     })
     .await
     .unwrap()

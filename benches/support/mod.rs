@@ -230,6 +230,7 @@ pub async fn serve_in_process_with(
             access_audit: Some(dispatch),
             audit_handle: Some(audit.clone()),
             commit_notices: None,
+            write_pool: None,
             tls: None,
         },
         async {
@@ -259,9 +260,7 @@ impl Serving {
 /// throwaway cluster with default durability on this machine.
 pub async fn postgres() -> pg_provision::Postgres {
     tokio::task::spawn_blocking(|| {
-        pg_provision::Postgres::from_env_or_throwaway(&pg_provision::ClusterOptions {
-            durable: true,
-        })
+        pg_provision::Postgres::from_env_or_throwaway(&pg_provision::ClusterOptions::durable())
     })
     .await
     .expect("provision")

@@ -63,6 +63,39 @@ pub struct ClusterOptions {
     /// a throwaway cluster for tests does not need to survive a power cut, and is much
     /// faster without. Benchmarks turn it on to measure what production would see.
     pub durable: bool,
+    /// How this cluster's commits wait for its standbys ([`Cluster::start_standby`]).
+    pub replication: Replication,
+}
+
+impl ClusterOptions {
+    /// Durable, without standbys.
+    pub fn durable() -> ClusterOptions {
+        ClusterOptions {
+            durable: true,
+            ..ClusterOptions::default()
+        }
+    }
+}
+
+/// How a primary's commits wait for its standbys.
+///
+/// Either way the commit itself is flushed to the primary's WAL before it is confirmed
+/// (`synchronous_commit` is `local` or `on`, never `off`), so that killing the primary's
+/// processes loses nothing the primary confirmed; what a failover may lose is what the
+/// standby had not received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replication {
+    /// No standby is expected; without `durable`, commits do not even wait for the local
+    /// WAL (`synchronous_commit = off`).
+    #[default]
+    None,
+    /// Commits wait for the local WAL only (`synchronous_commit = local`): a standby may
+    /// lag, and what it had not received when the primary died is lost on failover.
+    Asynchronous,
+    /// Commits wait until a standby has flushed them (`synchronous_commit = on`,
+    /// `synchronous_standby_names = '*'`): a promoted standby has every confirmed commit.
+    /// Until a standby connects, commits wait.
+    Synchronous,
 }
 
 /// A PostgreSQL server: the one named by `DATABASE_URL`, or a throwaway cluster.
@@ -155,29 +188,7 @@ impl Cluster {
     /// Creates and starts a new cluster on a free loopback port.
     pub fn start_new(options: &ClusterOptions) -> Result<Cluster, Error> {
         remove_abandoned_clusters();
-        let bin_dir = find_bin_dir()?;
-        let as_postgres = running_as_root();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let base = std::env::temp_dir().join(format!(
-            "pg-provision-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&base);
-        fs::create_dir_all(&base)
-            .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
-        if as_postgres {
-            let (uid, gid) = postgres_user_ids()?;
-            std::os::unix::fs::chown(&base, Some(uid), Some(gid))
-                .map_err(|e| err(format!("cannot give {} to postgres: {e}", base.display())))?;
-        }
-        let mut cluster = Cluster {
-            base,
-            bin_dir,
-            port: 0,
-            as_postgres,
-            options: options.clone(),
-        };
+        let mut cluster = Cluster::unstarted(options)?;
         let data = cluster.data_dir();
         cluster.run(
             "initdb",
@@ -194,12 +205,109 @@ impl Cluster {
                 "--no-sync",
             ],
         )?;
+        cluster.start_on_a_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a hot standby of this cluster (`pg_basebackup -R -X stream`),
+    /// streaming from it over loopback, on a port of its own. `options` are the
+    /// standby's own, for when it is promoted; this cluster's
+    /// [`ClusterOptions::replication`] says whether its commits wait for the standby.
+    ///
+    /// Returns once the standby accepts read-only connections.
+    pub fn start_standby(&self, options: &ClusterOptions) -> Result<Cluster, Error> {
+        let mut standby = Cluster::unstarted(options)?;
+        let data = standby.data_dir();
+        let port = self.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        standby.start_on_a_free_port()?;
+        Ok(standby)
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`), returning once it accepts
+    /// writes.
+    pub fn promote(&self) -> Result<(), Error> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-w", "-t", "60", "promote"],
+        )
+    }
+
+    /// Kills the server's processes with SIGKILL, the postmaster first, as a crash of the
+    /// machine's PostgreSQL would (no shutdown checkpoint, no goodbye to the standbys or
+    /// the clients). [`Cluster::start`] runs crash recovery.
+    pub fn kill(&self) -> Result<(), Error> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = fs::read_to_string(&pid_file)
+            .map_err(|e| err(format!("cannot read {}: {e}", pid_file.display())))?;
+        let pid = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .ok_or_else(|| err(format!("no pid in {}", pid_file.display())))?;
+        // The children first as a group would be kinder; a real crash is not: the
+        // postmaster goes, then its backends, each killed where it stands.
+        let children = children_of(pid);
+        signal_kill(pid)?;
+        for child in children {
+            // One that already exited is fine.
+            let _ = signal_kill(child);
+        }
+        Ok(())
+    }
+
+    fn unstarted(options: &ClusterOptions) -> Result<Cluster, Error> {
+        let bin_dir = find_bin_dir()?;
+        let as_postgres = running_as_root();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "pg-provision-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base)
+            .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
+        if as_postgres {
+            let (uid, gid) = postgres_user_ids()?;
+            std::os::unix::fs::chown(&base, Some(uid), Some(gid))
+                .map_err(|e| err(format!("cannot give {} to postgres: {e}", base.display())))?;
+        }
+        Ok(Cluster {
+            base,
+            bin_dir,
+            port: 0,
+            as_postgres,
+            options: options.clone(),
+        })
+    }
+
+    fn start_on_a_free_port(&mut self) -> Result<(), Error> {
         // A port found free can be taken before the server binds it: try a few.
         let mut last = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
-            match cluster.start() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.start() {
+                Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }
@@ -229,8 +337,16 @@ impl Cluster {
             path_str(&self.base)?
         );
         if !self.options.durable {
-            settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            settings.push_str(" -c fsync=off -c full_page_writes=off");
         }
+        settings.push_str(match (self.options.replication, self.options.durable) {
+            (Replication::None, false) => " -c synchronous_commit=off",
+            (Replication::None, true) => "",
+            (Replication::Asynchronous, _) => " -c synchronous_commit=local",
+            (Replication::Synchronous, _) => {
+                " -c synchronous_commit=on -c synchronous_standby_names=*"
+            }
+        });
         let data = self.data_dir();
         let log = self.base.join("server.log");
         self.run(
@@ -301,6 +417,37 @@ fn destroy(base: &Path, bin_dir: &Path, as_postgres: bool) {
     let _ = fs::remove_dir_all(base);
 }
 
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let parent: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
+}
+
+fn signal_kill(pid: u32) -> Result<(), Error> {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| err(format!("cannot run kill: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(err(format!("kill -KILL {pid} failed ({status})")))
+    }
+}
+
 fn run_as(
     bin_dir: &Path,
     as_postgres: bool,
@@ -366,7 +513,13 @@ fn find_bin_dir() -> Result<PathBuf, Error> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
-            return Ok(dir);
+            // A PATH of symbolic links to a few of the tools (initdb, pg_ctl) is common:
+            // the others (pg_basebackup) are beside the real ones.
+            let real = fs::canonicalize(dir.join("initdb"))
+                .ok()
+                .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+                .filter(|real| has_tools(real));
+            return Ok(real.unwrap_or(dir));
         }
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {

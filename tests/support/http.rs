@@ -61,19 +61,42 @@ impl TestServer {
         limits: Limits,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> TestServer {
+        TestServer::serving(&db.url, access_url, None, tokens, limits, tls).await
+    }
+
+    /// Serves queries from the hot standby at `standby_url`, writing (access records,
+    /// ingest, commit notices) to the primary at `primary_url`, as `auditd serve
+    /// --database-url STANDBY --audit-database-url PRIMARY` does.
+    pub async fn start_on_standby(standby_url: &str, primary_url: &str) -> TestServer {
+        let limits = Limits {
+            replication_sample_interval: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let write_pool = Some(pool_of(primary_url));
+        TestServer::serving(
+            standby_url,
+            primary_url,
+            write_pool,
+            ops_token(),
+            limits,
+            None,
+        )
+        .await
+    }
+
+    async fn serving(
+        read_url: &str,
+        write_url: &str,
+        write_pool: Option<deadpool_postgres::Pool>,
+        tokens: Tokens,
+        limits: Limits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> TestServer {
         let tokens = Arc::new(TokenStore::new(tokens));
-        let (layer, handle) = builder(access_url).build().expect("access audit layer");
+        let (layer, handle) = builder(write_url).build().expect("access audit layer");
         use tracing_subscriber::prelude::*;
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-        let pool = audit_layer::pool::connect_pool(
-            &db.url,
-            &audit_layer::pool::PoolOptions {
-                max_size: 8,
-                statement_timeout: Some(Duration::from_secs(30)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let pool = pool_of(read_url);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let audit = Arc::new(handle);
@@ -84,7 +107,8 @@ impl TestServer {
             shutdown_grace: Duration::from_secs(5),
             access_audit: Some(dispatch),
             audit_handle: Some(audit.clone()),
-            commit_notices: Some(auditd::commit_notices(&db.url)),
+            commit_notices: Some(auditd::commit_notices(write_url)),
+            write_pool,
             tls,
         };
         let done = tokio::spawn(auditd::serve(listener, pool, options, async {
@@ -207,6 +231,18 @@ async fn whole(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
 }
 
 /// Reads from a streaming body until `predicate` holds for what was read, or `timeout`.
+fn pool_of(url: &str) -> deadpool_postgres::Pool {
+    audit_layer::pool::connect_pool(
+        url,
+        &audit_layer::pool::PoolOptions {
+            max_size: 8,
+            statement_timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 pub async fn read_until(
     body: &mut Incoming,
     timeout: Duration,

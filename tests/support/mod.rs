@@ -140,7 +140,7 @@ pub async fn assert_exactly_once(client: &Client, stream_id: i64, n: i64) {
 /// no client can make up for.
 pub async fn own_cluster() -> (pg_provision::Cluster, String) {
     let cluster = tokio::task::spawn_blocking(|| {
-        pg_provision::Cluster::start_new(&pg_provision::ClusterOptions { durable: true })
+        pg_provision::Cluster::start_new(&pg_provision::ClusterOptions::durable())
     })
     .await
     .expect("cluster start-up")
@@ -178,6 +178,18 @@ pub async fn seal_all(db: &TestDb, sealer: &mut auditd::seal::Sealer) -> auditd:
     panic!("batches still unsealed after 30 s");
 }
 
+/// A sealer with the test binary's one key, so that a database sealed twice (by two
+/// sealers, or across a failover) is one log.
+pub fn test_sealer() -> auditd::seal::Sealer {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        auditd::seal::SigningKey::generate("test.example/log")
+            .expect("key")
+            .to_text()
+    });
+    auditd::seal::Sealer::new(auditd::seal::SigningKey::parse(key).expect("key"))
+}
+
 /// Seals everything committed to the database at `url` and asserts that every record,
 /// batch and checkpoint verifies: no false alarm after whatever the test put the writer
 /// through.
@@ -186,14 +198,7 @@ pub async fn assert_intact_when_sealed(url: &str) {
         url: url.to_owned(),
         client: connect(url).await,
     };
-    // One key for the whole test binary, so a database sealed twice is one log.
-    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        auditd::seal::SigningKey::generate("test.example/log")
-            .expect("key")
-            .to_text()
-    });
-    let mut sealer = auditd::seal::Sealer::new(auditd::seal::SigningKey::parse(key).expect("key"));
+    let mut sealer = test_sealer();
     seal_all(&db, &mut sealer).await;
     let log = auditd::seal::verify_log(&db.client, &[sealer.key().verifier()], &[])
         .await

@@ -7,6 +7,7 @@
 //! | RFC 6962 / RFC 9162 Merkle trees: heads, inclusion and consistency proofs | [`merkle`] |
 //! | a committed batch's entry in the signed log | `batch` ([`BatchEntry`]) |
 //! | checking the stored records and batches against what was committed | `verify` ([`verify()`]) |
+//! | seqs missing between a stream's committed batches, beside its announced drops | `gaps` ([`stream_gaps`]) |
 //!
 //! The writer and a verifier share them: the writer hashes each record before `COPY` and
 //! commits each batch's leaves and root with it (on by default,
@@ -17,12 +18,14 @@
 
 mod batch;
 mod canonical_json;
+mod gaps;
 pub mod merkle;
 mod record;
 mod verify;
 
 pub use batch::{batch_leaves, BatchEntry, BATCH_ENCODING_V1, BATCH_ENTRY_COLUMNS};
 pub use canonical_json::{jsonb_text, NotJsonb};
+pub use gaps::{stream_gaps, StreamGaps};
 pub use record::{
     stored_encoding, stored_leaf, stored_record, NotAnEncoding, StoredRecord, RECORD_ENCODING_V1,
     STORED_RECORD_COLUMNS,

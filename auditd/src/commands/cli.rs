@@ -401,14 +401,17 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Parser)]
 pub struct ServeArgs {
     /// PostgreSQL connection URL for the queries, like postgres://auditd:secret@db:5432/app.
-    /// Its role needs SELECT on audit_logs (see the README for the GRANTs).
+    /// Its role needs SELECT on audit_logs (see the README for the GRANTs). It may name a
+    /// hot standby when --audit-database-url names the primary.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Where to write auditd's own access records (each read of the logs is audited);
-    /// defaults to --database-url. Its role needs what any writer needs: INSERT on
-    /// audit_logs, audit_logs_rejected and audit_writer_batches, SELECT on
-    /// audit_writer_batches.
+    /// Where auditd writes: its access records (each read of the logs is audited),
+    /// ingested records, seals, partitions and retention; defaults to --database-url.
+    /// Must reach the primary (a standby is refused at start); a multi-host URL with
+    /// target_session_attrs=read-write follows a failover. Its role needs what any writer
+    /// needs: INSERT on audit_logs, audit_logs_rejected and audit_writer_batches, SELECT
+    /// on audit_writer_batches.
     #[arg(long, env = "AUDITD_AUDIT_DATABASE_URL", hide_env_values = true)]
     pub audit_database_url: Option<String>,
 

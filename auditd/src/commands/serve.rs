@@ -29,11 +29,9 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     if let Some(path) = &args.signing_key {
         SigningKey::load(path)?;
     }
-    let audit_handle = logging::audited_with(
-        args.audit_database_url.as_deref().unwrap_or(&url),
-        log_filter,
-        args.spool_dir.as_deref(),
-    )?;
+    let write_url = write_url(&args, &url);
+    crate::replication::refuse_standby_for_writes(&write_url, args.db_timeout).await?;
+    let audit_handle = logging::audited_with(&write_url, log_filter, args.spool_dir.as_deref())?;
     let pool = query_pool(&url, &args)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -42,8 +40,16 @@ pub async fn run(args: ServeArgs, log_filter: &str) -> Result<()> {
     let served =
         serve_until_signal(listener, pool, &url, tokens, &args, audit_handle.clone()).await;
     logging::shutdown_audit(&audit_handle).await;
-    final_seal(&url, &args).await;
+    final_seal(&write_url, &args).await;
     served
+}
+
+/// Where auditd writes: `--audit-database-url`, else `--database-url`.
+fn write_url(args: &ServeArgs, read_url: &str) -> String {
+    args.audit_database_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| read_url.to_owned())
 }
 
 /// With `--signing-key`, seals once more at exit, so that the records committed while
@@ -84,10 +90,14 @@ pub async fn final_seal(url: &str, args: &ServeArgs) {
 
 /// The pool for queries, with every wait bounded and a server-side statement timeout.
 pub fn query_pool(url: &str, args: &ServeArgs) -> Result<Pool> {
+    pool_of(url, args.pool_size, args)
+}
+
+fn pool_of(url: &str, max_size: usize, args: &ServeArgs) -> Result<Pool> {
     connect_pool(
         url,
         &PoolOptions {
-            max_size: args.pool_size,
+            max_size,
             wait_timeout: args.db_timeout,
             create_timeout: args.db_timeout,
             recycle_timeout: args.db_timeout,
@@ -119,17 +129,27 @@ pub fn load_tokens(args: &ServeArgs) -> Result<Tokens> {
 
 /// Serves (with partition upkeep, and sealing with `--signing-key`, alongside) until
 /// SIGINT or SIGTERM; on SIGHUP, reads the tokens and the TLS certificate again.
+///
+/// Queries go to `pool` (`read_url`'s); everything that writes goes to
+/// `--audit-database-url` when it is given, which lets `read_url` be a hot standby.
 pub async fn serve_until_signal(
     listener: TcpListener,
     pool: Pool,
-    database_url: &str,
+    read_url: &str,
     tokens: Tokens,
     args: &ServeArgs,
     audit_handle: Arc<audit_layer::AuditHandle>,
 ) -> Result<()> {
+    let database_url = &write_url(args, read_url);
+    // A few connections: idempotency lookups, upkeep, the replication sample.
+    let write_pool = if database_url == read_url {
+        None
+    } else {
+        Some(pool_of(database_url, 4, args)?)
+    };
     let upkeep = (!args.upkeep_interval.is_zero()).then(|| {
         tokio::spawn(upkeep::run(
-            pool.clone(),
+            write_pool.clone().unwrap_or_else(|| pool.clone()),
             args.upkeep_interval,
             audit_layer::schema::DEFAULT_MONTHS_AHEAD,
         ))
@@ -198,7 +218,10 @@ pub async fn serve_until_signal(
         shutdown_grace: args.shutdown_grace,
         access_audit: None,
         audit_handle: Some(audit_handle),
+        // A standby refuses LISTEN; the primary announces commits as they happen (a
+        // standby's tail may look a moment early, and looks again at its next poll).
         commit_notices: Some(commit_notices(database_url)),
+        write_pool,
         tls,
     };
     let result = server::serve(listener, pool, options, server::termination_signal()).await;

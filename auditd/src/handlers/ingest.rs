@@ -233,7 +233,8 @@ async fn accept(
 }
 
 async fn committed(app: &App, scoped: &str) -> Result<Option<Committed>, ApiError> {
-    let client = app.client().await?;
+    // On the primary: a standby may not have replayed a commit made a moment ago.
+    let client = app.write_client().await?;
     idempotency::committed(&client, scoped)
         .await
         .map_err(|e| match e.code() {

@@ -73,6 +73,47 @@ pub fn render(app: &App) -> Response<Body> {
             value: app.narrowed_text_searches() as f64,
         },
     ];
+    if let Some((lag, age)) = app.replication.latest() {
+        for (name, help, value) in [
+            (
+                "auditd_db_reads_from_standby",
+                "1 when queries are served from a hot standby (--database-url), 0 on the primary.",
+                f64::from(u8::from(lag.reads_from_standby)),
+            ),
+            (
+                "auditd_db_replication_lag_seconds",
+                "Seconds the read database runs behind: since the last commit it replayed, while it has WAL left to replay.",
+                lag.seconds,
+            ),
+            (
+                "auditd_db_replication_lag_bytes",
+                "WAL bytes between the write database's position and what the read database has replayed.",
+                lag.bytes,
+            ),
+            (
+                "auditd_db_standbys",
+                "Standbys streaming from the write database.",
+                lag.standbys as f64,
+            ),
+            (
+                "auditd_db_synchronous_standbys",
+                "Standbys whose confirmation the write database's commits wait for.",
+                lag.synchronous_standbys as f64,
+            ),
+            (
+                "auditd_db_replication_sample_age_seconds",
+                "Seconds since the replication figures above were sampled.",
+                age.as_secs_f64(),
+            ),
+        ] {
+            extra.push(Extra {
+                name,
+                kind: "gauge",
+                help,
+                value,
+            });
+        }
+    }
     let [ingested, fixups, duplicates, limited] = app.metrics.ingest_counts();
     for (name, help, value) in [
         (

@@ -48,6 +48,10 @@ pub struct ServerOptions {
     /// Commit notices ([`crate::commit_notices`]), which wake tails before their next
     /// poll; `None` to rely on polling.
     pub commit_notices: Option<CommitNotices>,
+    /// The primary's pool, when the query pool serves reads from a hot standby: the
+    /// ingest's idempotency lookups go to it, and /metrics shows how far the standby runs
+    /// behind it (`crate::replication`). `None`: the query pool's database takes both.
+    pub write_pool: Option<Pool>,
     /// Serve HTTPS with this ([`Certificate::acceptor`]); `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
 }
@@ -70,7 +74,7 @@ pub async fn serve(
     }
     let (stop_streams, stopping) = watch::channel(false);
     let app = Arc::new(App::new(
-        pool,
+        (pool, options.write_pool),
         options.tokens,
         options.limits,
         stopping,
@@ -82,6 +86,12 @@ pub async fn serve(
         app.pool.clone(),
         app.text_sample.clone(),
         app.limits.text_sample_interval,
+    ));
+    let replication = tokio::spawn(crate::replication::watch(
+        app.pool.clone(),
+        app.write_pool.clone(),
+        app.replication.clone(),
+        app.limits.replication_sample_interval,
     ));
     #[cfg(feature = "tls")]
     let handshakes = tls::handshake_slots();
@@ -135,6 +145,7 @@ pub async fn serve(
     }
     drop(listener);
     sampler.abort();
+    replication.abort();
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_streams.send(true);
     tokio::select! {
