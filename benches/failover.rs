@@ -2,15 +2,18 @@
 //! arrived, how long writes paused, and whether the log still proves itself.
 //!
 //! `cargo bench --bench failover -- [--events 100000] [--rate 20000] [--decide-ms 500]
-//! [--only sync|async]`
+//! [--stall-ms 300] [--only sync|async]`
 //!
 //! One writer emits `--events` records at `--rate` a second through a multi-host URL
-//! (`target_session_attrs=read-write`). Halfway, the primary's processes are killed;
-//! `--decide-ms` later (the time an operator or Patroni takes to decide) the standby is
-//! promoted, and the writer finds it. Both clusters are durable. With synchronous
-//! replication every record must arrive exactly once; with asynchronous replication what
-//! the old primary confirmed and had not shipped is lost, and this says how much, and
-//! what `stream_gaps` (in `auditd verify`) reports of it.
+//! (`target_session_attrs=read-write`). Halfway, the standby stops receiving for
+//! `--stall-ms` (a slow or broken network: its WAL receiver is stopped), then the
+//! primary's processes are killed and the connection between them is cut, losing what
+//! was in flight; `--decide-ms` later (the time an operator or Patroni takes to decide)
+//! the standby is promoted, and the writer finds it. Both clusters are durable. With
+//! synchronous replication every record must arrive exactly once (commits wait during the
+//! stall); with asynchronous replication what the old primary confirmed during the stall
+//! is lost, and this says how much and what `stream_gaps` (in `auditd verify`) reports.
+//! `--stall-ms 0` fails over from a standby that kept up.
 
 mod support;
 
@@ -27,6 +30,7 @@ fn main() {
     let events = arg("--events", 100_000);
     let rate = arg("--rate", 20_000);
     let decide = Duration::from_millis(arg("--decide-ms", 500));
+    let stall = Duration::from_millis(arg("--stall-ms", 300));
     let args: Vec<String> = std::env::args().collect();
     let only = args
         .iter()
@@ -41,11 +45,18 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        runtime.block_on(run(name, replication, events, rate, decide));
+        runtime.block_on(run(name, replication, events, rate, decide, stall));
     }
 }
 
-async fn run(name: &str, replication: Replication, events: u64, rate: u64, decide: Duration) {
+async fn run(
+    name: &str,
+    replication: Replication,
+    events: u64,
+    rate: u64,
+    decide: Duration,
+    stall: Duration,
+) {
     let (primary, standby) = tokio::task::spawn_blocking(move || {
         let primary = Cluster::start_new(&ClusterOptions {
             durable: true,
@@ -101,8 +112,27 @@ async fn run(name: &str, replication: Replication, events: u64, rate: u64, decid
         .await
         .expect("seal before the kill");
     drop(seal_client);
+    let standby_client = connect(&standby.url("postgres")).await;
+    while standby_client
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .expect("checkpoints on the standby")
+        .get::<_, i64>(0)
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(standby_client);
+    let emitted_before_stall = emitted.load(Ordering::Relaxed);
+    if !stall.is_zero() {
+        standby.hold_replication(true).expect("hold replication");
+        tokio::time::sleep(stall).await;
+    }
     let killed = Instant::now();
     primary.kill().expect("kill the primary");
+    if !stall.is_zero() {
+        standby.cut_replication().expect("cut replication");
+    }
     tokio::time::sleep(decide).await;
     let promoting = Instant::now();
     standby.promote().expect("promote");
@@ -158,9 +188,11 @@ async fn run(name: &str, replication: Replication, events: u64, rate: u64, decid
         );
     }
     println!(
-        "{name}:   writes paused {:.0} ms (kill, {} ms to decide, promote took {} ms); \
-         writer retries {}, spooled {}, dropped {}; all committed {:.1} s after the kill",
+        "{name}:   writes paused {:.0} ms ({} ms standby stalled from record {emitted_before_stall}, \
+         kill, {} ms to decide, promote took {} ms); writer retries {}, spooled {}, dropped {}; \
+         all committed {:.1} s after the kill",
         pause * 1000.0,
+        stall.as_millis(),
         decide.as_millis(),
         promote_took.as_millis(),
         stats.retries,

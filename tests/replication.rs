@@ -346,3 +346,72 @@ async fn the_writer_fails_over_to_the_promoted_standby_with_every_record_once_an
     // since extends it.
     assert_intact_when_sealed(&pair.standby_url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_asynchronous_replication_what_the_standby_never_received_is_lost_and_reported() {
+    let pair = Pair::start(Replication::Asynchronous).await;
+    let (dispatch, handle) = dispatch(builder(&pair.failover_url()));
+    let stream = handle.stream_id();
+    let emit = |from: u64, to: u64| {
+        tracing::dispatcher::with_default(&dispatch, || {
+            for i in from..to {
+                tracing::info!(target: "audit", username = "alice", event_type = "async", i, "steady");
+            }
+        })
+    };
+    let count = "SELECT count(*) FROM audit_logs WHERE event_type = 'async'";
+    emit(0, 1_000);
+    handle.flush().await.expect("first thousand committed");
+    pair.wait_for_standby(count, 1_000).await;
+
+    // The standby stops receiving; the primary confirms 500 more, which only it holds.
+    pair.standby
+        .hold_replication(true)
+        .expect("hold the WAL receiver");
+    emit(1_000, 1_500);
+    handle.flush().await.expect("confirmed by the primary");
+    let primary = connect(&pair.primary_url()).await;
+    assert_eq!(
+        primary
+            .query_one(count, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1_500
+    );
+    pair.primary.kill().expect("kill the primary");
+    // What was on its way is lost with the connection.
+    pair.standby
+        .cut_replication()
+        .expect("cut the WAL receiver");
+    pair.standby.promote().expect("promote the standby");
+
+    emit(1_500, 1_700);
+    let stats = handle
+        .shutdown(Duration::from_secs(60))
+        .await
+        .expect("the rest committed on the promoted standby");
+    assert_eq!(
+        stats.dropped, 0,
+        "the writer lost nothing it knew of: {stats:?}"
+    );
+
+    let promoted = connect(&pair.standby_url()).await;
+    assert_eq!(
+        promoted
+            .query_one(count, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1_200,
+        "the 500 the standby never received are gone"
+    );
+    // Not silently: the stream's seqs say exactly which, and that no drop explains them.
+    let gaps = audit_layer::integrity::stream_gaps(&promoted)
+        .await
+        .unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].stream_id, stream);
+    assert_eq!(gaps[0].runs, vec![(1_001, 1_500)]);
+    assert_eq!(gaps[0].unexplained(), 500);
+}

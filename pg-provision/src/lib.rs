@@ -256,23 +256,56 @@ impl Cluster {
     /// machine's PostgreSQL would (no shutdown checkpoint, no goodbye to the standbys or
     /// the clients). [`Cluster::start`] runs crash recovery.
     pub fn kill(&self) -> Result<(), Error> {
-        let pid_file = self.data_dir().join("postmaster.pid");
-        let text = fs::read_to_string(&pid_file)
-            .map_err(|e| err(format!("cannot read {}: {e}", pid_file.display())))?;
-        let pid = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-            .ok_or_else(|| err(format!("no pid in {}", pid_file.display())))?;
+        let pid = self.postmaster_pid()?;
         // The children first as a group would be kinder; a real crash is not: the
         // postmaster goes, then its backends, each killed where it stands.
         let children = children_of(pid);
-        signal_kill(pid)?;
+        signal(pid, "-KILL")?;
         for child in children {
             // One that already exited is fine.
-            let _ = signal_kill(child);
+            let _ = signal(child, "-KILL");
         }
         Ok(())
+    }
+
+    /// Stops (`hold`) or resumes this standby's WAL receiver (SIGSTOP, SIGCONT), as a
+    /// network that stops delivering would: the primary goes on committing (or, with
+    /// synchronous replication, waiting), and what it commits meanwhile is not on this
+    /// standby. What the primary sent meanwhile waits in the kernel's socket buffer and
+    /// arrives on resume; [`Cluster::cut_replication`] loses it instead.
+    pub fn hold_replication(&self, hold: bool) -> Result<(), Error> {
+        signal(
+            self.wal_receiver_pid()?,
+            if hold { "-STOP" } else { "-CONT" },
+        )
+    }
+
+    /// Kills this standby's WAL receiver with SIGKILL, and with it whatever the primary
+    /// had sent that it had not yet written: a connection cut in the middle. PostgreSQL
+    /// restarts the standby's processes, which recover what is on disk and stream again
+    /// when a primary answers.
+    pub fn cut_replication(&self) -> Result<(), Error> {
+        signal(self.wal_receiver_pid()?, "-KILL")
+    }
+
+    fn wal_receiver_pid(&self) -> Result<u32, Error> {
+        children_of(self.postmaster_pid()?)
+            .into_iter()
+            .find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|line| String::from_utf8_lossy(&line).contains("walreceiver"))
+            })
+            .ok_or_else(|| err("this cluster runs no WAL receiver: is it a standby?"))
+    }
+
+    fn postmaster_pid(&self) -> Result<u32, Error> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = fs::read_to_string(&pid_file)
+            .map_err(|e| err(format!("cannot read {}: {e}", pid_file.display())))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .ok_or_else(|| err(format!("no pid in {}", pid_file.display())))
     }
 
     fn unstarted(options: &ClusterOptions) -> Result<Cluster, Error> {
@@ -435,16 +468,16 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn signal_kill(pid: u32) -> Result<(), Error> {
+fn signal(pid: u32, signal: &str) -> Result<(), Error> {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .stderr(Stdio::null())
         .status()
         .map_err(|e| err(format!("cannot run kill: {e}")))?;
     if status.success() {
         Ok(())
     } else {
-        Err(err(format!("kill -KILL {pid} failed ({status})")))
+        Err(err(format!("kill {signal} {pid} failed ({status})")))
     }
 }
 
