@@ -6,7 +6,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+};
 use tokio_postgres::NoTls;
 
 use crate::error::Error;
@@ -65,14 +67,6 @@ pub fn connect_pool(url: &str, options: &PoolOptions) -> Result<Pool, Error> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(options.create_timeout);
     }
-    if let Some(timeout) = options.statement_timeout {
-        let setting = format!("-c statement_timeout={}", timeout.as_millis());
-        let options = match config.get_options() {
-            Some(existing) => format!("{existing} {setting}"),
-            None => setting,
-        };
-        config.options(&options);
-    }
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(30));
     let manager = Manager::from_config(
@@ -82,8 +76,17 @@ pub fn connect_pool(url: &str, options: &PoolOptions) -> Result<Pool, Error> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
-        .max_size(options.max_size)
+    let mut builder = Pool::builder(manager).max_size(options.max_size);
+    if let Some(timeout) = options.statement_timeout {
+        // Set on each new connection rather than sent in the startup packet's `options`,
+        // which PgBouncer (before 1.20) refuses: this way the pool works through it too.
+        let set = format!("SET statement_timeout = {}", timeout.as_millis());
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            let set = set.clone();
+            Box::pin(async move { client.batch_execute(&set).await.map_err(HookError::Backend) })
+        }));
+    }
+    builder
         .timeouts(Timeouts {
             wait: Some(options.wait_timeout),
             create: Some(options.create_timeout),

@@ -18,6 +18,10 @@
 
 #![warn(missing_docs)]
 
+mod pgbouncer;
+
+pub use pgbouncer::{Pgbouncer, PoolMode};
+
 use std::fmt;
 use std::fs;
 use std::net::TcpListener;
