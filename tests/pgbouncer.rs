@@ -31,8 +31,8 @@ async fn behind_pgbouncer(mode: PoolMode) -> (Cluster, Pgbouncer, TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_and_auditd_work_through_pgbouncer_in_session_mode() {
     let (cluster, _bouncer, db) = behind_pgbouncer(PoolMode::Session).await;
-    let (dispatch, handle) = dispatch(builder(&db.url).batch_size(300));
-    tracing::dispatcher::with_default(&dispatch, || {
+    let (writer, handle) = dispatch(builder(&db.url).batch_size(300));
+    tracing::dispatcher::with_default(&writer, || {
         for i in 0..2_000 {
             tracing::info!(target: "audit", username = "alice", event_type = "pooled", i, "through pgbouncer");
         }
@@ -67,35 +67,67 @@ async fn the_writer_and_auditd_work_through_pgbouncer_in_session_mode() {
         .get(0);
     assert_eq!(timeout, "4321ms");
 
-    let server = TestServer::start(&db).await;
+    // Polling once an hour: only the writer's commit notice, heard through the LISTEN
+    // connection auditd holds through PgBouncer, can wake the waiting tail in time.
+    let limits = auditd::Limits {
+        tail_poll_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let tokens = auditd::Tokens::parse([format!("ops:{}", support::http::TOKEN).as_str()]).unwrap();
+    let server = std::sync::Arc::new(TestServer::start_with(&db, tokens, limits).await);
     let page = server
         .get_json("/api/v1/logs?event_type=pooled&limit=100")
         .await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(100), "{page}");
-    let tail = server
-        .get_json("/api/v1/logs/tail?wait=0s&event_type=pooled&limit=500")
-        .await;
-    let cursor = tail["next_cursor"].as_str().unwrap().to_owned();
-    // A commit after the cursor wakes a waiting tail through the LISTEN connection.
-    let waiting = {
-        let url = format!("/api/v1/logs/tail?wait=20s&event_type=late&cursor={cursor}");
-        let server = std::sync::Arc::new(server);
-        let waiting_server = server.clone();
-        (
-            server,
-            tokio::spawn(async move { waiting_server.get_json(&url).await }),
-        )
-    };
-    let (server, waiting) = waiting;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    db.client
-        .batch_execute(
-            "INSERT INTO audit_logs (username, event_type, message) VALUES ('bob', 'late', 'after the cursor')",
+    let listening = format!("LISTEN {}", audit_layer::COMMIT_CHANNEL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1",
+            &[&listening],
         )
         .await
-        .unwrap();
-    let woken: Value = waiting.await.unwrap();
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auditd never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = server
+        .get_json("/api/v1/logs/tail?wait=0s&event_type=late")
+        .await;
+    let cursor = start["next_cursor"].as_str().unwrap().to_owned();
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let asked = std::time::Instant::now();
+            let page = server
+                .get_json(&format!(
+                    "/api/v1/logs/tail?wait=20s&event_type=late&cursor={cursor}"
+                ))
+                .await;
+            (page, asked.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (late, late_handle) = dispatch(builder(&db.url));
+    tracing::dispatcher::with_default(&late, || {
+        tracing::info!(target: "audit", username = "bob", event_type = "late", "after the cursor");
+    });
+    late_handle
+        .shutdown(Duration::from_secs(30))
+        .await
+        .expect("committed");
+    let (woken, waited): (Value, Duration) = waiting.await.unwrap();
     assert_eq!(woken["items"].as_array().map(Vec::len), Some(1), "{woken}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "woken by the notice, not by the end of the wait: {waited:?}"
+    );
     let access = direct
         .query_one(
             "SELECT count(*) FROM audit_logs WHERE event_type = 'audit_access'",

@@ -79,7 +79,9 @@ pub fn connect_pool(url: &str, options: &PoolOptions) -> Result<Pool, Error> {
     let mut builder = Pool::builder(manager).max_size(options.max_size);
     if let Some(timeout) = options.statement_timeout {
         // Set on each new connection rather than sent in the startup packet's `options`,
-        // which PgBouncer (before 1.20) refuses: this way the pool works through it too.
+        // which PgBouncer (before 1.20) refuses: this way the pool works through it in
+        // session mode too (in transaction mode a SET lands on whichever server
+        // connection runs it, which is why the README recommends session mode).
         let set = format!("SET statement_timeout = {}", timeout.as_millis());
         builder = builder.post_create(Hook::async_fn(move |client, _| {
             let set = set.clone();

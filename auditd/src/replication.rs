@@ -53,7 +53,9 @@ pub struct Lag {
     /// The read database is a standby.
     pub reads_from_standby: bool,
     /// Seconds the read database runs behind: since the last commit it replayed, while
-    /// it has WAL left to replay; 0 when caught up (and always on a primary).
+    /// it has WAL left to replay; 0 when caught up (and always on a primary). A standby
+    /// that has stopped receiving has nothing left to replay and shows 0 here: `bytes`
+    /// is the figure that grows then.
     pub seconds: f64,
     /// WAL bytes between the write database's current position and what the read
     /// database has replayed (0 when they are one database).
@@ -61,6 +63,8 @@ pub struct Lag {
     /// Standbys streaming from the write database.
     pub standbys: i64,
     /// Of those, the ones whose confirmation commits wait for (synchronous replication).
+    /// PostgreSQL shows `sync_state` only to roles with `pg_read_all_stats` (or
+    /// `pg_monitor`); for others this is 0.
     pub synchronous_standbys: i64,
 }
 

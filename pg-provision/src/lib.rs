@@ -288,17 +288,51 @@ impl Cluster {
     /// had sent that it had not yet written: a connection cut in the middle. PostgreSQL
     /// restarts the standby's processes, which recover what is on disk and stream again
     /// when a primary answers.
+    ///
+    /// Returns once the standby accepts connections again, so that a promotion that
+    /// follows is not lost in its restart.
     pub fn cut_replication(&self) -> Result<(), Error> {
-        signal(self.wal_receiver_pid()?, "-KILL")
+        let startup = self.child_named("startup");
+        signal(self.wal_receiver_pid()?, "-KILL")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            // The restart has begun when the startup process is a new one, and ended when
+            // the server accepts connections.
+            let restarted = self
+                .child_named("startup")
+                .is_some_and(|now| Some(now) != startup);
+            if restarted && self.accepts_connections() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(err("the standby did not come back within 60 s of the cut"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
-    fn wal_receiver_pid(&self) -> Result<u32, Error> {
-        children_of(self.postmaster_pid()?)
+    fn child_named(&self, name: &str) -> Option<u32> {
+        children_of(self.postmaster_pid().ok()?)
             .into_iter()
             .find(|pid| {
                 fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|line| String::from_utf8_lossy(&line).contains("walreceiver"))
+                    .is_ok_and(|line| String::from_utf8_lossy(&line).contains(name))
             })
+    }
+
+    fn accepts_connections(&self) -> bool {
+        let port = self.port.to_string();
+        run_as(
+            &self.bin_dir,
+            self.as_postgres,
+            "pg_isready",
+            &["-h", "127.0.0.1", "-p", &port, "-t", "1"],
+        )
+        .is_ok_and(|out| out.status.success())
+    }
+
+    fn wal_receiver_pid(&self) -> Result<u32, Error> {
+        self.child_named("walreceiver")
             .ok_or_else(|| err("this cluster runs no WAL receiver: is it a standby?"))
     }
 

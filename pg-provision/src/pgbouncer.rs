@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{err, free_port, postgres_user_ids, running_as_root, Error};
@@ -46,10 +47,11 @@ impl Pgbouncer {
             .ok_or_else(|| {
                 err("pgbouncer not found on PATH or in /usr/sbin: install it (Debian: apt-get install pgbouncer)")
             })?;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "pg-provision-{}-pgbouncer-{}",
+            "pg-provision-{}-pgbouncer-{server_port}-{}",
             std::process::id(),
-            server_port
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)
@@ -85,7 +87,8 @@ impl Pgbouncer {
             .arg(&ini)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // It logs every connection to stderr too; its log file has the same.
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
         let mut pgbouncer = Pgbouncer { child, dir, port };

@@ -141,11 +141,12 @@ pub async fn serve_until_signal(
     audit_handle: Arc<audit_layer::AuditHandle>,
 ) -> Result<()> {
     let database_url = &write_url(args, read_url);
-    // A few connections: idempotency lookups, upkeep, the replication sample.
+    // One for each write handled at once (its idempotency lookup), and a few for upkeep
+    // and the replication sample.
     let write_pool = if database_url == read_url {
         None
     } else {
-        Some(pool_of(database_url, 4, args)?)
+        Some(pool_of(database_url, args.ingest_max_concurrent + 2, args)?)
     };
     let upkeep = (!args.upkeep_interval.is_zero()).then(|| {
         tokio::spawn(upkeep::run(

@@ -82,7 +82,7 @@ pub fn render(app: &App) -> Response<Body> {
             ),
             (
                 "auditd_db_replication_lag_seconds",
-                "Seconds the read database runs behind: since the last commit it replayed, while it has WAL left to replay.",
+                "Seconds the read database runs behind: since the last commit it replayed, while it has WAL left to replay (0 for a standby that stopped receiving: watch the bytes).",
                 lag.seconds,
             ),
             (
@@ -97,7 +97,7 @@ pub fn render(app: &App) -> Response<Body> {
             ),
             (
                 "auditd_db_synchronous_standbys",
-                "Standbys whose confirmation the write database's commits wait for.",
+                "Standbys whose confirmation the write database's commits wait for (needs pg_monitor for the write role).",
                 lag.synchronous_standbys as f64,
             ),
             (
