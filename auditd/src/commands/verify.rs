@@ -169,10 +169,12 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
         println!("streams complete: no seq missing between committed batches");
     } else {
         println!(
-            "streams with seqs missing between committed batches: {}; {unexplained} record(s)              not announced as dropped{}",
+            "streams with seqs missing between committed batches: {}; {unexplained} record(s) \
+             not accounted for by drops, rejections or unused seqs{}",
             gaps.len(),
             if unexplained > 0 {
-                " (lost after the writer took them: a writer killed with a batch in flight,                  a failover to a standby that had not received them, or batches removed)"
+                " (lost after the writer took them: a writer killed with a batch in flight, \
+                 a failover to a standby that had not received them, or batches removed)"
             } else {
                 ""
             }
