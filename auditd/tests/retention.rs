@@ -393,6 +393,8 @@ async fn an_old_partition_is_archived_proven_dropped_and_restored() {
         "{out}"
     );
     assert!(!out.contains("missing"), "{out}");
+    // Retired records are still in their batches' ledger rows: no false gap either.
+    assert!(out.contains("streams complete"), "{out}");
 
     // The archive, offline.
     let archive_arg = archive.to_str().unwrap();

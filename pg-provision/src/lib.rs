@@ -18,8 +18,10 @@
 
 #![warn(missing_docs)]
 
+mod patroni;
 mod pgbouncer;
 
+pub use patroni::Patroni;
 pub use pgbouncer::{Pgbouncer, PoolMode};
 
 use std::fmt;

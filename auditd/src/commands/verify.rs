@@ -166,7 +166,7 @@ async fn check(args: &VerifyArgs) -> anyhow::Result<bool> {
     let gaps = audit_layer::integrity::stream_gaps(&client).await?;
     let unexplained: i64 = gaps.iter().map(|g| g.unexplained()).sum();
     if gaps.is_empty() {
-        println!("streams complete: no seq missing between committed batches");
+        println!("streams complete: no gap in any stream's seqs between committed batches");
     } else {
         println!(
             "streams with seqs missing between committed batches: {}; {unexplained} record(s) \
