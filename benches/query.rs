@@ -1,11 +1,13 @@
 //! Query and export through auditd's HTTP API on a large table.
 //!
-//! `cargo bench --bench query -- [--rows 10000000] [--requests 200] [--text-index]`
+//! `cargo bench --bench query -- [--rows 10000000] [--requests 200] [--overview-requests 20]
+//! [--text-index]`
 //!
 //! Loads `--rows` records spread over 90 days (1,000 users, 9 event types, 10,000 devices)
 //! into a fresh database, starts auditd in-process on loopback, then measures p50/p99 of a
 //! filtered page of 100 for the common filters and for a page 100 pages deep (keyset), and
-//! the rows/s and peak memory of an NDJSON export. With `--text-index`, the optional trigram
+//! the viewer's overview (histogram and facets) over 24 hours, 14 days and the whole table,
+//! and the rows/s and peak memory of an NDJSON export. With `--text-index`, the optional trigram
 //! index (`auditd text-index`) is built after loading, and its build time printed. Uses
 //! `DATABASE_URL` when set, otherwise a throwaway cluster with default durability on this
 //! machine.
@@ -164,6 +166,60 @@ async fn main() {
         times.sort();
         println!(
             "query:   {name:<34} p50 {:>7.2} ms  p99 {:>7.2} ms",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99)
+        );
+    }
+
+    // The viewer's overview (histogram and facets): aggregates over the window, so its
+    // cost grows with the rows in it; fewer requests, and the median and p99 of those.
+    let overview_requests = arg("--overview-requests", 20) as usize;
+    let ago = |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    for (name, path) in [
+        (
+            "overview, last 24 h",
+            "/api/v1/overview?buckets=96".to_owned(),
+        ),
+        (
+            "overview, 14 days (the viewer's default)",
+            format!("/api/v1/overview?since={}&buckets=112", ago(14)),
+        ),
+        (
+            "overview, 14 days, username",
+            format!(
+                "/api/v1/overview?since={}&buckets=112&username=user42",
+                ago(14)
+            ),
+        ),
+        (
+            "overview, 14 days, severity=critical",
+            format!(
+                "/api/v1/overview?since={}&buckets=112&severity=critical",
+                ago(14)
+            ),
+        ),
+        (
+            "overview, 90 days (every row)",
+            format!("/api/v1/overview?since={}&buckets=90", ago(91)),
+        ),
+    ] {
+        client.get(&path).await;
+        let mut times = Vec::with_capacity(overview_requests);
+        for _ in 0..overview_requests {
+            let (elapsed, body) = client.get(&path).await;
+            assert!(
+                body.starts_with(b"{\"since\""),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            times.push(elapsed);
+        }
+        times.sort();
+        println!(
+            "query:   {name:<40} p50 {:>8.2} ms  p99 {:>8.2} ms  ({overview_requests} requests)",
             percentile(&times, 0.5),
             percentile(&times, 0.99)
         );

@@ -1183,3 +1183,76 @@ async fn an_export_running_at_shutdown_is_cut_short_visibly_and_still_recorded()
     let rows = records[0].metadata["rows"].as_u64().unwrap();
     assert!(rows > 0 && rows < 100_000, "{rows} rows");
 }
+
+#[tokio::test]
+async fn the_overview_counts_what_postgresql_holds_per_bucket_and_per_value() {
+    let (db, _) = seeded().await;
+    // A few more, at known times, beside the seeded ones.
+    db.client
+        .batch_execute(
+            "INSERT INTO audit_logs (created_at, username, event_type, severity, message) VALUES
+               ('2026-03-01 10:15:00Z', 'eve', 'authentication', 'warning', 'User login_failed'),
+               ('2026-03-01 10:45:00Z', 'eve', 'authentication', 'warning', 'User login_failed'),
+               ('2026-03-02 23:59:59Z', 'eve', 'authentication', 'error', 'User locked out')",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start(&db).await;
+    let window = "since=2026-03-01T00:00:00Z&until=2026-03-03T00:00:00Z";
+    let overview = server
+        .get_json(&format!(
+            "/api/v1/overview?{window}&buckets=2&facet_values=2"
+        ))
+        .await;
+    assert_eq!(overview["bucket_seconds"], 86_400, "{overview}");
+
+    // Each bucket holds what PostgreSQL counts for its day and severity.
+    let buckets = overview["histogram"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2, "{overview}");
+    let mut total = 0;
+    for bucket in buckets {
+        let start: chrono::DateTime<chrono::Utc> =
+            bucket["start"].as_str().unwrap().parse().unwrap();
+        for severity in ["info", "warning", "error", "critical"] {
+            let expected = db
+                .count(&format!(
+                    "SELECT count(*) FROM audit_logs WHERE severity = '{severity}' \
+                     AND created_at >= '{start}' AND created_at < '{start}'::timestamptz + interval '1 day'"
+                ))
+                .await;
+            assert_eq!(bucket[severity], expected, "{severity} from {start}");
+            total += expected;
+        }
+    }
+    assert_eq!(overview["total"], total);
+    // The facets: the most frequent values first, as many as asked.
+    for facet in ["event_type", "severity", "username", "resource_type"] {
+        let rows = db
+            .client
+            .query(
+                &format!(
+                    "SELECT {facet}::text, count(*) FROM audit_logs \
+                     WHERE created_at >= '2026-03-01' AND created_at < '2026-03-03' \
+                     GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 2"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let expected: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"value": r.get::<_, Option<String>>(0), "count": r.get::<_, i64>(1)}))
+            .collect();
+        assert_eq!(overview["facets"][facet], json!(expected), "{facet}");
+    }
+    // A filter narrows both.
+    let eve = server
+        .get_json(&format!("/api/v1/overview?{window}&buckets=2&username=eve"))
+        .await;
+    assert_eq!(eve["total"], 3);
+    assert_eq!(
+        eve["facets"]["username"],
+        json!([{"value": "eve", "count": 3}])
+    );
+    server.stop().await;
+}

@@ -384,8 +384,10 @@ pub struct DemoArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// How many rounds of the sample flows to write (each round is 9 records).
-    #[arg(long, default_value_t = 25)]
+    /// How many rounds of the sample flows to write (each round is 9 records), spread
+    /// over the last 14 days in working hours, beside two incidents (a burst of failed
+    /// logins, an onboarding outage).
+    #[arg(long, default_value_t = 300)]
     pub rounds: u32,
 
     /// Exit after showing the records instead of serving them.

@@ -1,7 +1,10 @@
 //! The quickstart: the sample flows of the original design, written through audit-layer
 //! exactly as an application would, then read back.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc, Weekday};
 
 use anyhow::{Context, Result};
 use audit_layer::{AuditLayer, AuditLog, RECORD_COLUMNS};
@@ -18,6 +21,50 @@ use super::{logging, schema, serve};
 use crate::seal::{Sealer, SigningKey};
 
 const DB_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The demo's clock, in microseconds since the epoch; 0 for the real one. The demo moves
+/// it to spread its records over the last 14 days as a real system's would be.
+static DEMO_NOW: AtomicI64 = AtomicI64::new(0);
+
+/// The time the audit layer stamps on each demo record: the demo's clock, advanced a few
+/// seconds per record, so that the events of one flow follow each other.
+fn demo_clock() -> DateTime<Utc> {
+    // Only the demo's own thread moves the clock, and only before serving; auditd's
+    // access records, from any thread, see 0 and the real time.
+    if DEMO_NOW.load(Ordering::Relaxed) == 0 {
+        return Utc::now();
+    }
+    let at = DEMO_NOW.fetch_add(3_000_000, Ordering::Relaxed);
+    DateTime::from_timestamp_micros(at).unwrap_or_else(Utc::now)
+}
+
+fn set_demo_time(at: DateTime<Utc>) {
+    DEMO_NOW.store(at.timestamp_micros(), Ordering::Relaxed);
+}
+
+/// When round `round` of `rounds` happens: spread over the last 14 days, in working hours
+/// (08:00 to 18:00 UTC), fewer at weekends, the last ones just now.
+fn round_time(round: u32, rounds: u32, now: DateTime<Utc>) -> DateTime<Utc> {
+    let days_ago = 13 - i64::from(round) * 14 / i64::from(rounds.max(1));
+    let day = (now - TimeDelta::days(days_ago)).date_naive();
+    let weekend = matches!(day.weekday(), Weekday::Sat | Weekday::Sun);
+    // At weekends, only the on-call few: late morning.
+    let hour = if weekend {
+        10 + round % 3
+    } else {
+        8 + (round * 7) % 10
+    };
+    let at = day
+        .and_hms_opt(hour, (round * 13) % 60, (round * 29) % 60)
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    // Today's working hours may not have come yet: the last rounds happen just now.
+    if at > now - TimeDelta::minutes(5) || (days_ago == 0 && now.hour() < 8) {
+        now - TimeDelta::seconds(i64::from(rounds - round) * 30)
+    } else {
+        at
+    }
+}
 
 const USERS: &[(&str, i64, &str)] = &[
     ("admin", 1, "192.0.2.10"),
@@ -57,6 +104,7 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
     let client = schema::connect(&url, DB_TIMEOUT).await?;
     let (audit, handle) = AuditLayer::builder()
         .database_url(&url)
+        .clock(demo_clock)
         .build()
         .context("cannot start the audit layer")?;
     logging::init(log_filter, Some(audit))?;
@@ -66,9 +114,14 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
         rounds = args.rounds,
         "writing the sample flows through audit-layer"
     );
+    let now = Utc::now();
     for round in 0..args.rounds {
+        set_demo_time(round_time(round, args.rounds, now));
         sample_flows(round);
     }
+    incidents(now);
+    // From here on (auditd's own access records), the real clock.
+    DEMO_NOW.store(0, Ordering::Relaxed);
     tokio::time::timeout(DB_TIMEOUT, handle.flush())
         .await
         .context("the audit records were not committed in time")??;
@@ -163,6 +216,47 @@ pub async fn run(args: DemoArgs, log_filter: &str) -> Result<()> {
     drop(client);
     drop(cluster);
     Ok(())
+}
+
+/// What an investigator would look for: a burst of failed logins from one address three
+/// nights ago, and an onboarding outage six days ago (Nautobot answering 503 for two hours).
+fn incidents(now: DateTime<Utc>) {
+    let night = (now - TimeDelta::days(3))
+        .date_naive()
+        .and_hms_opt(2, 10, 0);
+    if let Some(start) = night.map(|t| t.and_utc()) {
+        set_demo_time(start);
+        for attempt in 0..150u32 {
+            let user = ["admin", "root", "test", "oracle", "ubnt"][attempt as usize % 5];
+            warn!(
+                target: "audit",
+                event_type = "authentication",
+                username = user,
+                ip_address = "198.51.100.77",
+                attempt,
+                "User login_failed"
+            );
+        }
+    }
+    let morning = (now - TimeDelta::days(6))
+        .date_naive()
+        .and_hms_opt(10, 5, 0);
+    if let Some(start) = morning.map(|t| t.and_utc()) {
+        for n in 0..40u32 {
+            set_demo_time(start + TimeDelta::minutes(i64::from(n) * 3));
+            let device = format!("edge-ber{}-{:02}", 1 + n % 3, n);
+            error!(
+                target: "audit",
+                event_type = "onboarding",
+                username = "alice",
+                ip_address = "198.51.100.23",
+                resource_type = "device",
+                resource_name = device.as_str(),
+                error = "Nautobot API returned 503",
+                "Device '{device}' onboarded to Nautobot - Error: Nautobot API returned 503"
+            );
+        }
+    }
 }
 
 /// One round of what a network-automation backend records: 9 audit events.

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod overview;
 pub mod proof;
 pub mod stats;
 pub mod tail;

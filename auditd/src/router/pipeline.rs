@@ -14,7 +14,8 @@ use super::table::{route_for, Route, RouteId};
 use crate::access::{Answer, Caller};
 use crate::auth::{links, Scopes};
 use crate::handlers::{
-    bundle, export, export_link, health, ingest, logs, metrics, openapi, proof, stats, tail, viewer,
+    bundle, export, export_link, health, ingest, logs, metrics, openapi, overview, proof, stats,
+    tail, viewer,
 };
 use crate::http::{ApiError, Body};
 use crate::query::Params;
@@ -190,6 +191,7 @@ async fn dispatch(
             tail::stream(app, params, last_event_id, caller, route.path).await
         }
         RouteId::Stats => stats::stats(app, params).await,
+        RouteId::Overview => overview::overview(app, params).await,
         RouteId::LogProof => proof::record_proof(app, id.as_deref().unwrap_or(""), params).await,
         RouteId::Bundle => bundle::bundle(app, params).await,
         RouteId::Checkpoints => proof::checkpoints(app, params).await,

@@ -31,6 +31,8 @@ pub enum RouteId {
     Stream,
     /// Record counts by event type and severity.
     Stats,
+    /// Records over time by severity, and the most common values of the filters.
+    Overview,
     /// A record's proof: in its batch, its batch in the signed log.
     LogProof,
     /// Records with their proofs, to check offline.
@@ -222,6 +224,15 @@ pub const ROUTES: &[Route] = &[
     Route {
         id: RouteId::Stats,
         path: "/api/v1/stats",
+        protected: true,
+        audited: true,
+        records_refusals: true,
+        methods: Methods::Read,
+        scope: Scope::Read,
+    },
+    Route {
+        id: RouteId::Overview,
+        path: "/api/v1/overview",
         protected: true,
         audited: true,
         records_refusals: true,

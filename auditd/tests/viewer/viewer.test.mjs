@@ -233,3 +233,114 @@ test("an export downloads straight from the server through a signed link", async
   assert.equal(lines.length - 1, Number(expected));
   assert.ok(lines.slice(1).every((line) => line.includes(",backup,")), "only backup records");
 });
+
+// ---- the overview: a histogram over time and facets, drawn by the page itself ----
+
+const SHOTS = new URL("./screenshots/", import.meta.url);
+
+async function shot(target, name, fullPage = true) {
+  const { mkdir } = await import("node:fs/promises");
+  await mkdir(SHOTS, { recursive: true });
+  await target.screenshot({ path: new URL(name + ".png", SHOTS).pathname, fullPage });
+}
+
+test("the demo's records are spread over two weeks, with its two incidents", async () => {
+  const spread = execFileSync("psql", [dbUrl, "-At", "-c",
+    `SELECT count(DISTINCT created_at::date), count(*) FILTER (WHERE ip_address = '198.51.100.77'),
+            count(*) FILTER (WHERE message LIKE '%Nautobot API returned 503')
+     FROM audit_logs WHERE created_at > now() - interval '15 days'`]).toString().trim().split("|").map(Number);
+  assert.ok(spread[0] >= 8, `records on ${spread[0]} days`);
+  assert.equal(spread[1], 150, "the burst of failed logins from one address");
+  assert.equal(spread[2], 40, "the onboarding outage");
+});
+
+test("the histogram shows records over time, and dragging across it sets the window", async () => {
+  await page.setViewportSize({ width: 1400, height: 900 });
+  await page.goto(base + "/");
+  await page.locator("#histogram rect.sev-info").first().waitFor();
+  assert.equal(await page.locator("#histogram").getAttribute("aria-label"), "Records over time");
+  assert.match(await page.locator("#histogram-text").textContent(), /^Records over time: \d+ from /);
+  assert.ok(await page.locator("#histogram-table tbody tr").count() > 5, "a text alternative with the counts");
+  // Every severity the demo writes is drawn, stacked.
+  for (const severity of ["info", "warning", "error", "critical"]) {
+    assert.ok(await page.locator(`#histogram rect.sev-${severity}`).count() > 0, severity);
+  }
+  await shot(page, "1-overview");
+  // The labels of the filters lay out on one line each at 1,400 px.
+  const since = await page.locator("label", { hasText: "Since (UTC)" }).boundingBox();
+  const userName = await page.locator("label", { hasText: "User name" }).boundingBox();
+  // (A date input stands a few pixels taller than a text one; a wrapped line adds 15.)
+  assert.ok(since.height < userName.height + 8, `Since label ${since.height}px high, User name ${userName.height}px`);
+
+  const box = await page.locator("#histogram").boundingBox();
+  await page.mouse.move(box.x + box.width * 0.35, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.55, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForURL(/since=.*until=/);
+  const url = new URL(page.url());
+  const since0 = Date.parse(url.searchParams.get("since")), until0 = Date.parse(url.searchParams.get("until"));
+  assert.ok(until0 > since0, "a window, in order");
+  const span = until0 - since0;
+  assert.ok(span > 86400e3 && span < 6 * 86400e3, `about a fifth of two weeks: ${span / 3600e3} h`);
+  await page.locator("#histogram rect").first().waitFor();
+  await waitUntil(() => document.querySelectorAll("#results tbody tr").length > 0, "rows in the window");
+  const times = await page.locator("#results tbody td.time").evaluateAll((tds) => tds.map((td) => td.title));
+  assert.ok(times.every((t) => Date.parse(t) >= since0 && Date.parse(t) < until0), "the table shows the window only");
+  await shot(page, "2-brushed");
+});
+
+test("a facet shows the most common values and filters on click", async () => {
+  await page.goto(base + "/");
+  const top = page.locator('#facets button[data-facet="username"]').first();
+  await top.waitFor();
+  const user = await top.locator(".name").textContent();
+  const count = Number(await top.locator(".count").textContent());
+  assert.ok(count > 0);
+  await top.click();
+  await page.waitForURL(new RegExp("username=" + encodeURIComponent(user)));
+  await waitUntil(() => {
+    const users = [...document.querySelectorAll("#results tbody tr td:nth-child(4)")];
+    return users.length > 0 && users.every((td) => td.textContent === users[0].textContent);
+  }, "one user's rows");
+  assert.equal(await page.locator("#results tbody tr td:nth-child(4)").first().textContent(), user);
+  await shot(page, "3-facet");
+});
+
+test("the detail pane pivots to the records of the same address", async () => {
+  await page.goto(base + "/?event_type=onboarding&severity=error");
+  await rows().first().waitFor();
+  await rows().first().click();
+  await page.locator("#detail").waitFor({ state: "visible" });
+  const ip = await page.locator("#detail-fields dd").nth(6).textContent();
+  await shot(page, "4-detail");
+  await page.getByRole("button", { name: "This address's records" }).click();
+  await page.waitForURL(new RegExp("ip_address=" + encodeURIComponent(ip)));
+  assert.equal(new URL(page.url()).searchParams.get("event_type"), null, "only the address is kept");
+});
+
+test("dark mode follows the browser, and the page fits a phone", async () => {
+  const context = await browser.newContext({ colorScheme: "dark", viewport: { width: 390, height: 844 } });
+  const phone = await context.newPage();
+  phone.on("pageerror", (e) => { throw e; });
+  await phone.goto(base + "/");
+  await phone.locator("#token-dialog").waitFor({ state: "visible" });
+  await phone.getByLabel("Token", { exact: true }).fill(TOKEN);
+  await phone.getByRole("button", { name: "Use token" }).click();
+  await phone.locator("#histogram rect").first().waitFor();
+  const background = await phone.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(background, "rgb(21, 24, 30)", "the dark background");
+  await shot(phone, "5-phone-dark", false);
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `no sideways scrolling at phone width (${overflow}px over)`);
+  await context.close();
+  const laptop = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const small = await laptop.newPage();
+  await small.goto(base + "/");
+  await small.locator("#token-dialog").waitFor({ state: "visible" });
+  await small.getByLabel("Token", { exact: true }).fill(TOKEN);
+  await small.getByRole("button", { name: "Use token" }).click();
+  await small.locator("#histogram rect").first().waitFor();
+  await shot(small, "6-1280x720", false);
+  await laptop.close();
+});

@@ -31,7 +31,15 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
+// One prompt at a time: the table and the overview may both be refused at once.
+let asking = null;
+
 function askToken() {
+  if (!asking) asking = promptToken().finally(() => { asking = null; });
+  return asking;
+}
+
+function promptToken() {
   return new Promise((resolve) => {
     const dialog = $("token-dialog");
     $("token").value = "";
@@ -128,6 +136,7 @@ function setLocalTime(on) {
   ["since", "until"].forEach((name, i) => { form.elements[name].value = fromRfc3339(kept[i]); });
   showZone();
   load();
+  loadOverview();
 }
 
 function filterParams() {
@@ -163,7 +172,8 @@ function rowFor(record) {
   const tr = document.createElement("tr");
   tr.tabIndex = 0;
   tr.dataset.id = record.id;
-  cell(tr, showTime(record.created_at), "time");
+  // The full time (to the microsecond) on hover.
+  cell(tr, showTime(record.created_at), "time").title = record.created_at;
   const sev = cell(tr, "");
   const badge = document.createElement("span");
   badge.className = "sev sev-" + record.severity;
@@ -172,8 +182,25 @@ function rowFor(record) {
   cell(tr, record.event_type);
   cell(tr, record.username);
   cell(tr, record.ip_address);
-  cell(tr, [record.resource_type, record.resource_name || record.resource_id].filter(Boolean).join(": "));
-  cell(tr, record.message, "message");
+  const resource = cell(tr, "");
+  if (record.resource_type) {
+    const type = document.createElement("span");
+    type.className = "resource-type";
+    type.textContent = record.resource_type + (record.resource_name || record.resource_id ? ": " : "");
+    resource.append(type);
+  }
+  resource.append(record.resource_name || record.resource_id || "");
+  const message = cell(tr, record.message, "message");
+  const fixups = record.metadata && record.metadata._fixups;
+  if (fixups) {
+    // The record was repaired on the way in (a visible, counted fix-up): say so.
+    const mark = document.createElement("span");
+    mark.className = "fixed";
+    mark.textContent = "⚑";
+    mark.title = "Fixed up on the way in: " + JSON.stringify(fixups);
+    mark.setAttribute("aria-label", "fixed up on the way in");
+    message.append(mark);
+  }
   tr.addEventListener("click", () => showDetail(record));
   tr.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); showDetail(record); }
@@ -196,6 +223,10 @@ function showDetail(record) {
     dl.append(dt, dd);
   }
   $("detail-metadata").textContent = record.metadata == null ? "—" : JSON.stringify(record.metadata, null, 2);
+  detailRecord = record;
+  $("pivot-user").disabled = !record.username;
+  $("pivot-resource").disabled = !(record.resource_type && (record.resource_id || record.resource_name));
+  $("pivot-ip").disabled = !record.ip_address;
   $("detail").hidden = false;
   $("detail-close").focus();
   showIntegrity(record.id);
@@ -301,6 +332,15 @@ function parseExact(text) {
 }
 
 let integrityFor = null;
+let detailRecord = null;
+
+// The records sharing one thing with the record shown: only that filter is set.
+function pivot(filters) {
+  for (const name of FILTERS) form.elements[name].value = "";
+  for (const [name, value] of Object.entries(filters)) form.elements[name].value = value;
+  $("detail").hidden = true;
+  search();
+}
 
 async function showIntegrity(id) {
   const out = $("detail-integrity");
@@ -366,8 +406,197 @@ function search() {
   const query = filterParams().toString();
   history.replaceState(null, "", query ? "?" + query : location.pathname);
   load();
+  loadOverview();
   if (tailing) restartTail();
 }
+
+// ---- overview: records over time and the most common values, for the current filter ----
+// Drawn here as SVG from /api/v1/overview, which aggregates in PostgreSQL. Without a
+// since, the chart covers the last 14 days.
+
+const SEVERITIES = ["info", "warning", "error", "critical"];
+const FACET_LABELS = { event_type: "Event type", severity: "Severity", username: "User", resource_type: "Resource type" };
+const DEFAULT_RANGE_MS = 14 * 86400e3;
+const SVG_NS = "http://www.w3.org/2000/svg";
+let overviewAbort = null;
+let lastOverview = null;
+let chart = null; // the geometry of the chart drawn, for brushing
+
+function isoSeconds(ms) {
+  return new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
+}
+
+async function loadOverview() {
+  if (overviewAbort) overviewAbort.abort();
+  overviewAbort = new AbortController();
+  const params = filterParams();
+  if (!params.get("since")) {
+    const until = params.get("until") ? Date.parse(params.get("until")) : Date.now();
+    params.set("since", isoSeconds(until - DEFAULT_RANGE_MS));
+  }
+  const width = $("histogram").clientWidth || 800;
+  params.set("buckets", String(Math.max(12, Math.min(120, Math.floor(width / 9)))));
+  try {
+    const overview = await (await api("/api/v1/overview?" + params, { signal: overviewAbort.signal })).json();
+    lastOverview = overview;
+    drawHistogram(overview);
+    showFacets(overview.facets);
+  } catch (e) {
+    if (e.name !== "AbortError") say("Overview: " + e.message, true);
+  }
+}
+
+function svg(name, attributes, text) {
+  const node = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes || {})) node.setAttribute(key, String(value));
+  if (text != null) node.textContent = String(text);
+  return node;
+}
+
+function bucketTotal(bucket) {
+  return SEVERITIES.reduce((sum, severity) => sum + bucket[severity], 0);
+}
+
+function drawHistogram(overview) {
+  const box = $("histogram");
+  const W = Math.max(200, box.clientWidth), H = Math.max(80, box.clientHeight);
+  const left = 44, bottom = 16, top = 6;
+  box.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  box.replaceChildren();
+  const buckets = overview.histogram;
+  const max = Math.max(1, ...buckets.map(bucketTotal));
+  const barWidth = (W - left) / buckets.length;
+  const y = (value) => (H - bottom) - value / max * (H - bottom - top);
+  for (const value of [0, Math.round(max / 2), max]) {
+    box.append(svg("line", { class: "grid-line", x1: left, x2: W, y1: y(value), y2: y(value) }));
+    box.append(svg("text", { class: "axis", x: left - 4, y: y(value) + 3, "text-anchor": "end" }, value));
+  }
+  buckets.forEach((bucket, i) => {
+    let below = 0;
+    for (const severity of SEVERITIES) {
+      const n = bucket[severity];
+      if (!n) continue;
+      const rect = svg("rect", {
+        class: "sev-" + severity, x: left + i * barWidth + 0.5, width: Math.max(1, barWidth - 1),
+        y: y(below + n), height: Math.max(1, y(below) - y(below + n)),
+      });
+      rect.append(svg("title", {}, `${showTime(bucket.start)}: ${n} ${severity}`));
+      box.append(rect);
+      below += n;
+    }
+  });
+  const ticks = Math.max(2, Math.min(6, Math.floor((W - left) / 140)));
+  const step = Math.max(1, Math.round(buckets.length / ticks));
+  for (let i = 0; i < buckets.length && left + i * barWidth + 120 <= W; i += step) {
+    const label = showTime(buckets[i].start).replace(/:00(Z|[+-]\d\d:\d\d)?$/, "$1");
+    box.append(svg("text", { class: "axis", x: left + i * barWidth + 2, y: H - 3 }, label));
+  }
+  chart = { start: Date.parse(buckets[0].start), width: overview.bucket_seconds * 1000, left, W, barWidth, count: buckets.length };
+
+  // The same, for those who cannot see it.
+  const peak = buckets.reduce((best, b) => (bucketTotal(b) > bucketTotal(best) ? b : best), buckets[0]);
+  const caption = `Records over time: ${overview.total} from ${showTime(overview.since)} to ${showTime(overview.until)}`;
+  $("histogram-caption").textContent = caption;
+  $("histogram-text").textContent = caption + (overview.total
+    ? `; the busiest ${overview.bucket_seconds}-second bucket starts ${showTime(peak.start)} with ${bucketTotal(peak)}.`
+    : ".");
+  const rows = buckets.filter((b) => bucketTotal(b) > 0).map((b) => {
+    const tr = document.createElement("tr");
+    cell(tr, showTime(b.start));
+    for (const severity of SEVERITIES) cell(tr, b[severity]);
+    return tr;
+  });
+  $("histogram-table").tBodies[0].replaceChildren(...rows);
+}
+
+// Dragging across the chart sets since and until; a click narrows to its bucket.
+let brush = null;
+
+function chartX(event) {
+  const rect = $("histogram").getBoundingClientRect();
+  return (event.clientX - rect.left) * (chart.W / rect.width);
+}
+
+function timeAt(x) {
+  const bucket = Math.min(Math.max((x - chart.left) / chart.barWidth, 0), chart.count);
+  return chart.start + bucket * chart.width;
+}
+
+$("histogram").addEventListener("pointerdown", (event) => {
+  if (!chart) return;
+  const x = chartX(event);
+  brush = { x0: x, x1: x, rect: svg("rect", { class: "brush", x, y: 0, width: 0, height: "100%" }) };
+  $("histogram").append(brush.rect);
+  $("histogram").setPointerCapture(event.pointerId);
+});
+
+$("histogram").addEventListener("pointermove", (event) => {
+  if (!brush) return;
+  brush.x1 = chartX(event);
+  brush.rect.setAttribute("x", Math.min(brush.x0, brush.x1));
+  brush.rect.setAttribute("width", Math.abs(brush.x1 - brush.x0));
+});
+
+$("histogram").addEventListener("pointerup", () => {
+  if (!brush) return;
+  const { x0, x1 } = brush;
+  brush = null;
+  let since, until;
+  if (Math.abs(x1 - x0) < 3) {
+    const bucket = Math.floor(Math.min(Math.max((x0 - chart.left) / chart.barWidth, 0), chart.count - 1));
+    since = chart.start + bucket * chart.width;
+    until = since + chart.width;
+  } else {
+    since = Math.floor(timeAt(Math.min(x0, x1)) / 1000) * 1000;
+    until = Math.ceil(timeAt(Math.max(x0, x1)) / 1000) * 1000;
+  }
+  form.elements.since.value = fromRfc3339(isoSeconds(since));
+  form.elements.until.value = fromRfc3339(isoSeconds(until));
+  search();
+});
+
+function showFacets(facets) {
+  const sections = Object.entries(FACET_LABELS).map(([name, label]) => {
+    const section = document.createElement("section");
+    const heading = document.createElement("h3");
+    heading.textContent = label;
+    const list = document.createElement("ul");
+    for (const { value, count } of facets[name] || []) {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      const text = document.createElement("span");
+      text.className = "name";
+      text.textContent = value == null ? "(none)" : value;
+      const number = document.createElement("span");
+      number.className = "count";
+      number.textContent = count;
+      button.append(text, number);
+      button.title = value == null ? "records without one" : `only ${label.toLowerCase()} ${value}`;
+      if (value == null) {
+        button.disabled = true;
+      } else {
+        button.dataset.facet = name;
+        button.addEventListener("click", () => {
+          form.elements[name].value = value;
+          if (name === "severity") form.elements.min_severity.value = "";
+          search();
+        });
+      }
+      item.append(button);
+      list.append(item);
+    }
+    section.append(heading, list);
+    return section;
+  });
+  $("facets").replaceChildren(...sections);
+}
+
+let resized = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resized);
+  resized = setTimeout(() => { if (lastOverview) drawHistogram(lastOverview); }, 150);
+});
 
 // ---- live tail: long polls, in commit order ----
 
@@ -433,6 +662,19 @@ $("clear").addEventListener("click", () => setTimeout(search, 0));
 $("older").addEventListener("click", () => { if (nextCursor) { pages.push(nextCursor); load(); } });
 $("newer").addEventListener("click", () => { if (pages.length > 1) { pages.pop(); load(); } });
 $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+$("pivot-user").addEventListener("click", () => pivot({ username: detailRecord.username }));
+$("pivot-resource").addEventListener("click", () => pivot(detailRecord.resource_id
+  ? { resource_type: detailRecord.resource_type, resource_id: detailRecord.resource_id }
+  : { resource_type: detailRecord.resource_type, resource_name: detailRecord.resource_name }));
+$("pivot-ip").addEventListener("click", () => pivot({ ip_address: detailRecord.ip_address }));
+$("copy-json").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(JSON.stringify(detailRecord, null, 2));
+    say("The record is on the clipboard as JSON.");
+  } catch (e) {
+    say("Cannot copy here (" + e.message + "): select the text instead.", true);
+  }
+});
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("detail").hidden = true; });
 $("live").addEventListener("change", (e) => {
   tailing = e.target.checked;
@@ -445,3 +687,4 @@ $("export-ndjson").addEventListener("click", () => exportAs("ndjson"));
 showZone();
 loadFiltersFromUrl();
 load();
+loadOverview();
