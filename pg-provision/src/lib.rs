@@ -262,16 +262,7 @@ impl Cluster {
     /// machine's PostgreSQL would (no shutdown checkpoint, no goodbye to the standbys or
     /// the clients). [`Cluster::start`] runs crash recovery.
     pub fn kill(&self) -> Result<(), Error> {
-        let pid = self.postmaster_pid()?;
-        // The children first as a group would be kinder; a real crash is not: the
-        // postmaster goes, then its backends, each killed where it stands.
-        let children = children_of(pid);
-        signal(pid, "-KILL")?;
-        for child in children {
-            // One that already exited is fine.
-            let _ = signal(child, "-KILL");
-        }
-        Ok(())
+        kill_server(&self.data_dir())
     }
 
     /// Stops (`hold`) or resumes this standby's WAL receiver (SIGSTOP, SIGCONT), as a
@@ -339,27 +330,13 @@ impl Cluster {
     }
 
     fn postmaster_pid(&self) -> Result<u32, Error> {
-        let pid_file = self.data_dir().join("postmaster.pid");
-        let text = fs::read_to_string(&pid_file)
-            .map_err(|e| err(format!("cannot read {}: {e}", pid_file.display())))?;
-        text.lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-            .ok_or_else(|| err(format!("no pid in {}", pid_file.display())))
+        postmaster_pid(&self.data_dir())
     }
 
     fn unstarted(options: &ClusterOptions) -> Result<Cluster, Error> {
         let bin_dir = find_bin_dir()?;
         let as_postgres = running_as_root();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let base = std::env::temp_dir().join(format!(
-            "pg-provision-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&base);
-        fs::create_dir_all(&base)
-            .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
+        let base = scratch_dir("")?;
         if as_postgres {
             let (uid, gid) = postgres_user_ids()?;
             std::os::unix::fs::chown(&base, Some(uid), Some(gid))
@@ -488,6 +465,43 @@ fn destroy(base: &Path, bin_dir: &Path, as_postgres: bool) {
         }
     }
     let _ = fs::remove_dir_all(base);
+}
+
+/// A new, empty directory of this process's for `what` (a cluster, a pooler, ...), named
+/// `pg-provision-<pid>-...` so that a later process can tell when it was abandoned.
+fn scratch_dir(what: &str) -> Result<PathBuf, Error> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pg-provision-{}-{what}{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn postmaster_pid(data_dir: &Path) -> Result<u32, Error> {
+    let pid_file = data_dir.join("postmaster.pid");
+    let text = fs::read_to_string(&pid_file)
+        .map_err(|e| err(format!("cannot read {}: {e}", pid_file.display())))?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+        .ok_or_else(|| err(format!("no pid in {}", pid_file.display())))
+}
+
+/// Kills the server whose data directory is `data_dir` with SIGKILL, the postmaster and
+/// then its backends, each where it stands, as a crash would.
+fn kill_server(data_dir: &Path) -> Result<(), Error> {
+    let pid = postmaster_pid(data_dir)?;
+    let children = children_of(pid);
+    signal(pid, "-KILL")?;
+    for child in children {
+        // One that already exited is fine.
+        let _ = signal(child, "-KILL");
+    }
+    Ok(())
 }
 
 /// The processes whose parent is `pid`, from `/proc`.

@@ -8,12 +8,11 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{
-    children_of, err, find_bin_dir, free_port, path_str, postgres_user_ids, running_as_root,
-    signal, Error,
+    err, find_bin_dir, free_port, kill_server, path_str, postgres_user_ids, running_as_root,
+    scratch_dir, Error,
 };
 
 /// One Patroni node: its process, its PostgreSQL's port and data, its REST API's port.
@@ -45,15 +44,7 @@ impl Patroni {
         let patroni = program("patroni")?;
         let etcd = program("etcd")?;
         let bin_dir = find_bin_dir()?;
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pg-provision-{}-patroni-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = scratch_dir("patroni-")?;
         let owner = running_as_root().then(postgres_user_ids).transpose()?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let etcd_child = Command::new(etcd)
@@ -198,7 +189,7 @@ impl Patroni {
             let _ = patroni.kill();
             let _ = patroni.wait();
         }
-        kill_postgres(&node.data_dir)
+        kill_server(&node.data_dir)
     }
 
     fn answers(&self, n: usize, path: &str) -> bool {
@@ -213,7 +204,8 @@ impl Drop for Patroni {
                 let _ = patroni.kill();
                 let _ = patroni.wait();
             }
-            let _ = kill_postgres(&node.data_dir);
+            // None may run there (yet, or any more).
+            let _ = kill_server(&node.data_dir);
         }
         if let Some(mut etcd) = self.etcd.take() {
             let _ = etcd.kill();
@@ -278,25 +270,4 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-/// Kills the PostgreSQL whose data directory is `data_dir`, postmaster first, with
-/// SIGKILL; fine when none runs.
-fn kill_postgres(data_dir: &Path) -> Result<(), Error> {
-    let Ok(text) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
-        return Ok(());
-    };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<u32>().ok())
-    else {
-        return Ok(());
-    };
-    let children = children_of(pid);
-    let _ = signal(pid, "-KILL");
-    for child in children {
-        let _ = signal(child, "-KILL");
-    }
-    Ok(())
 }

@@ -3,10 +3,9 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{err, free_port, postgres_user_ids, running_as_root, Error};
+use crate::{err, free_port, postgres_user_ids, running_as_root, scratch_dir, Error};
 
 /// How PgBouncer hands server connections to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +46,7 @@ impl Pgbouncer {
             .ok_or_else(|| {
                 err("pgbouncer not found on PATH or in /usr/sbin: install it (Debian: apt-get install pgbouncer)")
             })?;
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pg-provision-{}-pgbouncer-{server_port}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = scratch_dir(&format!("pgbouncer-{server_port}-"))?;
         let port = free_port()?;
         let mode = match mode {
             PoolMode::Session => "session",
