@@ -229,4 +229,19 @@ async fn a_batch_lost_with_its_ledger_row_shows_as_unexplained_missing_seqs() {
     assert_eq!(gaps[0].runs, vec![(first, last)]);
     assert_eq!(gaps[0].unexplained(), last - first + 1);
     assert!(gaps[0].to_string().contains("unexplained"), "{}", gaps[0]);
+    // An ingest client cannot explain the loss away by posting a look-alike of the
+    // writer's "unused seqs" notice into the stream: records that came through ingest
+    // carry `_sent_by`, and only the writer's own notices count.
+    db.client
+        .batch_execute(&format!(
+            "INSERT INTO audit_logs (username, event_type, message, stream_id, seq, metadata)
+             VALUES ('mallory', 'audit_duplicate_suppressed', 'nothing to see', {stream}, 31,
+                     '{{\"first_seq\": {first}, \"last_seq\": {last}, \"_sent_by\": {{\"token\": \"mallory\"}}}}')"
+        ))
+        .await
+        .unwrap();
+    let gaps = audit_layer::integrity::stream_gaps(&db.client)
+        .await
+        .unwrap();
+    assert_eq!(gaps[0].unexplained(), last - first + 1, "{gaps:?}");
 }
