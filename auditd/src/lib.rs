@@ -58,6 +58,7 @@ mod access;
 mod admission;
 mod auth;
 pub mod commands;
+mod counts;
 mod db;
 mod duration;
 mod handlers;

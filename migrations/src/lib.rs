@@ -47,6 +47,7 @@ migrations! {
     7 => "0007_retention.sql",
     8 => "0008_idempotent_submissions.sql",
     9 => "0009_trace_index.sql",
+    10 => "0010_overview_counts.sql",
 }
 
 /// The highest migration version embedded.

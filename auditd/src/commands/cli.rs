@@ -535,6 +535,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITD_UPKEEP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub upkeep_interval: Duration,
 
+    /// How often to count new records for the overview (the viewer's histogram and facets);
+    /// 0 disables it, when the role may not write the counts. Without it the overview stays
+    /// exact, and costs a pass over every record of its window.
+    #[arg(long, env = "AUDITD_COUNTS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub counts_interval: Duration,
+
     /// A directory where auditd's writer keeps batches the database cannot take yet (down,
     /// or slower than the senders): access records, and records sent to POST
     /// /api/v1/events, which are then answered 202 "spooled" once on disk. Recommended

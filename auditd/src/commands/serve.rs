@@ -155,6 +155,12 @@ pub async fn serve_until_signal(
             audit_layer::schema::DEFAULT_MONTHS_AHEAD,
         ))
     });
+    let counting = (!args.counts_interval.is_zero()).then(|| {
+        tokio::spawn(crate::counts::keep_counting(
+            write_pool.clone().unwrap_or_else(|| pool.clone()),
+            args.counts_interval,
+        ))
+    });
     let retention = match super::retention::serve_options(args)? {
         Some(options) => {
             tracing::info!(keep = %options.keep, dir = %options.archive_dir.display(), every = ?args.retention_interval, "retention on");
@@ -228,6 +234,10 @@ pub async fn serve_until_signal(
     let result = server::serve(listener, pool, options, server::termination_signal()).await;
     if let Some(upkeep) = upkeep {
         upkeep.abort();
+    }
+    // A catch-up cut short rolls back; the next one counts the same rows.
+    if let Some(counting) = counting {
+        counting.abort();
     }
     // A run cut short drops nothing it has not recorded: the drop and its record commit
     // together.

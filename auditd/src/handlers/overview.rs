@@ -10,8 +10,9 @@ use serde_json::{json, Map, Value};
 use audit_layer::Severity;
 
 use crate::access::{Access, Answer};
+use crate::counts::{self, CountTable, Plan};
 use crate::http::{self, ApiError};
-use crate::query::{limit, Params, Sql};
+use crate::query::{limit, Filters, Params, Sql};
 use crate::state::App;
 
 /// Most buckets a histogram may ask for.
@@ -72,59 +73,102 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
         .or_else(|| DateTime::from_timestamp(since.timestamp(), 0))
         .ok_or_else(|| ApiError::bad_parameter("since", "out of range"))?;
 
+    // One snapshot for the horizon and every count, so that no row is counted twice or
+    // missed when a catch-up commits between them.
+    let mut client = app.client().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| ApiError::database(&e))?;
+    let state = tx
+        .query_one(
+            "SELECT counted_below_tx, EXISTS (SELECT 1 FROM audit_counts_stale \
+                 WHERE range_start < $2 AND range_end > $1) FROM audit_counts_state",
+            &[&since, &until],
+        )
+        .await
+        .map_err(|e| ApiError::database(&e))?;
+    let below_tx: i64 = state.get(0);
+    let stale: bool = state.get(1);
+    // A month detached or attached since it was counted: everything from audit_logs.
+    let counted_columns = filters.counted_columns().filter(|_| !stale);
+    let unbounded = filters.without_window();
+    let plan_for = |group: &'static str, width: Option<i64>| -> (Option<CountTable>, Plan) {
+        let table = counted_columns.as_ref().and_then(|columns| {
+            let mut wanted = columns.clone();
+            wanted.push(group);
+            counts::table_for(&wanted)
+        });
+        match table {
+            Some(table) => {
+                // Histogram buckets hold whole count buckets, or none do.
+                let levels: Vec<i64> = table
+                    .levels
+                    .iter()
+                    .copied()
+                    .filter(|level| width.is_none_or(|w| w % level == 0))
+                    .collect();
+                (Some(table), Plan::new(since, until, &levels))
+            }
+            None => (None, Plan::raw(since, until)),
+        }
+    };
+
+    let (histogram_table, histogram_plan) = plan_for("severity", Some(step));
     let mut histogram_sql = Sql::new("SELECT date_bin(");
-    let width_param = histogram_sql.bind(format!("{} seconds", width.num_seconds()));
+    let width_param = histogram_sql.bind(format!("{step} seconds"));
     let origin = histogram_sql.bind(start);
     histogram_sql.push(&format!(
-        "{width_param}::text::interval, created_at, {origin}), severity::text, count(*) \
-         FROM audit_logs WHERE true"
+        "{width_param}::text::interval, at, {origin}), value, sum(n)::bigint FROM ("
     ));
-    filters.push_conditions(&mut histogram_sql);
-    histogram_sql.push(" GROUP BY 1, 2");
+    push_rows(
+        &mut histogram_sql,
+        "severity",
+        &unbounded,
+        histogram_table,
+        &histogram_plan,
+        below_tx,
+    );
+    histogram_sql.push(") r GROUP BY 1, 2");
 
-    let mut facets_sql = Sql::new("SELECT facet, value, n FROM (SELECT CASE");
+    // Facets the counts answer: one query each. The others: one pass over the records
+    // for all of them.
+    let mut facet_sqls = Vec::new();
+    let mut uncounted = Vec::new();
     for (i, facet) in FACETS.iter().enumerate() {
-        // `grouping(c)` is 0 in the rows grouped by `c`.
-        facets_sql.push(&format!(" WHEN grouping({facet}) = 0 THEN {i}"));
+        match plan_for(facet, None) {
+            (Some(table), plan) => {
+                let mut sql = Sql::new(&format!("SELECT {i}, value, sum(n)::bigint FROM ("));
+                push_rows(&mut sql, facet, &unbounded, Some(table), &plan, below_tx);
+                let rank = sql.bind(facet_values);
+                sql.push(&format!(") r GROUP BY 2 ORDER BY 3 DESC, 2 LIMIT {rank}"));
+                facet_sqls.push(sql);
+            }
+            (None, _) => uncounted.push((i, *facet)),
+        }
     }
-    facets_sql.push(" END AS facet, CASE");
-    for facet in FACETS {
-        facets_sql.push(&format!(" WHEN grouping({facet}) = 0 THEN {facet}::text"));
+    if !uncounted.is_empty() {
+        facet_sqls.push(facets_from_records(&uncounted, &filters, facet_values));
     }
-    facets_sql.push(" END AS value, count(*) AS n, row_number() OVER (PARTITION BY grouping(");
-    facets_sql.push(&FACETS.join(", "));
-    // Ties broken by the value (in each grouping set only its own column is not null).
-    facets_sql.push(") ORDER BY count(*) DESC, coalesce(");
-    facets_sql.push(
-        &FACETS
-            .iter()
-            .map(|f| format!("{f}::text"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    facets_sql.push(")) AS rank FROM audit_logs WHERE true");
-    filters.push_conditions(&mut facets_sql);
-    facets_sql.push(" GROUP BY GROUPING SETS (");
-    facets_sql.push(
-        &FACETS
-            .iter()
-            .map(|f| format!("({f})"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    let rank = facets_sql.bind(facet_values);
-    facets_sql.push(&format!(
-        ")) f WHERE rank <= {rank} ORDER BY facet, n DESC, value"
-    ));
 
-    let client = app.client().await?;
-    // Both on one connection, pipelined.
-    let (histogram_params, facet_params) = (histogram_sql.params(), facets_sql.params());
-    let (histogram_rows, facet_rows) = tokio::try_join!(
-        client.query(&histogram_sql.text, &histogram_params),
-        client.query(&facets_sql.text, &facet_params),
+    // All on one connection, pipelined.
+    let histogram_params = histogram_sql.params();
+    let facet_params: Vec<_> = facet_sqls.iter().map(|sql| sql.params()).collect();
+    let (histogram_rows, facet_answers) = tokio::try_join!(
+        tx.query(&histogram_sql.text, &histogram_params),
+        futures_util::future::try_join_all(
+            facet_sqls
+                .iter()
+                .zip(&facet_params)
+                .map(|(sql, params)| tx.query(&sql.text, params))
+        ),
     )
     .map_err(|e| ApiError::database(&e))?;
+    tx.commit().await.map_err(|e| ApiError::database(&e))?;
+    let facet_rows: Vec<_> = facet_answers.into_iter().flatten().collect();
 
     let count = ((until - start).num_seconds() + width.num_seconds() - 1) / width.num_seconds();
     let mut histogram: Vec<Map<String, Value>> = (0..count.max(1))
@@ -179,6 +223,103 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
             rows: 0,
         }),
     })
+}
+
+/// Appends the rows `(at, value, n)` that count the records matching `filters` (without
+/// its window) in the window `plan` splits: buckets of `table` where it covers them, and
+/// the records themselves at its ends and above the counts' horizon.
+fn push_rows(
+    sql: &mut Sql,
+    column: &str,
+    filters: &Filters,
+    table: Option<CountTable>,
+    plan: &Plan,
+    below_tx: i64,
+) {
+    let mut arms = 0;
+    let mut arm = |sql: &mut Sql| {
+        if arms > 0 {
+            sql.push(" UNION ALL ");
+        }
+        arms += 1;
+    };
+    if let Some(table) = table {
+        for counted in &plan.counted {
+            arm(sql);
+            let (from, to) = (sql.bind(counted.from), sql.bind(counted.to));
+            sql.push(&format!(
+                "SELECT bucket AS at, {column}::text AS value, n FROM {} \
+                 WHERE bucket_seconds = {} AND bucket >= {from} AND bucket < {to}",
+                table.table, counted.level
+            ));
+            filters.push_conditions(sql);
+        }
+    }
+    let mut from_records = |sql: &mut Sql, from: DateTime<Utc>, to: DateTime<Utc>, above: bool| {
+        arm(sql);
+        let (from, to) = (sql.bind(from), sql.bind(to));
+        sql.push(&format!(
+            "SELECT created_at AS at, {column}::text AS value, 1::bigint AS n FROM audit_logs \
+             WHERE created_at >= {from} AND created_at < {to}"
+        ));
+        if above {
+            let horizon = sql.bind(below_tx);
+            sql.push(&format!(" AND tx_id >= {horizon}"));
+        }
+        filters.push_conditions(sql);
+    };
+    for (from, to) in &plan.raw {
+        from_records(sql, *from, *to, false);
+    }
+    if table.is_some() {
+        if let Some((from, to)) = plan.covered() {
+            from_records(sql, from, to, true);
+        }
+    }
+    if arms == 0 {
+        // An empty window: no rows, with the columns' types.
+        sql.push("SELECT now() AS at, NULL::text AS value, 0::bigint AS n WHERE false");
+    }
+}
+
+/// One pass over the records for the `facets` (index, column) the counts cannot answer.
+fn facets_from_records(facets: &[(usize, &str)], filters: &Filters, facet_values: i64) -> Sql {
+    let mut sql = Sql::new("SELECT facet, value, n FROM (SELECT CASE");
+    for (i, facet) in facets {
+        // `grouping(c)` is 0 in the rows grouped by `c`.
+        sql.push(&format!(" WHEN grouping({facet}) = 0 THEN {i}"));
+    }
+    sql.push(" END AS facet, CASE");
+    for (_, facet) in facets {
+        sql.push(&format!(" WHEN grouping({facet}) = 0 THEN {facet}::text"));
+    }
+    let columns: Vec<&str> = facets.iter().map(|(_, f)| *f).collect();
+    sql.push(" END AS value, count(*) AS n, row_number() OVER (PARTITION BY grouping(");
+    sql.push(&columns.join(", "));
+    // Ties broken by the value (in each grouping set only its own column is not null).
+    sql.push(") ORDER BY count(*) DESC, coalesce(");
+    sql.push(
+        &columns
+            .iter()
+            .map(|f| format!("{f}::text"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    sql.push(")) AS rank FROM audit_logs WHERE true");
+    filters.push_conditions(&mut sql);
+    sql.push(" GROUP BY GROUPING SETS (");
+    sql.push(
+        &columns
+            .iter()
+            .map(|f| format!("({f})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let rank = sql.bind(facet_values);
+    sql.push(&format!(
+        ")) f WHERE rank <= {rank} ORDER BY facet, n DESC, value"
+    ));
+    sql
 }
 
 /// The narrowest round width whose buckets (aligned on multiples of it) cover the window

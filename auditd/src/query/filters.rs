@@ -130,6 +130,65 @@ impl Filters {
         self.until = Some(until);
     }
 
+    /// The columns filtered on, when every filter but the window is an equality on a
+    /// column the overview's counts keep (migration 0010): `username`, `event_type`,
+    /// `severity`, `resource_type`. `None` when any other filter is set.
+    pub fn counted_columns(&self) -> Option<Vec<&'static str>> {
+        // Spelled out whole, so that a new filter cannot be forgotten here.
+        let Filters {
+            username,
+            user_id,
+            event_types,
+            severities,
+            resource_type,
+            resource_id,
+            resource_name,
+            ip_address,
+            since: _,
+            until: _,
+            text,
+            text_index_patterns: _,
+            metadata,
+            trace_id,
+            matches_nothing: _,
+            min_severity: _,
+        } = self;
+        if user_id.is_some()
+            || resource_id.is_some()
+            || resource_name.is_some()
+            || ip_address.is_some()
+            || text.is_some()
+            || !metadata.is_empty()
+            || trace_id.is_some()
+        {
+            return None;
+        }
+        let mut columns = Vec::new();
+        if username.is_some() {
+            columns.push("username");
+        }
+        if !event_types.is_empty() {
+            columns.push("event_type");
+        }
+        if !severities.is_empty() {
+            columns.push("severity");
+        }
+        if resource_type.is_some() {
+            columns.push("resource_type");
+        }
+        Some(columns)
+    }
+
+    /// The same filters without the time window (for a caller that bounds each part of
+    /// its window itself).
+    pub fn without_window(&self) -> Filters {
+        Filters {
+            since: None,
+            until: None,
+            ..self.clone()
+        }
+    }
+
     /// Appends ` AND ...` for every filter set.
     pub fn push_conditions(&self, sql: &mut Sql) {
         if self.matches_nothing {

@@ -107,6 +107,14 @@ async fn restore_locked(
             &[&manifest.range.0],
         )
         .await?;
+    // Restored rows keep the transaction ids they were counted under: the month is
+    // counted again for the overview (now if this run ends, else by auditd's next catch-up).
+    client
+        .execute(
+            "SELECT audit_counts_mark_stale($1, $2)",
+            &[&manifest.range.0, &manifest.range.1],
+        )
+        .await?;
     let insert = client
         .prepare(
             "WITH records AS ( \
@@ -139,6 +147,12 @@ async fn restore_locked(
             break;
         }
     }
+    client
+        .execute(
+            "SELECT audit_counts_recount($1, $2)",
+            &[&manifest.range.0, &manifest.range.1],
+        )
+        .await?;
     Ok(Restored {
         partition: manifest.partition.clone(),
         inserted,

@@ -562,8 +562,15 @@ async fn detach(
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {timeout_ms}; \
                  ALTER TABLE audit_logs DETACH PARTITION {table}; \
-                 COMMENT ON TABLE {table} IS '{DETACHED_BY_RETENTION}'; COMMIT",
-                table = partition.table()
+                 COMMENT ON TABLE {table} IS '{DETACHED_BY_RETENTION}'; \
+                 SELECT audit_counts_mark_stale('{start}', '{end}'); COMMIT",
+                table = partition.table(),
+                start = partition
+                    .start
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                end = partition
+                    .end
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ))
             .await;
         match attempt {
@@ -648,7 +655,8 @@ pub async fn reattach(
              INSERT INTO {table} SELECT * FROM moved; \
              SELECT set_config('audit.upkeep', '', true); \
              ALTER TABLE audit_logs ATTACH PARTITION {table} FOR VALUES FROM ('{start}') TO ('{end}'); \
-             COMMENT ON TABLE {table} IS NULL; COMMIT"
+             COMMENT ON TABLE {table} IS NULL; \
+             SELECT audit_counts_mark_stale('{start}', '{end}'); COMMIT"
         ))
         .await;
     if let Err(e) = attached {
