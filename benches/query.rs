@@ -1,12 +1,13 @@
 //! Query and export through auditd's HTTP API on a large table.
 //!
 //! `cargo bench --bench query -- [--rows 10000000] [--requests 200] [--overview-requests 20]
-//! [--text-index]`
+//! [--uncounted-requests 3] [--text-index]`
 //!
 //! Loads `--rows` records spread over 90 days (1,000 users, 9 event types, 10,000 devices)
 //! into a fresh database, starts auditd in-process on loopback, then measures p50/p99 of a
 //! filtered page of 100 for the common filters and for a page 100 pages deep (keyset), and
 //! the viewer's overview (histogram and facets) over 24 hours, 14 days and the whole table,
+//! from `audit_logs` alone and then from the counts kept ahead (with the catch-up's rate),
 //! and the rows/s and peak memory of an NDJSON export. With `--text-index`, the optional trigram
 //! index (`auditd text-index`) is built after loading, and its build time printed. Uses
 //! `DATABASE_URL` when set, otherwise a throwaway cluster with default durability on this
@@ -22,6 +23,33 @@ use std::time::{Duration, Instant};
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Times each overview `requests` times (after one untimed); returns each case's p50.
+async fn time_overviews(
+    client: &mut Client,
+    cases: &[(&'static str, String)],
+    requests: usize,
+) -> Vec<(&'static str, f64)> {
+    let mut medians = Vec::new();
+    for (name, path) in cases {
+        client.get(path).await;
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let (elapsed, body) = client.get(path).await;
+            let overview: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert!(overview["histogram"].is_array(), "{overview}");
+            times.push(elapsed);
+        }
+        times.sort();
+        println!(
+            "query:   {name:<40} p50 {:>8.2} ms  p99 {:>8.2} ms  ({requests} requests)",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99)
+        );
+        medians.push((*name, percentile(&times, 0.5)));
+    }
+    medians
 }
 
 #[tokio::main]
@@ -171,14 +199,15 @@ async fn main() {
         );
     }
 
-    // The viewer's overview (histogram and facets): aggregates over the window, so its
-    // cost grows with the rows in it; fewer requests, and the median and p99 of those.
+    // The viewer's overview (histogram and facets), first from audit_logs alone (as before
+    // any catch-up: its cost grows with the rows in the window), then from the counts kept
+    // ahead (migration 0010), in the same run.
     let overview_requests = arg("--overview-requests", 20) as usize;
     let ago = |days: i64| {
         (chrono::Utc::now() - chrono::Duration::days(days))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
-    for (name, path) in [
+    let overview_cases = [
         (
             "overview, last 24 h",
             "/api/v1/overview?buckets=96".to_owned(),
@@ -202,23 +231,47 @@ async fn main() {
             ),
         ),
         (
+            "overview, 14 days, event_type=backup",
+            format!(
+                "/api/v1/overview?since={}&buckets=112&event_type=backup",
+                ago(14)
+            ),
+        ),
+        (
+            "overview, 14 days, resource (one device)",
+            format!(
+                "/api/v1/overview?since={}&buckets=112&resource_type=device&resource_id=dev-4242",
+                ago(14)
+            ),
+        ),
+        (
             "overview, 90 days (every row)",
             format!("/api/v1/overview?since={}&buckets=90", ago(91)),
         ),
-    ] {
-        client.get(&path).await;
-        let mut times = Vec::with_capacity(overview_requests);
-        for _ in 0..overview_requests {
-            let (elapsed, body) = client.get(&path).await;
-            let overview: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            assert!(overview["histogram"].is_array(), "{overview}");
-            times.push(elapsed);
-        }
-        times.sort();
+    ];
+    let uncounted_requests = arg("--uncounted-requests", 3) as usize;
+    println!("query: the overview from audit_logs alone, nothing counted ahead:");
+    let uncounted = time_overviews(&mut client, &overview_cases, uncounted_requests).await;
+    let counting = connect(&url).await;
+    let started = Instant::now();
+    let counted: i64 = counting
+        .query_one("SELECT audit_counts_catch_up()", &[])
+        .await
+        .expect("catch-up")
+        .get(0);
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "query: counted {counted} records ahead in {took:.1} s = {:.0} records/s",
+        counted as f64 / took
+    );
+    // The server closes a connection idle that long.
+    let mut client = Client::connect(addr).await;
+    println!("query: the overview from the counts kept ahead:");
+    let from_counts = time_overviews(&mut client, &overview_cases, overview_requests).await;
+    for ((name, before), (_, after)) in uncounted.iter().zip(&from_counts) {
         println!(
-            "query:   {name:<40} p50 {:>8.2} ms  p99 {:>8.2} ms  ({overview_requests} requests)",
-            percentile(&times, 0.5),
-            percentile(&times, 0.99)
+            "query:   {name:<40} p50 {:.3} x the uncounted overview",
+            after / before
         );
     }
 

@@ -17,12 +17,6 @@ const TABLES: [&str; 4] = [
     "audit_checkpoints",
 ];
 
-fn with_user(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("URL form");
-    let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
-    format!("{scheme}://{user}:{user}@{host_and_db}")
-}
-
 async fn filled(name: &str) -> TestDb {
     let db = TestDb::migrated(name).await;
     emit_and_flush(&db, || {
@@ -110,8 +104,8 @@ async fn a_writer_role_may_insert_only_and_a_role_granted_too_much_is_still_refu
         .unwrap();
     // The writer writes ...
     let writer_db = TestDb {
-        url: with_user(&db.url, &writer),
-        client: connect(&with_user(&db.url, &writer)).await,
+        url: support::url_as(&db.url, &writer),
+        client: connect(&support::url_as(&db.url, &writer)).await,
     };
     emit_and_flush(&writer_db, || {
         info!(target: "audit", username = "bob", event_type = "authentication", "as the writer");
@@ -139,7 +133,7 @@ async fn a_writer_role_may_insert_only_and_a_role_granted_too_much_is_still_refu
         );
     }
     // A role granted every privilege, claiming to be upkeep, is refused by the trigger.
-    let lax_client = connect(&with_user(&db.url, &lax)).await;
+    let lax_client = connect(&support::url_as(&db.url, &lax)).await;
     for table in TABLES {
         for change in changes(table) {
             let attempt = format!("BEGIN; SET LOCAL audit.upkeep = 'on'; {change}; COMMIT");

@@ -304,14 +304,7 @@ async fn insert_only_role(db: &TestDb, prefix: &str) -> String {
         ))
         .await
         .unwrap();
-    with_user(&db.url, &role)
-}
-
-fn with_user(url: &str, user: &str) -> String {
-    // postgres://postgres@host:port/db → postgres://<user>:<user>@host:port/db
-    let (scheme, rest) = url.split_once("://").expect("URL form");
-    let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
-    format!("{scheme}://{user}:{user}@{host_and_db}")
+    support::url_as(&db.url, &role)
 }
 
 #[tokio::test]

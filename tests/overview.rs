@@ -287,3 +287,41 @@ async fn counts_written_by_someone_else_do_not_survive_a_recount() {
     assert_eq!(recounted["total"], truth);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reader_granted_audit_logs_alone_gets_an_exact_overview_and_pages_without_seal_marks() {
+    let db = TestDb::migrated("overview_reader").await;
+    seed(&db, 0, 3000).await;
+    catch_up(&db).await;
+    let reader = format!("overview_reader_{}", std::process::id());
+    db.client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {reader}; CREATE ROLE {reader} LOGIN PASSWORD '{reader}';
+             GRANT SELECT ON audit_logs TO {reader};"
+        ))
+        .await
+        .unwrap();
+    // Queries as the reader; access records written as the owner.
+    let server = TestServer::start_on_standby(&support::url_as(&db.url, &reader), &db.url).await;
+    let window = ("2026-02-26T13:17:05Z", "2026-03-04T08:42:10Z");
+    for (query, condition) in [
+        ("buckets=60", "true"),
+        ("buckets=8&username=user7", "username = 'user7'"),
+    ] {
+        assert_exact(&server, &db, window, query, condition).await;
+    }
+    let page = server
+        .get_json("/api/v1/logs?seal_status=true&limit=5")
+        .await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{page}");
+    assert!(
+        items.iter().all(|r| r.get("seal_status").is_none()),
+        "{page}"
+    );
+    server.stop().await;
+    db.client
+        .batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}"))
+        .await
+        .unwrap();
+}

@@ -314,3 +314,57 @@ async fn a_bundle_proves_its_records_offline_and_a_complete_one_that_none_is_mis
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_page_marks_each_record_sealed_committed_or_unproven_as_the_log_says() {
+    let db = TestDb::migrated("proof_page_status").await;
+    emit_and_flush(&db, || {
+        for i in 0..5 {
+            info!(target: "audit", username = "alice", event_type = "authentication", attempt = i, "User login");
+        }
+    })
+    .await;
+    let mut sealer = Sealer::new(SigningKey::generate("test.example/log").unwrap());
+    seal_all(&db, &mut sealer).await;
+    emit_and_flush(&db, || {
+        info!(target: "audit", username = "bob", event_type = "authentication", "User login");
+    })
+    .await;
+    // Written by SQL, without a proof; and a forgery that claims a sealed record's stream
+    // and seq, which its transaction does not back.
+    db.client
+        .batch_execute(
+            "INSERT INTO audit_logs (username, event_type, message) VALUES ('carol', 'sql', 'by hand');
+             INSERT INTO audit_logs (username, event_type, message, stream_id, seq)
+               SELECT 'mallory', 'authentication', 'User login', stream_id, seq
+               FROM audit_logs WHERE username = 'alice' LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start_quiet(&db).await;
+    let page = server
+        .get_json("/api/v1/logs?seal_status=true&limit=100")
+        .await;
+    let status_of = |who: &str| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["username"] == who)
+            .map(|r| r["seal_status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(status_of("alice"), vec!["sealed"; 5], "{page}");
+    assert_eq!(status_of("bob"), ["committed"]);
+    assert_eq!(status_of("carol"), ["unproven"]);
+    assert_eq!(status_of("mallory"), ["unproven"]);
+    // Sealing moves bob's record along; a page without the parameter carries no status.
+    seal_all(&db, &mut sealer).await;
+    let page = server
+        .get_json("/api/v1/logs?seal_status=true&username=bob")
+        .await;
+    assert_eq!(page["items"][0]["seal_status"], "sealed");
+    let plain = server.get_json("/api/v1/logs?username=bob").await;
+    assert!(plain["items"][0].get("seal_status").is_none(), "{plain}");
+    server.stop().await;
+}

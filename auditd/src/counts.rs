@@ -128,7 +128,8 @@ fn floor(time: DateTime<Utc>, level: i64) -> Option<DateTime<Utc>> {
 pub async fn keep_counting(pool: Pool, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    // A failure is reported when it starts or changes, not at every tick.
+    let mut failing: Option<String> = None;
     loop {
         ticker.tick().await;
         let attempt = async {
@@ -141,20 +142,23 @@ pub async fn keep_counting(pool: Pool, interval: Duration) {
         };
         match attempt.await {
             Ok(counted) => {
-                if failing {
-                    tracing::info!("counting for the overview works again");
-                    failing = false;
+                if failing.take().is_some() {
+                    tracing::info!("counting records for the overview works again");
                 }
                 tracing::debug!(counted, "records counted for the overview");
             }
+            Err(e) if failing.as_deref() == Some(e.as_str()) => {
+                tracing::debug!(error = %e, "counting records for the overview still fails");
+            }
             Err(e) => {
-                failing = true;
                 tracing::warn!(
                     error = %e,
-                    "counting records for the overview failed (it needs INSERT and UPDATE on \
-                     the audit_counts tables; disable it with --counts-interval 0); the \
-                     overview stays exact, counting from audit_logs"
+                    "counting records for the overview failed (it needs SELECT on audit_logs \
+                     and SELECT, INSERT, UPDATE, DELETE on the audit_counts tables; disable it \
+                     with --counts-interval 0); the overview stays exact, counting from \
+                     audit_logs"
                 );
+                failing = Some(e);
             }
         }
     }

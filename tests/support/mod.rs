@@ -79,6 +79,14 @@ pub async fn slow_inserts(db: &TestDb, seconds: f64) {
         .expect("a slow trigger");
 }
 
+/// `url` logging in as `user`, whose password is its name (as the tests create roles):
+/// `postgres://postgres@host:port/db` → `postgres://<user>:<user>@host:port/db`.
+pub fn url_as(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("URL form");
+    let (_, host_and_db) = rest.split_once('@').expect("URL with a user");
+    format!("{scheme}://{user}:{user}@{host_and_db}")
+}
+
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await

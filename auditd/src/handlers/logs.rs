@@ -1,6 +1,7 @@
 //! `GET /api/v1/logs` and `GET /api/v1/logs/{id}`: pages of records, newest first by default.
 
 use hyper::StatusCode;
+use tokio_postgres::error::SqlState;
 
 use crate::access::{Access, Answer};
 use crate::http::{self, ApiError};
@@ -16,15 +17,35 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         .take_parsed("limit", query::limit(MAX_PAGE_ROWS))?
         .unwrap_or(DEFAULT_PAGE_ROWS);
     let cursor = records::take_cursor(&mut params)?;
+    let mut seal_status = params
+        .take_parsed("seal_status", |v| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
+        })?
+        .unwrap_or(false);
     params.finish()?;
 
     // One row more than asked says whether there is a next page, without a COUNT.
-    let sql = records::page_sql(&filters, order, cursor, Some(limit + 1));
+    let sql = if seal_status {
+        records::page_with_seal_status_sql(&filters, order, cursor, Some(limit + 1))
+    } else {
+        records::page_sql(&filters, order, cursor, Some(limit + 1))
+    };
     let client = app.client().await?;
-    let rows = client
-        .query(&sql.text, &sql.params())
-        .await
-        .map_err(|e| ApiError::database(&e))?;
+    let rows = match client.query(&sql.text, &sql.params()).await {
+        Ok(rows) => rows,
+        // A role granted audit_logs alone cannot read the ledger: the records without it.
+        Err(e) if seal_status && e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            seal_status = false;
+            let sql = records::page_sql(&filters, order, cursor, Some(limit + 1));
+            client
+                .query(&sql.text, &sql.params())
+                .await
+                .map_err(|e| ApiError::database(&e))?
+        }
+        Err(e) => return Err(ApiError::database(&e)),
+    };
     let more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
 
@@ -32,7 +53,11 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         Some(row) if more => Some(records::row_cursor(row)?.encode()),
         _ => None,
     };
-    let body = records::page_body(page, next.as_deref())?;
+    let body = if seal_status {
+        records::page_body_with_seal_status(page, next.as_deref())?
+    } else {
+        records::page_body(page, next.as_deref())?
+    };
     Ok(Answer {
         response: http::response(StatusCode::OK, http::JSON, body),
         access: Some(Access {

@@ -60,9 +60,62 @@ pub fn page_sql(
     cursor: Option<PageCursor>,
     limit: Option<i64>,
 ) -> Sql {
-    let mut sql = Sql::new(&format!(
-        "SELECT id, {STORED_RECORD_COLUMNS} FROM audit_logs WHERE true"
-    ));
+    page_sql_of(
+        &format!("id, {STORED_RECORD_COLUMNS}"),
+        filters,
+        order,
+        cursor,
+        limit,
+    )
+}
+
+/// [`page_sql`], each record followed by its seal status (`sealed`: its batch is in the
+/// latest signed checkpoint; `committed`: in a batch with a proof, not sealed yet;
+/// `unproven`: written without integrity), for [`page_body_with_seal_status`].
+///
+/// Checkpoints seal every batch below their horizon (migration 0005), and a record's
+/// batch commits in its transaction: so a record's status is its `tx_id` against the
+/// latest horizon, and one probe of the ledger's `tx_id` index. Worked out for the page's
+/// rows only, after its limit.
+pub fn page_with_seal_status_sql(
+    filters: &Filters,
+    order: Order,
+    cursor: Option<PageCursor>,
+    limit: Option<i64>,
+) -> Sql {
+    let mut sql = page_sql_of(
+        &format!("id, {STORED_RECORD_COLUMNS}, tx_id"),
+        filters,
+        order,
+        cursor,
+        limit,
+    );
+    let direction = match order {
+        Order::Newest => "DESC",
+        Order::Oldest => "ASC",
+    };
+    sql.text = format!(
+        "SELECT p.*, CASE \
+             WHEN p.stream_id IS NULL OR NOT EXISTS (SELECT 1 FROM audit_writer_batches b \
+                 WHERE b.tx_id = p.tx_id AND b.stream_id = p.stream_id AND b.root IS NOT NULL) \
+                 THEN 'unproven' \
+             WHEN p.tx_id < (SELECT horizon FROM audit_checkpoints ORDER BY id DESC LIMIT 1) \
+                 THEN 'sealed' \
+             ELSE 'committed' END \
+         FROM ({}) p ORDER BY p.created_at {direction}, p.id {direction}",
+        sql.text
+    );
+    sql
+}
+
+fn page_sql_of(
+    columns: &str,
+    filters: &Filters,
+    order: Order,
+    cursor: Option<PageCursor>,
+    limit: Option<i64>,
+) -> Sql {
+    let mut sql = Sql::new(&format!("SELECT {columns} FROM audit_logs WHERE true"));
     filters.push_conditions(&mut sql);
     let (after, direction) = match order {
         Order::Newest => ("<", "DESC"),
@@ -93,9 +146,25 @@ pub fn write_record(
     row: &Row,
     cursor: Option<&str>,
 ) -> Result<PageCursor, ApiError> {
+    write_record_with(out, row, cursor, None)
+}
+
+/// [`write_record`], with `"seal_status"` when given.
+fn write_record_with(
+    out: &mut Vec<u8>,
+    row: &Row,
+    cursor: Option<&str>,
+    seal_status: Option<&str>,
+) -> Result<PageCursor, ApiError> {
     let id: i64 = row.try_get(0).map_err(|e| ApiError::database(&e))?;
     let record = stored_record(row).map_err(|e| ApiError::database(&e))?;
     write_stored_fields(out, id, &record);
+    if let Some(status) = seal_status {
+        // One of three words the query spells: nothing to escape.
+        out.extend_from_slice(b",\"seal_status\":\"");
+        out.extend_from_slice(status.as_bytes());
+        out.push(b'"');
+    }
     if let Some(cursor) = cursor {
         out.extend_from_slice(b",\"cursor\":\"");
         out.extend_from_slice(cursor.as_bytes());
@@ -219,13 +288,35 @@ pub fn write_time_micros(out: &mut Vec<u8>, micros: i64) {
 /// `{"items":[<record>,...],"next_cursor":<string or null>}`: a page, as every listing
 /// route answers it.
 pub fn page_body(rows: &[Row], next_cursor: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    page_body_of(rows, next_cursor, false)
+}
+
+/// [`page_body`] for rows read with [`page_with_seal_status_sql`].
+pub fn page_body_with_seal_status(
+    rows: &[Row],
+    next_cursor: Option<&str>,
+) -> Result<Vec<u8>, ApiError> {
+    page_body_of(rows, next_cursor, true)
+}
+
+fn page_body_of(
+    rows: &[Row],
+    next_cursor: Option<&str>,
+    seal_status: bool,
+) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::with_capacity(512 * rows.len() + 64);
     body.extend_from_slice(b"{\"items\":[");
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        write_record(&mut body, row, None)?;
+        let status: Option<&str> = if seal_status {
+            let last = row.len() - 1;
+            Some(row.try_get(last).map_err(|e| ApiError::database(&e))?)
+        } else {
+            None
+        };
+        write_record_with(&mut body, row, None, status)?;
     }
     body.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {

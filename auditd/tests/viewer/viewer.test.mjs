@@ -81,8 +81,14 @@ test("the page asks for the token once, then lists the newest records", async ()
   await page.getByRole("button", { name: "Use token" }).click();
   await rows().first().waitFor();
   assert.equal(await rows().count(), 50);
-  const times = await page.locator("#results tbody td.time").allTextContents();
+  const times = await page.locator("#results tbody td.time .when").allTextContents();
   assert.deepEqual([...times].sort().reverse(), times, "newest first");
+  // Each row says what the signed log says of it; the demo seals as it goes.
+  const seals = await page.locator("#results tbody td.time .seal").evaluateAll(
+    (marks) => marks.map((m) => m.className));
+  assert.equal(seals.length, 50, "every row has a seal mark");
+  assert.ok(seals.every((c) => /^seal seal-(sealed|committed|unproven)$/.test(c)), seals.join());
+  assert.ok(seals.includes("seal seal-sealed"), "the demo's sealed records show as sealed");
   // Asked once: a reload keeps the token for the session.
   await page.reload();
   await rows().first().waitFor();
@@ -128,6 +134,8 @@ test("a row opens a detail pane with the whole record and its metadata", async (
   await page.getByRole("button", { name: "Search" }).click();
   await page.waitForURL(/event_type=backup/);
   await rows().first().waitFor();
+  // The table's mark and the pane's check agree.
+  assert.equal(await rows().first().locator(".seal").getAttribute("class"), "seal seal-sealed");
   await rows().first().focus();
   await page.keyboard.press("Enter");
   await page.locator("#detail").waitFor({ state: "visible" });
@@ -188,7 +196,7 @@ test("times show in local time on request, and since/until follow the zone shown
   await local.locator("#token-dialog").waitFor({ state: "visible" });
   await local.getByLabel("Token", { exact: true }).fill(TOKEN);
   await local.getByRole("button", { name: "Use token" }).click();
-  const firstTime = local.locator("#results tbody td.time").first();
+  const firstTime = local.locator("#results tbody td.time .when").first();
   await firstTime.waitFor();
   const utc = await firstTime.textContent();
   assert.match(utc, /Z$/, "UTC unless asked otherwise");

@@ -168,12 +168,33 @@ function cell(row, text, className) {
   return td;
 }
 
+const SEAL_MARKS = {
+  sealed: { mark: "✓", title: "Sealed into the signed log; open it to check its proof in this browser" },
+  committed: { mark: "○", title: "Committed with a proof; not sealed into the signed log yet" },
+  unproven: { mark: "·", title: "Written without integrity: there is no proof for this record" },
+};
+
 function rowFor(record) {
   const tr = document.createElement("tr");
   tr.tabIndex = 0;
   tr.dataset.id = record.id;
   // The full time (to the microsecond) on hover.
-  cell(tr, showTime(record.created_at), "time").title = record.created_at;
+  const time = cell(tr, "", "time");
+  const when = document.createElement("span");
+  when.className = "when";
+  when.textContent = showTime(record.created_at);
+  time.append(when);
+  time.title = record.created_at;
+  const seal = SEAL_MARKS[record.seal_status];
+  if (seal) {
+    // What the signed log says of it; the detail pane checks the proof itself.
+    const mark = document.createElement("span");
+    mark.className = "seal seal-" + record.seal_status;
+    mark.textContent = seal.mark;
+    mark.title = seal.title;
+    mark.setAttribute("aria-label", seal.title);
+    time.prepend(mark);
+  }
   const sev = cell(tr, "");
   const badge = document.createElement("span");
   badge.className = "sev sev-" + record.severity;
@@ -385,6 +406,7 @@ async function showIntegrity(id) {
 async function load() {
   const params = filterParams();
   params.set("limit", PAGE);
+  params.set("seal_status", "true");
   const cursor = pages[pages.length - 1];
   if (cursor) params.set("cursor", cursor);
   say("Loading…");
