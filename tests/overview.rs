@@ -44,6 +44,7 @@ async fn assert_counted_once(db: &TestDb) {
     for (table, level) in [
         ("audit_counts_by_kind", 3600),
         ("audit_counts_by_kind", 86_400),
+        ("audit_counts_by_user", 3600),
         ("audit_counts_by_user", 86_400),
     ] {
         let counted = db

@@ -30,11 +30,11 @@ pub const BY_KIND: CountTable = CountTable {
     levels: &[86_400, 3600],
 };
 
-/// Counts by user and severity, daily.
+/// Counts by user and severity, hourly and daily.
 pub const BY_USER: CountTable = CountTable {
     table: "audit_counts_by_user",
     columns: &["username", "severity"],
-    levels: &[86_400],
+    levels: &[86_400, 3600],
 };
 
 /// The first table that keeps every one of `columns`.
