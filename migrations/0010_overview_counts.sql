@@ -48,6 +48,9 @@ CREATE TABLE audit_counts_by_user (
     CONSTRAINT audit_counts_by_user_key UNIQUE (bucket_seconds, bucket, username, severity)
 );
 
+-- A filter on one user reads that user's buckets, not every user's.
+CREATE INDEX audit_counts_by_user_username ON audit_counts_by_user (username, bucket_seconds, bucket);
+
 COMMENT ON TABLE audit_counts_by_kind IS
     'Records per hour and per day (UTC) by severity, event type and resource type, for rows below audit_counts_state.counted_below_tx';
 COMMENT ON TABLE audit_counts_by_user IS

@@ -120,6 +120,35 @@ pub fn cpu_seconds() -> (f64, f64) {
 /// devices) into a fresh database, server-side, then `VACUUM ANALYZE`; prints the time.
 pub async fn load_spread(url: &str, rows: u64) {
     let client = connect_migrated(url).await;
+    let started = std::time::Instant::now();
+    load_generated(
+        &client,
+        rows,
+        "INSERT INTO audit_logs (username, user_id, event_type, message, ip_address,
+                     resource_type, resource_id, resource_name, severity, metadata, created_at)
+                 SELECT 'user' || (i % 1000), i % 1000,
+                        (ARRAY['authentication','onboarding','device_management','credential_management',
+                               'job_execution','configuration_change','backup','sync','system'])[1 + i % 9],
+                        'Device edge-' || (i % 10000) || ' event number ' || i,
+                        ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet,
+                        'device', 'dev-' || (i % 10000), 'edge-' || (i % 10000),
+                        (ARRAY['info','info','info','info','info','info','warning','warning','error','critical'])[1 + i % 10],
+                        jsonb_build_object('site', 'site' || (i % 50), 'attempt', i % 5),
+                        now() - ((i::float8 / $2::float8) * interval '90 days')
+                 FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
+    )
+    .await;
+    println!(
+        "query: loaded {rows} rows in {:.0} s (server-side INSERT ... SELECT, then VACUUM ANALYZE)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Fills audit_logs (its partitions from three months ago) with `rows` rows made by the
+/// server, a million at a time: `insert` is an `INSERT ... SELECT` over
+/// `generate_series($1, $1 + $3 - 1) AS i`, where `$2` is `rows` (as float8, to spread
+/// times); then VACUUM ANALYZE.
+pub async fn load_generated(client: &tokio_postgres::Client, rows: u64, insert: &str) {
     client
         .execute(
             "SELECT audit_logs_ensure_partitions(now() - interval '3 months', 4)",
@@ -133,21 +162,7 @@ pub async fn load_spread(url: &str, rows: u64) {
     while done < rows {
         let n = chunk.min(rows - done);
         client
-            .execute(
-                "INSERT INTO audit_logs (username, user_id, event_type, message, ip_address,
-                     resource_type, resource_id, resource_name, severity, metadata, created_at)
-                 SELECT 'user' || (i % 1000), i % 1000,
-                        (ARRAY['authentication','onboarding','device_management','credential_management',
-                               'job_execution','configuration_change','backup','sync','system'])[1 + i % 9],
-                        'Device edge-' || (i % 10000) || ' event number ' || i,
-                        ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet,
-                        'device', 'dev-' || (i % 10000), 'edge-' || (i % 10000),
-                        (ARRAY['info','info','info','info','info','info','warning','warning','error','critical'])[1 + i % 10],
-                        jsonb_build_object('site', 'site' || (i % 50), 'attempt', i % 5),
-                        now() - ((i::float8 / $2::float8) * interval '90 days')
-                 FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
-                &[&(done as i64), &(rows as f64), &(n as i64)],
-            )
+            .execute(insert, &[&(done as i64), &(rows as f64), &(n as i64)])
             .await
             .expect("load");
         done += n;
@@ -160,10 +175,6 @@ pub async fn load_spread(url: &str, rows: u64) {
         .batch_execute("VACUUM ANALYZE audit_logs")
         .await
         .expect("analyze");
-    println!(
-        "query: loaded {rows} rows in {:.0} s (server-side INSERT ... SELECT, then VACUUM ANALYZE)",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// auditd serving `url` in this process on a loopback port, its access records going to

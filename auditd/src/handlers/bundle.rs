@@ -26,13 +26,7 @@ const DEFAULT_BUNDLE_RECORDS: i64 = 1_000;
 /// Answers `GET /api/v1/logs/bundle`.
 pub async fn bundle(app: &App, mut params: Params) -> Result<Answer, ApiError> {
     let filters = app.filters(&mut params)?;
-    let complete = params
-        .take_parsed("complete", |v| match v {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err("must be true or false".to_owned()),
-        })?
-        .unwrap_or(false);
+    let complete = params.take_bool("complete")?.unwrap_or(false);
     let limit = params
         .take_parsed("limit", query::limit(MAX_BUNDLE_RECORDS))?
         .unwrap_or(DEFAULT_BUNDLE_RECORDS);

@@ -17,13 +17,7 @@ pub async fn list(app: &App, mut params: Params) -> Result<Answer, ApiError> {
         .take_parsed("limit", query::limit(MAX_PAGE_ROWS))?
         .unwrap_or(DEFAULT_PAGE_ROWS);
     let cursor = records::take_cursor(&mut params)?;
-    let mut seal_status = params
-        .take_parsed("seal_status", |v| match v {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err("must be true or false".to_owned()),
-        })?
-        .unwrap_or(false);
+    let mut seal_status = params.take_bool("seal_status")?.unwrap_or(false);
     params.finish()?;
 
     // One row more than asked says whether there is a next page, without a COUNT.

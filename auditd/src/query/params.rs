@@ -94,6 +94,15 @@ impl Params {
         }
     }
 
+    /// Removes `name`, which must be `true` or `false` when given.
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
+        self.take_parsed(name, |v| match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
+        })
+    }
+
     /// Removes and returns every parameter whose name starts with `prefix`.
     pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
         let (matching, rest) = std::mem::take(&mut self.pairs)
