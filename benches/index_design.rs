@@ -200,7 +200,7 @@ async fn fetch_rows(url: &str, rows: u64) -> Vec<SkewedRow> {
             &format!(
                 "SELECT {}, 'Event number ' || i, ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet, \
                         now() - (({rows} - i) * interval '1 millisecond') \
-                 FROM generate_series(0, {rows} - 1) AS i",
+                 FROM generate_series(0::bigint, {rows} - 1) AS i",
                 skewed_row_sql()
             ),
             &[],
@@ -257,11 +257,12 @@ async fn time_queries(client: &tokio_postgres::Client, design: &str, requests: u
                 ));
             }
             for (depth, sql, cursor) in queries {
-                let statement = client.prepare(&sql).await.expect("prepare");
+                // Prepared anew each time, as auditd sends it (an unnamed statement): so
+                // the plan is made for these values, never a generic one.
                 let run = || async {
                     match cursor {
-                        Some((at, id)) => client.query(&statement, &[&value, &at, &id]).await,
-                        None => client.query(&statement, &[&value]).await,
+                        Some((at, id)) => client.query(sql.as_str(), &[&value, &at, &id]).await,
+                        None => client.query(sql.as_str(), &[&value]).await,
                     }
                     .expect("query")
                 };
