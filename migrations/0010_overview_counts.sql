@@ -64,10 +64,12 @@ CREATE TABLE audit_counts_state (
 );
 INSERT INTO audit_counts_state DEFAULT VALUES;
 
+-- One row per change, never merged: a recount deletes only the marks it saw before it
+-- counted, so a month attached while it counts stays marked for the next one.
 CREATE TABLE audit_counts_stale (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     range_start timestamptz NOT NULL,
     range_end   timestamptz NOT NULL,
-    PRIMARY KEY (range_start, range_end),
     CHECK (range_start < range_end)
 );
 
@@ -75,7 +77,7 @@ COMMENT ON TABLE audit_counts_stale IS
     'Ranges whose rows changed as a whole (a month detached or attached): counted from audit_logs until counted again';
 
 -- Adds the rows of transactions in [from_tx, below_tx) created in [range_start, range_end)
--- to the counts. The caller holds the state row's lock.
+-- to the counts. The caller holds the advisory lock 'audit_counts'.
 CREATE FUNCTION audit_counts_add(from_tx bigint, below_tx bigint,
                                  range_start timestamptz, range_end timestamptz)
 RETURNS bigint
@@ -133,8 +135,10 @@ AS $$
 DECLARE
     below   bigint;
     counted bigint;
+    seen    bigint[];
 BEGIN
-    SELECT counted_below_tx INTO below FROM audit_counts_state FOR UPDATE;
+    PERFORM pg_advisory_xact_lock(hashtext('audit_counts'));
+    SELECT counted_below_tx INTO below FROM audit_counts_state;
     -- Day buckets start on UTC midnight: a range with an end inside a day recounts it whole.
     IF isfinite(range_start) THEN
         range_start := date_bin('1 day', range_start, timestamptz '1970-01-01 00:00:00+00');
@@ -143,12 +147,13 @@ BEGIN
         range_end := date_bin('1 day', range_end - interval '1 microsecond',
                               timestamptz '1970-01-01 00:00:00+00') + interval '1 day';
     END IF;
+    SELECT array_agg(s.id) INTO seen FROM audit_counts_stale s
+        WHERE s.range_start >= audit_counts_recount.range_start
+          AND s.range_end <= audit_counts_recount.range_end;
     DELETE FROM audit_counts_by_kind WHERE bucket >= range_start AND bucket < range_end;
     DELETE FROM audit_counts_by_user WHERE bucket >= range_start AND bucket < range_end;
     counted := audit_counts_add(0, below, range_start, range_end);
-    DELETE FROM audit_counts_stale s
-        WHERE s.range_start >= audit_counts_recount.range_start
-          AND s.range_end <= audit_counts_recount.range_end;
+    DELETE FROM audit_counts_stale WHERE id = ANY (seen);
     RETURN counted;
 END;
 $$;
@@ -159,7 +164,7 @@ CREATE FUNCTION audit_counts_mark_stale(range_start timestamptz, range_end times
 RETURNS void
 LANGUAGE sql
 AS $$
-    INSERT INTO audit_counts_stale VALUES (range_start, range_end) ON CONFLICT DO NOTHING;
+    INSERT INTO audit_counts_stale (range_start, range_end) VALUES (range_start, range_end);
 $$;
 
 -- Counts stale ranges again, then the rows committed since the last call. Returns how many
@@ -174,12 +179,16 @@ DECLARE
     stale   record;
     counted bigint := 0;
 BEGIN
-    SELECT counted_below_tx INTO below FROM audit_counts_state FOR UPDATE;
-    FOR stale IN SELECT range_start, range_end FROM audit_counts_stale ORDER BY 1 LOOP
+    -- An advisory lock, not a row lock: this transaction takes an xid only when it writes,
+    -- after counting, so it holds back the horizon of the tail and the sealer no longer
+    -- than its writes last.
+    PERFORM pg_advisory_xact_lock(hashtext('audit_counts'));
+    SELECT counted_below_tx INTO below FROM audit_counts_state;
+    FOR stale IN SELECT DISTINCT range_start, range_end FROM audit_counts_stale ORDER BY 1 LOOP
         counted := counted + audit_counts_recount(stale.range_start, stale.range_end);
     END LOOP;
     -- Every transaction below the horizon has ended, so each statement from here on sees
-    -- all of their rows (this one's own xid, taken by the lock above, is not below it).
+    -- all of their rows (this one's own xid, if it has one yet, is not below it).
     horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
     IF horizon > below THEN
         counted := counted + audit_counts_add(below, horizon, '-infinity', 'infinity');

@@ -127,7 +127,9 @@ async fn assert_exact(
 async fn assert_every_shape_exact(server: &TestServer, db: &TestDb) {
     let ragged = ("2026-02-26T13:17:05.250Z", "2026-03-04T08:42:10Z");
     let aligned = ("2026-02-27T00:00:00Z", "2026-03-02T00:00:00Z");
-    for window in [ragged, aligned] {
+    // Ends half a second after a bucket's start, with a record in that half second.
+    let just_after_an_edge = ("2026-02-26T13:17:05.250Z", "2026-03-04T09:00:00.5Z");
+    for window in [ragged, aligned, just_after_an_edge] {
         for (query, condition) in [
             ("buckets=8", "true"),
             ("buckets=60", "true"),
@@ -158,6 +160,13 @@ async fn assert_every_shape_exact(server: &TestServer, db: &TestDb) {
 async fn the_overview_is_exact_before_during_and_after_counting_ahead() {
     let db = TestDb::migrated("overview_counted").await;
     seed(&db, 0, 6000).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO audit_logs (created_at, username, event_type, severity, message) \
+             VALUES ('2026-03-04 09:00:00.25Z', 'user1', 'event1', 'error', 'on the edge')",
+        )
+        .await
+        .unwrap();
     let server = TestServer::start(&db).await;
     // Nothing counted yet: everything from audit_logs.
     assert_every_shape_exact(&server, &db).await;

@@ -79,6 +79,11 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
 
     let mut client = app.client().await?;
     let mut tx = snapshot(&mut client).await?;
+    // Before the snapshot is taken: a month detached or attached (whose stale mark commits
+    // with it) is then either wholly before this overview or waits for it.
+    tx.batch_execute("LOCK TABLE audit_logs IN ACCESS SHARE MODE")
+        .await
+        .map_err(|e| ApiError::database(&e))?;
     let (below_tx, uncounted_window) = match tx
         .query_one(
             "SELECT counted_below_tx, counted_at IS NULL OR EXISTS (SELECT 1 FROM audit_counts_stale \
@@ -102,6 +107,9 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
             }
             drop(tx);
             tx = snapshot(&mut client).await?;
+            tx.batch_execute("LOCK TABLE audit_logs IN ACCESS SHARE MODE")
+                .await
+                .map_err(|e| ApiError::database(&e))?;
             (0, true)
         }
         Err(e) => return Err(ApiError::database(&e)),
@@ -184,7 +192,10 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
     tx.commit().await.map_err(|e| ApiError::database(&e))?;
     let facet_rows: Vec<_> = facet_answers.into_iter().flatten().collect();
 
-    let count = ((until - start).num_seconds() + width.num_seconds() - 1) / width.num_seconds();
+    // Up to the last bucket that holds `until`'s instant, sub-second part included.
+    let span = until - start;
+    let span_seconds = span.num_seconds() + i64::from(span.subsec_nanos() > 0);
+    let count = (span_seconds + width.num_seconds() - 1) / width.num_seconds();
     let mut histogram: Vec<Map<String, Value>> = (0..count.max(1))
         .map(|i| {
             let mut bucket = Map::new();
@@ -354,10 +365,9 @@ fn facets_from_records(facets: &[(usize, &str)], filters: &Filters, facet_values
 /// The narrowest round width whose buckets (aligned on multiples of it) cover the window
 /// in at most `buckets`.
 fn bucket_width(since: DateTime<Utc>, until: DateTime<Utc>, buckets: i64) -> Duration {
-    let (from, to) = (
-        since.timestamp(),
-        until.timestamp().max(since.timestamp() + 1),
-    );
+    // Whole seconds, `until` rounded up: its last instant must be in a bucket.
+    let until_seconds = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
+    let (from, to) = (since.timestamp(), until_seconds.max(since.timestamp() + 1));
     let needed = |width: i64| {
         let start = from.div_euclid(width) * width;
         (to - start + width - 1) / width

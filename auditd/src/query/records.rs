@@ -76,7 +76,9 @@ pub fn page_sql(
 /// Checkpoints seal every batch below their horizon (migration 0005), and a record's
 /// batch commits in its transaction: so a record's status is its `tx_id` against the
 /// latest horizon, and one probe of the ledger's `tx_id` index. Worked out for the page's
-/// rows only, after its limit.
+/// rows only, after its limit. A mark, not a proof: it trusts the row's `tx_id`, stream and
+/// seq, which a role that may write rows can copy from a sealed record; the record's
+/// proof (`/api/v1/logs/{id}/proof`, `auditd verify`) checks its content.
 pub fn page_with_seal_status_sql(
     filters: &Filters,
     order: Order,
@@ -97,7 +99,8 @@ pub fn page_with_seal_status_sql(
     sql.text = format!(
         "SELECT p.*, CASE \
              WHEN p.stream_id IS NULL OR NOT EXISTS (SELECT 1 FROM audit_writer_batches b \
-                 WHERE b.tx_id = p.tx_id AND b.stream_id = p.stream_id AND b.root IS NOT NULL) \
+                 WHERE b.tx_id = p.tx_id AND b.stream_id = p.stream_id AND b.root IS NOT NULL \
+                   AND p.seq BETWEEN b.first_seq AND b.last_seq) \
                  THEN 'unproven' \
              WHEN p.tx_id < (SELECT horizon FROM audit_checkpoints ORDER BY id DESC LIMIT 1) \
                  THEN 'sealed' \

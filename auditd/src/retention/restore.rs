@@ -125,7 +125,7 @@ async fn restore_locked(
                  SELECT * FROM records n WHERE NOT EXISTS \
                      (SELECT 1 FROM audit_logs o WHERE o.created_at = n.created_at AND o.id = n.id) \
                  RETURNING 1) \
-             SELECT count(*) FROM inserted",
+             SELECT count(*) FROM inserted, (SELECT audit_counts_mark_stale($2, $3)) marked",
         )
         .await?;
     let mut lines = ArchiveLines::open(path).map_err(RestoreError::Io)?;
@@ -138,7 +138,12 @@ async fn restore_locked(
             chunk.push(line.to_owned());
         }
         if chunk.len() == LINES_PER_INSERT || (done && !chunk.is_empty()) {
-            let n: i64 = client.query_one(&insert, &[&chunk]).await?.try_get(0)?;
+            // Each chunk marks the month in its own transaction: a catch-up that recounted
+            // it since does not miss the rows that came after.
+            let n: i64 = client
+                .query_one(&insert, &[&chunk, &manifest.range.0, &manifest.range.1])
+                .await?
+                .try_get(0)?;
             inserted += n as u64;
             total += chunk.len() as u64;
             chunk.clear();
