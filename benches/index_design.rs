@@ -29,8 +29,13 @@ struct Design {
     sql: &'static str,
 }
 
-const DROP_SECONDARY: &str = "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
-     audit_logs_severity_idx, audit_logs_resource_idx;";
+/// Drops today's four secondary btrees (a macro, so that designs can `concat!` it).
+macro_rules! drop_secondary {
+    () => {
+        "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
+         audit_logs_severity_idx, audit_logs_resource_idx; "
+    };
+}
 
 fn designs() -> Vec<Design> {
     vec![
@@ -40,38 +45,41 @@ fn designs() -> Vec<Design> {
         },
         Design {
             name: "primary key only",
-            sql: DROP_SECONDARY,
+            sql: drop_secondary!(),
         },
         Design {
             name: "one btree_gin (5 columns)",
-            sql: "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
-                  audit_logs_severity_idx, audit_logs_resource_idx; \
-                  CREATE EXTENSION IF NOT EXISTS btree_gin; \
+            sql: concat!(
+                drop_secondary!(),
+                "CREATE EXTENSION IF NOT EXISTS btree_gin; \
                   CREATE INDEX audit_logs_columns_gin ON audit_logs USING gin \
                       (username, event_type, severity, resource_type, resource_id) \
-                      WITH (fastupdate = on)",
+                      WITH (fastupdate = on)"
+            ),
         },
         Design {
             name: "BRIN bloom + partial severity",
-            sql: "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
-                  audit_logs_severity_idx, audit_logs_resource_idx; \
-                  CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
+            sql: concat!(
+                drop_secondary!(),
+                "CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
                       (username text_bloom_ops, event_type text_bloom_ops, \
                        resource_id text_bloom_ops) WITH (pages_per_range = 8); \
                   CREATE INDEX audit_logs_severity_partial ON audit_logs \
-                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'",
+                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'"
+            ),
         },
         Design {
             name: "covering time index + bloom",
-            sql: "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
-                  audit_logs_severity_idx, audit_logs_resource_idx; \
-                  CREATE INDEX audit_logs_time_covering ON audit_logs (created_at DESC, id DESC) \
+            sql: concat!(
+                drop_secondary!(),
+                "CREATE INDEX audit_logs_time_covering ON audit_logs (created_at DESC, id DESC) \
                       INCLUDE (username, event_type, severity, resource_type, resource_id); \
                   CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
                       (username text_bloom_ops, event_type text_bloom_ops, \
                        resource_id text_bloom_ops) WITH (pages_per_range = 8); \
                   CREATE INDEX audit_logs_severity_partial ON audit_logs \
-                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'",
+                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'"
+            ),
         },
         Design {
             name: "2 btrees + partial severity",
@@ -131,7 +139,7 @@ async fn load_skewed(url: &str, rows: u64) {
     let client = connect_migrated(url).await;
     // Loaded without secondary indexes: each design builds its own.
     client
-        .batch_execute(DROP_SECONDARY)
+        .batch_execute(drop_secondary!())
         .await
         .expect("drop indexes");
     let insert = format!(

@@ -79,11 +79,6 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
 
     let mut client = app.client().await?;
     let mut tx = snapshot(&mut client).await?;
-    // Before the snapshot is taken: a month detached or attached (whose stale mark commits
-    // with it) is then either wholly before this overview or waits for it.
-    tx.batch_execute("LOCK TABLE audit_logs IN ACCESS SHARE MODE")
-        .await
-        .map_err(|e| ApiError::database(&e))?;
     let (below_tx, uncounted_window) = match tx
         .query_one(
             "SELECT counted_below_tx, counted_at IS NULL OR EXISTS (SELECT 1 FROM audit_counts_stale \
@@ -107,9 +102,6 @@ pub async fn overview(app: &App, mut params: Params) -> Result<Answer, ApiError>
             }
             drop(tx);
             tx = snapshot(&mut client).await?;
-            tx.batch_execute("LOCK TABLE audit_logs IN ACCESS SHARE MODE")
-                .await
-                .map_err(|e| ApiError::database(&e))?;
             (0, true)
         }
         Err(e) => return Err(ApiError::database(&e)),
@@ -256,13 +248,19 @@ static WARNED_UNREADABLE: AtomicBool = AtomicBool::new(false);
 /// A read-only transaction that sees one snapshot, so that no row is counted twice or
 /// missed when a catch-up commits between the horizon and the counts.
 async fn snapshot(client: &mut Object) -> Result<Transaction<'_>, ApiError> {
-    client
+    let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
-        .map_err(|e| ApiError::database(&e))
+        .map_err(|e| ApiError::database(&e))?;
+    // Before the snapshot is taken: a month detached or attached (whose stale mark commits
+    // with it) is then either wholly before this overview or waits for it.
+    tx.batch_execute("LOCK TABLE audit_logs IN ACCESS SHARE MODE")
+        .await
+        .map_err(|e| ApiError::database(&e))?;
+    Ok(tx)
 }
 
 /// Appends the rows `(at, value, n)` that count the records matching `filters` (without
@@ -338,28 +336,25 @@ fn facets_from_records(facets: &[(usize, &str)], filters: &Filters, facet_values
     sql.push(&columns.join(", "));
     // Ties broken by the value (in each grouping set only its own column is not null).
     sql.push(") ORDER BY count(*) DESC, coalesce(");
-    sql.push(
-        &columns
-            .iter()
-            .map(|f| format!("{f}::text"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    sql.push(&each(&columns, |f| format!("{f}::text")));
     sql.push(")) AS rank FROM audit_logs WHERE true");
     filters.push_conditions(&mut sql);
     sql.push(" GROUP BY GROUPING SETS (");
-    sql.push(
-        &columns
-            .iter()
-            .map(|f| format!("({f})"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    sql.push(&each(&columns, |f| format!("({f})")));
     let rank = sql.bind(facet_values);
     sql.push(&format!(
         ")) f WHERE rank <= {rank} ORDER BY facet, n DESC, value"
     ));
     sql
+}
+
+/// `columns`, each written by `write`, comma-separated.
+fn each(columns: &[&str], write: impl Fn(&str) -> String) -> String {
+    columns
+        .iter()
+        .map(|c| write(c))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The narrowest round width whose buckets (aligned on multiples of it) cover the window
