@@ -48,6 +48,7 @@ migrations! {
     8 => "0008_idempotent_submissions.sql",
     9 => "0009_trace_index.sql",
     10 => "0010_overview_counts.sql",
+    11 => "0011_partial_severity_indexes.sql",
 }
 
 /// The highest migration version embedded.

@@ -1,12 +1,17 @@
-//! The database side: applying the schema, keeping partitions ahead of time, and the
-//! optional trigram index. These need the table owner's role; writers need none of them.
+//! The database side: applying the schema, finishing the index swaps too large for a
+//! migration's transaction, keeping partitions ahead of time, and the optional trigram
+//! index. These need the table owner's role; writers need none of them.
 //!
 //! The SQL itself is the `audit-migrations` crate (the repository's `migrations/` folder),
 //! so that the layer and auditd apply exactly the same files.
 
+mod index_swap;
 mod migrate;
+mod partitioned_index;
 mod partitions;
 pub mod text_index;
+
+pub use index_swap::{complete_index_swaps, IndexSwapReport};
 
 #[doc(hidden)]
 pub use migrate::migrate_to;

@@ -8,7 +8,8 @@ use tokio_postgres::Client;
 
 pub use crate::db::connect;
 
-/// Applies pending migrations and creates partitions ahead of time.
+/// Applies pending migrations, creates partitions ahead of time, and completes the index
+/// swaps the migrations leave to be built concurrently.
 pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {
     let report = tokio::time::timeout(timeout, audit_layer::schema::migrate(client))
         .await
@@ -22,7 +23,35 @@ pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {
     if report.partitions_created > 0 {
         tracing::info!(created = report.partitions_created, "partitions created");
     }
+    // No timeout: each partition's build takes as long as its size needs, logged as it
+    // goes, and never blocks writers.
+    let swaps = audit_layer::schema::complete_index_swaps(client)
+        .await
+        .context("completing the index swaps of the migrations")?;
+    log_index_swaps(&swaps);
     Ok(())
+}
+
+/// Logs what [`audit_layer::schema::complete_index_swaps`] did, when it did anything.
+pub fn log_index_swaps(swaps: &audit_layer::schema::IndexSwapReport) {
+    if swaps.busy {
+        tracing::info!("another process is completing the index swaps");
+    }
+    if !swaps.built.is_empty() || !swaps.dropped.is_empty() {
+        tracing::info!(
+            built = ?swaps.built,
+            rebuilt = ?swaps.rebuilt,
+            dropped = ?swaps.dropped,
+            "index swaps completed"
+        );
+    }
+    if !swaps.still_to_drop.is_empty() {
+        tracing::warn!(
+            indexes = ?swaps.still_to_drop,
+            "replaced indexes not dropped yet (a long transaction holds audit_logs); \
+             they keep costing writes until `auditd migrate` or the upkeep drops them"
+        );
+    }
 }
 
 /// Runs the partition upkeep once.

@@ -1,10 +1,12 @@
-//! Keeping partitions ahead of time while auditd runs.
+//! Keeping partitions ahead of time, and finishing the migrations' index swaps, while
+//! auditd runs.
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-/// Runs the partition upkeep now and then every `interval`, until the task is dropped.
+/// Runs the partition upkeep and the index swaps now and then every `interval`, until the
+/// task is dropped.
 /// Failures (a read-only role, a database restart) are reported and tried again next time.
 pub async fn run(pool: Pool, interval: Duration, months_ahead: i32) {
     let mut ticker = tokio::time::interval(interval);
@@ -29,6 +31,22 @@ pub async fn run(pool: Pool, interval: Duration, months_ahead: i32) {
                  run `auditd partitions` with it, or disable upkeep with --upkeep-interval 0)"
             ),
             Err(_) => tracing::warn!("partition upkeep did not finish within 60s"),
+        }
+        // A migration on a large table leaves its new index to be built here, partition
+        // by partition and without blocking writers: as long as that takes.
+        let swaps = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            audit_layer::schema::complete_index_swaps(&client)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match swaps.await {
+            Ok(report) => super::schema::log_index_swaps(&report),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "completing the index swaps failed (it needs the table owner's role; \
+                 run `auditd migrate` with it)"
+            ),
         }
     }
 }
