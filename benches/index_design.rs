@@ -21,7 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{arg, connect, connect_migrated, load_generated};
+use support::{arg, connect, connect_migrated, cpu_seconds, load_generated};
 
 /// A design: its name, and the SQL that turns the migrated schema's secondary indexes
 /// into it.
@@ -171,8 +171,10 @@ async fn load_skewed(url: &str, rows: u64) {
     load_generated(&client, rows, &insert).await;
 }
 
-/// Raw binary COPY of `rows` skewed rows over 2 connections, batches of 8,192.
-async fn copy_rate(url: &str, rows: u64) -> f64 {
+/// Raw binary COPY of `rows` skewed rows over 2 connections, batches of 8,192: rows/s,
+/// and the CPU time PostgreSQL spent per row (its every process: steadier than the rate
+/// on a VM whose speed drifts).
+async fn copy_rate(url: &str, rows: u64) -> (f64, f64) {
     // The rows are made by the server, outside the clock, and sent back once.
     let data = fetch_rows(url, rows).await;
     let connections = 2;
@@ -182,6 +184,7 @@ async fn copy_rate(url: &str, rows: u64) -> f64 {
     }
     let data = std::sync::Arc::new(data);
     let started = Instant::now();
+    let cpu_before = cpu_seconds().1;
     let mut tasks = Vec::new();
     for (c, client) in clients.into_iter().enumerate() {
         let data = data.clone();
@@ -221,12 +224,19 @@ async fn copy_rate(url: &str, rows: u64) -> f64 {
                 }
                 writer.finish().await.expect("finish");
             }
+            // Kept open until measured: a backend's CPU time shows only while it lives
+            // (or once its postmaster has reaped it).
+            client
         }));
     }
+    let mut open = Vec::new();
     for task in tasks {
-        task.await.expect("copy task");
+        open.push(task.await.expect("copy task"));
     }
-    rows as f64 / started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().1 - cpu_before;
+    drop(open);
+    (rows as f64 / elapsed, cpu / rows as f64 * 1e6)
 }
 
 struct SkewedRow([String; 6], std::net::IpAddr, chrono::DateTime<chrono::Utc>);
@@ -366,6 +376,7 @@ async fn main() {
 
     if ingest_rows > 0 {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); designs.len()];
+        let mut cpu_per_row: Vec<Vec<f64>> = vec![Vec::new(); designs.len()];
         for round in 0..rounds {
             for (i, design) in designs.iter().enumerate() {
                 let url = server
@@ -374,14 +385,24 @@ async fn main() {
                     .expect("database");
                 let client = connect_migrated(&url).await;
                 client.batch_execute(design.sql).await.expect("design");
-                let rate = copy_rate(&url, ingest_rows).await;
+                let (rate, cpu) = copy_rate(&url, ingest_rows).await;
                 println!(
-                    "ingest: round {round} {:<32} {rate:>9.0} rows/s = {:.2} x before 0011",
+                    "ingest: round {round} {:<32} {rate:>9.0} rows/s = {:.2} x before 0011; PostgreSQL CPU {cpu:.2} µs/row",
                     design.name,
                     rate / rates[0].get(round as usize).copied().unwrap_or(rate)
                 );
                 rates[i].push(rate);
+                cpu_per_row[i].push(cpu);
             }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        for (design, cpu_of) in designs.iter().zip(&cpu_per_row) {
+            println!(
+                "ingest: {:<32} PostgreSQL CPU {:.2} µs/row on average (throughput bound by CPU: {:.2} x before 0011)",
+                design.name,
+                mean(cpu_of),
+                mean(&cpu_per_row[0]) / mean(cpu_of)
+            );
         }
         for (design, rates_of) in designs.iter().zip(&rates) {
             let ratios: Vec<String> = rates_of

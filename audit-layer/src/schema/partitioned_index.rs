@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::error::Error;
 
-/// What building a [`PartitionedIndex`] did.
+/// What building an index partition by partition did (the trigram index, the swaps).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexBuildReport {
     /// Partitions whose index was built in this run, in the order they were built.
