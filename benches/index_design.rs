@@ -21,22 +21,27 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{arg, connect, connect_migrated, cpu_seconds, load_generated};
+use support::{
+    arg, build_secondary_indexes, connect, connect_migrated, cpu_seconds, load_skewed,
+    skewed_value, DROP_SECONDARY_INDEXES,
+};
 
 /// A design: its name, and the SQL that turns the migrated schema's secondary indexes
-/// into it.
+/// into it (after dropping them all, when `replaces_all`).
 struct Design {
     name: &'static str,
+    replaces_all: bool,
     sql: &'static str,
 }
 
-/// Drops the schema's secondary indexes, as migrated (a macro, so that designs can
-/// `concat!` it).
-macro_rules! drop_secondary {
-    () => {
-        "DROP INDEX audit_logs_username_idx, audit_logs_event_type_idx, \
-         audit_logs_severity_partial, audit_logs_above_info, audit_logs_resource_idx; "
-    };
+async fn apply(client: &tokio_postgres::Client, design: &Design) {
+    if design.replaces_all {
+        client
+            .batch_execute(DROP_SECONDARY_INDEXES)
+            .await
+            .expect("drop indexes");
+    }
+    client.batch_execute(design.sql).await.expect("design");
 }
 
 /// The schema before migration 0011: four full btrees. Every ratio is to it.
@@ -47,58 +52,56 @@ fn designs() -> Vec<Design> {
     vec![
         Design {
             name: "before 0011: 4 btrees",
+            replaces_all: false,
             sql: BEFORE_0011,
         },
         Design {
             name: "since 0011: 3 btrees + 2 partial",
+            replaces_all: false,
             sql: "",
         },
         Design {
             name: "primary key only",
-            sql: drop_secondary!(),
+            replaces_all: true,
+            sql: "",
         },
         Design {
             name: "one btree_gin (5 columns)",
-            sql: concat!(
-                drop_secondary!(),
-                "CREATE EXTENSION IF NOT EXISTS btree_gin; \
+            replaces_all: true,
+            sql: "CREATE EXTENSION IF NOT EXISTS btree_gin; \
                   CREATE INDEX audit_logs_columns_gin ON audit_logs USING gin \
                       (username, event_type, severity, resource_type, resource_id) \
-                      WITH (fastupdate = on)"
-            ),
+                      WITH (fastupdate = on)",
         },
         Design {
             name: "BRIN bloom + partial severity",
-            sql: concat!(
-                drop_secondary!(),
-                "CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
+            replaces_all: true,
+            sql: "CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
                       (username text_bloom_ops, event_type text_bloom_ops, \
                        resource_id text_bloom_ops) WITH (pages_per_range = 8); \
                   CREATE INDEX audit_logs_severity_partial ON audit_logs \
-                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'"
-            ),
+                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'",
         },
         Design {
             name: "covering time index + bloom",
-            sql: concat!(
-                drop_secondary!(),
-                "CREATE INDEX audit_logs_time_covering ON audit_logs (created_at DESC, id DESC) \
+            replaces_all: true,
+            sql: "CREATE INDEX audit_logs_time_covering ON audit_logs (created_at DESC, id DESC) \
                       INCLUDE (username, event_type, severity, resource_type, resource_id); \
                   CREATE INDEX audit_logs_columns_bloom ON audit_logs USING brin \
                       (username text_bloom_ops, event_type text_bloom_ops, \
                        resource_id text_bloom_ops) WITH (pages_per_range = 8); \
                   CREATE INDEX audit_logs_severity_partial ON audit_logs \
-                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'"
-            ),
+                      (severity, created_at DESC, id DESC) WHERE severity <> 'info'",
         },
         Design {
             name: "2 btrees + 2 partial",
+            replaces_all: false,
             sql: "DROP INDEX audit_logs_event_type_idx",
         },
     ]
 }
 
-/// The values of a column at each selectivity, as [`skewed_row_sql`] writes them.
+/// The values of a column at each selectivity, as `support::skewed_row_sql` writes them.
 const CASES: [(&str, &str, &str); 5] = [
     ("username", "username = $1", "user"),
     ("event_type", "event_type = $1", "event"),
@@ -116,60 +119,6 @@ const CASES: [(&str, &str, &str); 5] = [
         "resource",
     ),
 ];
-
-/// The value of `kind` at `selectivity` (common: a tenth of the rows; middling: 0.1 %;
-/// rare: five rows in ten million).
-fn value(kind: &str, selectivity: &str) -> &'static str {
-    match (kind, selectivity) {
-        ("user", "common") => "common-user",
-        ("user", "middling") => "middling-user",
-        ("user", _) => "rare-user",
-        ("event", "common") => "backup",
-        ("event", "middling") => "credential_rotation",
-        ("event", _) => "break_glass",
-        ("severity", "common") => "warning",
-        ("severity", "middling") => "error",
-        ("severity", _) => "critical",
-        ("severities", "common") => "info",
-        ("severities", "middling") => "error,critical",
-        ("severities", _) => "critical",
-        ("resource", "common") => "dev-core",
-        ("resource", "middling") => "dev-middling",
-        _ => "dev-rare",
-    }
-}
-
-/// One row of the skewed load for `i` (a `generate_series` value), as SQL expressions.
-fn skewed_row_sql() -> &'static str {
-    "CASE WHEN i % 10 = 0 THEN 'common-user' WHEN i % 1000 = 1 THEN 'middling-user' \
-          WHEN i % 2000000 = 3 THEN 'rare-user' ELSE 'user' || (i * 7919 % 1000) END, \
-     CASE WHEN i % 1000 = 7 THEN 'credential_rotation' WHEN i % 2000000 = 11 THEN 'break_glass' \
-          ELSE (ARRAY['authentication','onboarding','device_management','job_execution', \
-                      'configuration_change','backup','sync','system','login'])[1 + i % 9] END, \
-     CASE WHEN i % 2000000 = 13 THEN 'critical' WHEN i % 1000 = 17 THEN 'error' \
-          WHEN i % 10 = 5 THEN 'warning' ELSE 'info' END, \
-     'device', \
-     CASE WHEN i % 10 = 2 THEN 'dev-core' WHEN i % 1000 = 19 THEN 'dev-middling' \
-          WHEN i % 2000000 = 23 THEN 'dev-rare' ELSE 'dev-' || (i * 31 % 20000) END"
-}
-
-async fn load_skewed(url: &str, rows: u64) {
-    let client = connect_migrated(url).await;
-    // Loaded without secondary indexes: each design builds its own.
-    client
-        .batch_execute(drop_secondary!())
-        .await
-        .expect("drop indexes");
-    let insert = format!(
-        "INSERT INTO audit_logs (username, event_type, severity, resource_type, \
-             resource_id, message, ip_address, created_at) \
-         SELECT {}, 'Event number ' || i, ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet, \
-                now() - ((i::float8 / $2::float8) * interval '90 days') \
-         FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
-        skewed_row_sql()
-    );
-    load_generated(&client, rows, &insert).await;
-}
 
 /// Raw binary COPY of `rows` skewed rows over 2 connections, batches of 8,192: rows/s,
 /// and the CPU time PostgreSQL spent per row (its every process: steadier than the rate
@@ -249,7 +198,7 @@ async fn fetch_rows(url: &str, rows: u64) -> Vec<SkewedRow> {
                 "SELECT {}, 'Event number ' || i, ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet, \
                         now() - (({rows} - i) * interval '1 millisecond') \
                  FROM generate_series(0::bigint, {rows} - 1) AS i",
-                skewed_row_sql()
+                support::skewed_row_sql()
             ),
             &[],
         )
@@ -277,7 +226,7 @@ async fn time_queries(client: &tokio_postgres::Client, design: &str, requests: u
                 FROM audit_logs WHERE true";
     for (column, condition, kind) in CASES {
         for selectivity in ["common", "middling", "rare"] {
-            let value = value(kind, selectivity);
+            let value = skewed_value(kind, selectivity);
             let first =
                 format!("{page} AND {condition} ORDER BY created_at DESC, id DESC LIMIT 101");
             // The cursor 5,000 records deep, when there are that many.
@@ -384,7 +333,7 @@ async fn main() {
                     .await
                     .expect("database");
                 let client = connect_migrated(&url).await;
-                client.batch_execute(design.sql).await.expect("design");
+                apply(&client, design).await;
                 let (rate, cpu) = copy_rate(&url, ingest_rows).await;
                 println!(
                     "ingest: round {round} {:<32} {rate:>9.0} rows/s = {:.2} x before 0011; PostgreSQL CPU {cpu:.2} µs/row",
@@ -425,7 +374,7 @@ async fn main() {
             .create_database("bench_index_queries")
             .await
             .expect("database");
-        load_skewed(&url, query_rows).await;
+        load_skewed(&connect_migrated(&url).await, query_rows).await;
         let client = connect(&url).await;
         for design in &designs {
             let started = Instant::now();
@@ -434,16 +383,12 @@ async fn main() {
             client
                 .batch_execute(
                     "DROP INDEX IF EXISTS audit_logs_columns_gin, audit_logs_columns_bloom, \
-                         audit_logs_severity_idx, audit_logs_time_covering; \
-                     CREATE INDEX IF NOT EXISTS audit_logs_username_idx ON audit_logs (username, created_at DESC, id DESC); \
-                     CREATE INDEX IF NOT EXISTS audit_logs_event_type_idx ON audit_logs (event_type, created_at DESC, id DESC); \
-                     CREATE INDEX IF NOT EXISTS audit_logs_severity_partial ON audit_logs (severity, created_at DESC, id DESC) WHERE severity <> 'info'; \
-                     CREATE INDEX IF NOT EXISTS audit_logs_above_info ON audit_logs (created_at DESC, id DESC) WHERE severity <> 'info'; \
-                     CREATE INDEX IF NOT EXISTS audit_logs_resource_idx ON audit_logs (resource_type, resource_id, created_at DESC, id DESC)",
+                         audit_logs_severity_idx, audit_logs_time_covering",
                 )
                 .await
-                .expect("the schema's indexes");
-            client.batch_execute(design.sql).await.expect("design");
+                .expect("the last design's indexes");
+            build_secondary_indexes(&client).await;
+            apply(&client, design).await;
             client
                 .batch_execute("VACUUM ANALYZE audit_logs")
                 .await

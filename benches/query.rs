@@ -1,14 +1,16 @@
 //! Query and export through auditd's HTTP API on a large table.
 //!
 //! `cargo bench --bench query -- [--rows 10000000] [--requests 200] [--overview-requests 20]
-//! [--uncounted-requests 3] [--text-index]`
+//! [--uncounted-requests 3] [--text-index] [--selectivity-rows 10000000]`
 //!
 //! Loads `--rows` records spread over 90 days (1,000 users, 9 event types, 10,000 devices)
 //! into a fresh database, starts auditd in-process on loopback, then measures p50/p99 of a
 //! filtered page of 100 for the common filters and for a page 100 pages deep (keyset), and
 //! the viewer's overview (histogram and facets) over 24 hours, 14 days and the whole table,
 //! from `audit_logs` alone and then from the counts kept ahead (with the catch-up's rate),
-//! and the rows/s and peak memory of an NDJSON export. With `--text-index`, the optional trigram
+//! and the rows/s and peak memory of an NDJSON export; then, in a second database of
+//! `--selectivity-rows` skewed records (0 skips it), a page of each column's common,
+//! middling and rare values, first and 5,000 deep. With `--text-index`, the optional trigram
 //! index (`auditd text-index`) is built after loading, and its build time printed. Uses
 //! `DATABASE_URL` when set, otherwise a throwaway cluster with default durability on this
 //! machine.
@@ -288,5 +290,80 @@ async fn main() {
         lines as f64 / elapsed.as_secs_f64(),
         peak_rss_mib()
     );
+    serving.stop(stop).await;
+
+    let selectivity_rows = arg("--selectivity-rows", 10_000_000);
+    if selectivity_rows > 0 {
+        time_selectivities(&server, &access_url, selectivity_rows, requests).await;
+    }
+}
+
+/// The cases that decide an index design (issue 17), through auditd's HTTP API: a value
+/// of each column that a tenth of the records carry, one that 0.1 % carry, one that five
+/// carry, newest first, the first page and the page 5,000 records deep; `--selectivity-rows`
+/// skewed records in a database of their own (`support::load_skewed`).
+async fn time_selectivities(
+    server: &pg_provision::Postgres,
+    access_url: &str,
+    rows: u64,
+    requests: usize,
+) {
+    let url = server
+        .create_database("bench_query_selectivity")
+        .await
+        .expect("database");
+    let client = support::connect_migrated(&url).await;
+    let started = Instant::now();
+    support::load_skewed(&client, rows).await;
+    support::build_secondary_indexes(&client).await;
+    println!(
+        "query: loaded {rows} skewed rows and built the indexes in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (addr, stop, serving) = serve_in_process(&url, access_url).await;
+    let mut http = Client::connect(addr).await;
+    println!("query: by selectivity, {requests} requests each, page of 100:");
+    let columns = [
+        ("username", "user", "username="),
+        ("event_type", "event", "event_type="),
+        ("severity", "severity", "severity="),
+        ("severity list", "severities", "severity="),
+        ("resource", "resource", "resource_type=device&resource_id="),
+    ];
+    for (column, kind, parameter) in columns {
+        for selectivity in ["common", "middling", "rare"] {
+            let value = support::skewed_value(kind, selectivity);
+            let first = format!("/api/v1/logs?{parameter}{value}&limit=100");
+            let mut pages = vec![("page 1", first.clone())];
+            // Down the keyset cursor, 50 pages of 100, where there are that many.
+            let mut path = first.clone();
+            for depth in 1..=50 {
+                let (_, body) = http.get(&path).await;
+                let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => path = format!("{first}&cursor={cursor}"),
+                    None => break,
+                }
+                if depth == 50 {
+                    pages.push(("5,000 deep", path.clone()));
+                }
+            }
+            for (depth, path) in pages {
+                for _ in 0..3 {
+                    http.get(&path).await;
+                }
+                let mut times = Vec::with_capacity(requests);
+                for _ in 0..requests {
+                    times.push(http.get(&path).await.0);
+                }
+                times.sort();
+                println!(
+                    "query:   {column:<13} {selectivity:<8} {depth:<10} p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    percentile(&times, 0.5),
+                    percentile(&times, 0.99)
+                );
+            }
+        }
+    }
     serving.stop(stop).await;
 }

@@ -83,6 +83,98 @@ pub fn emit_backups(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64)
     });
 }
 
+/// The values of record `i` in a mix as varied as a deployment's, the same as
+/// [`skewed_row_sql`]'s: a user with a tenth of the records, one with 0.1 %, one with five
+/// in ten million, 1,000 others; the same for event types (nine common ones), severities
+/// and devices (20,000 others). Btrees cost a write more when the values spread.
+pub struct Varied {
+    pub username: &'static str,
+    pub event_type: &'static str,
+    pub severity: &'static str,
+    pub resource_id: &'static str,
+}
+
+pub fn varied(i: u64) -> Varied {
+    use std::sync::OnceLock;
+    static NAMES: OnceLock<(Vec<String>, Vec<String>)> = OnceLock::new();
+    let (users, devices) = NAMES.get_or_init(|| {
+        (
+            (0..1000).map(|u| format!("user{u}")).collect(),
+            (0..20_000).map(|d| format!("dev-{d}")).collect(),
+        )
+    });
+    const EVENT_TYPES: [&str; 9] = [
+        "authentication",
+        "onboarding",
+        "device_management",
+        "job_execution",
+        "configuration_change",
+        "backup",
+        "sync",
+        "system",
+        "login",
+    ];
+    Varied {
+        username: match i {
+            _ if i.is_multiple_of(10) => "common-user",
+            _ if i % 1000 == 1 => "middling-user",
+            _ if i % 2_000_000 == 3 => "rare-user",
+            _ => &users[(i * 7919 % 1000) as usize],
+        },
+        event_type: match i {
+            _ if i % 1000 == 7 => "credential_rotation",
+            _ if i % 2_000_000 == 11 => "break_glass",
+            _ => EVENT_TYPES[(i % 9) as usize],
+        },
+        severity: match i {
+            _ if i % 2_000_000 == 13 => "critical",
+            _ if i % 1000 == 17 => "error",
+            _ if i % 10 == 5 => "warning",
+            _ => "info",
+        },
+        resource_id: match i {
+            _ if i % 10 == 2 => "dev-core",
+            _ if i % 1000 == 19 => "dev-middling",
+            _ if i % 2_000_000 == 23 => "dev-rare",
+            _ => &devices[(i * 31 % 20_000) as usize],
+        },
+    }
+}
+
+/// As [`emit_backups`], with each event's user, event type, severity and device from
+/// [`varied`] (event fields win over the request span's user).
+pub fn emit_varied(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64) {
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let dispatch = dispatch.clone();
+            scope.spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let span = tracing::info_span!(
+                        "request",
+                        username = "bench",
+                        ip_address = "192.0.2.1"
+                    );
+                    let _guard = span.enter();
+                    for seq in 0..per_thread {
+                        let v = varied(thread * per_thread + seq);
+                        tracing::info!(
+                            target: "audit",
+                            username = v.username,
+                            event_type = v.event_type,
+                            severity = v.severity,
+                            resource_type = "device",
+                            resource_id = v.resource_id,
+                            thread,
+                            seq,
+                            "Device configuration backed up"
+                        );
+                    }
+                });
+            });
+        }
+    });
+}
+
 /// CPU seconds (user and system) used so far by this process (threads that ended
 /// included) and by every `postgres` process on the machine: CPU time is steadier than
 /// wall time on a VM whose speed drifts, so a cost shows in it when throughput is too
@@ -276,4 +368,80 @@ pub async fn postgres() -> pg_provision::Postgres {
     .await
     .expect("provision")
     .expect("a PostgreSQL to measure against")
+}
+
+/// The value of `kind` at `selectivity` (common: a tenth of the rows; middling: 0.1 %;
+/// rare: five rows in ten million).
+pub fn skewed_value(kind: &str, selectivity: &str) -> &'static str {
+    match (kind, selectivity) {
+        ("user", "common") => "common-user",
+        ("user", "middling") => "middling-user",
+        ("user", _) => "rare-user",
+        ("event", "common") => "backup",
+        ("event", "middling") => "credential_rotation",
+        ("event", _) => "break_glass",
+        ("severity", "common") => "warning",
+        ("severity", "middling") => "error",
+        ("severity", _) => "critical",
+        ("severities", "common") => "info",
+        ("severities", "middling") => "error,critical",
+        ("severities", _) => "critical",
+        ("resource", "common") => "dev-core",
+        ("resource", "middling") => "dev-middling",
+        _ => "dev-rare",
+    }
+}
+
+/// One row of the skewed load for `i` (a `generate_series` value), as SQL expressions.
+pub fn skewed_row_sql() -> &'static str {
+    "CASE WHEN i % 10 = 0 THEN 'common-user' WHEN i % 1000 = 1 THEN 'middling-user' \
+          WHEN i % 2000000 = 3 THEN 'rare-user' ELSE 'user' || (i * 7919 % 1000) END, \
+     CASE WHEN i % 1000 = 7 THEN 'credential_rotation' WHEN i % 2000000 = 11 THEN 'break_glass' \
+          ELSE (ARRAY['authentication','onboarding','device_management','job_execution', \
+                      'configuration_change','backup','sync','system','login'])[1 + i % 9] END, \
+     CASE WHEN i % 2000000 = 13 THEN 'critical' WHEN i % 1000 = 17 THEN 'error' \
+          WHEN i % 10 = 5 THEN 'warning' ELSE 'info' END, \
+     'device', \
+     CASE WHEN i % 10 = 2 THEN 'dev-core' WHEN i % 1000 = 19 THEN 'dev-middling' \
+          WHEN i % 2000000 = 23 THEN 'dev-rare' ELSE 'dev-' || (i * 31 % 20000) END"
+}
+
+/// Loads `rows` skewed records over the last 90 days (see [`skewed_value`]) into `client`'s
+/// migrated database, its secondary indexes dropped first (each index design builds its
+/// own; [`build_secondary_indexes`] puts the schema's back).
+pub async fn load_skewed(client: &tokio_postgres::Client, rows: u64) {
+    client
+        .batch_execute(DROP_SECONDARY_INDEXES)
+        .await
+        .expect("drop indexes");
+    let insert = format!(
+        "INSERT INTO audit_logs (username, event_type, severity, resource_type, \
+             resource_id, message, ip_address, created_at) \
+         SELECT {}, 'Event number ' || i, ('10.' || (i % 200) || '.' || (i % 250) || '.1')::inet, \
+                now() - ((i::float8 / $2::float8) * interval '90 days') \
+         FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
+        skewed_row_sql()
+    );
+    load_generated(client, rows, &insert).await;
+}
+
+/// Drops the schema's secondary indexes on `audit_logs`, as migrated.
+pub const DROP_SECONDARY_INDEXES: &str = "DROP INDEX audit_logs_username_idx, \
+     audit_logs_event_type_idx, audit_logs_severity_partial, audit_logs_above_info, \
+     audit_logs_resource_idx";
+
+/// Builds the schema's secondary indexes (migrations 0001 and 0011) where they are missing,
+/// then `VACUUM ANALYZE`.
+pub async fn build_secondary_indexes(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE INDEX IF NOT EXISTS audit_logs_username_idx ON audit_logs (username, created_at DESC, id DESC); \
+             CREATE INDEX IF NOT EXISTS audit_logs_event_type_idx ON audit_logs (event_type, created_at DESC, id DESC); \
+             CREATE INDEX IF NOT EXISTS audit_logs_severity_partial ON audit_logs (severity, created_at DESC, id DESC) WHERE severity <> 'info'; \
+             CREATE INDEX IF NOT EXISTS audit_logs_above_info ON audit_logs (created_at DESC, id DESC) WHERE severity <> 'info'; \
+             CREATE INDEX IF NOT EXISTS audit_logs_resource_idx ON audit_logs (resource_type, resource_id, created_at DESC, id DESC); \
+             VACUUM ANALYZE audit_logs",
+        )
+        .await
+        .expect("the schema's indexes");
 }
