@@ -15,11 +15,10 @@
 --
 -- On a small table (under 100,000 records: a new database, the quickstart) the swap is
 -- done here, in the migration's transaction, in well under a second. On a larger one a
--- build here would hold off every writer while it read the table, so the new indexes are
--- only declared on the parent (ON ONLY: not used until every partition has its own), and
--- `auditd migrate`, or `auditd serve`'s upkeep, builds each partition's CONCURRENTLY and
--- then drops the full index (audit_layer::schema::complete_index_swaps). Until then all
--- three exist, queries use whichever serves them, and partitions created meanwhile get all.
+-- build here would hold off every writer while it read the table, so nothing is done
+-- here: `auditd migrate`, or `auditd serve`'s upkeep, builds each partition's indexes
+-- CONCURRENTLY, then creates the parent's from them and drops the full index in a moment
+-- (audit_layer::schema::complete_index_swaps). Until then the full index serves.
 DO $$
 BEGIN
     IF (SELECT count(*) FROM (SELECT FROM audit_logs LIMIT 100000) AS sample) < 100000 THEN
@@ -28,16 +27,10 @@ BEGIN
         CREATE INDEX audit_logs_above_info
             ON audit_logs (created_at DESC, id DESC) WHERE severity <> 'info';
         DROP INDEX IF EXISTS audit_logs_severity_idx;
-    ELSE
-        CREATE INDEX audit_logs_severity_partial
-            ON ONLY audit_logs (severity, created_at DESC, id DESC) WHERE severity <> 'info';
-        CREATE INDEX audit_logs_above_info
-            ON ONLY audit_logs (created_at DESC, id DESC) WHERE severity <> 'info';
+        COMMENT ON INDEX audit_logs_severity_partial IS
+            'Pages of one severity, newest first, for every severity but info (the primary key serves info)';
+        COMMENT ON INDEX audit_logs_above_info IS
+            'Pages of several severities (min_severity), newest first, info excepted';
     END IF;
 END;
 $$;
-
-COMMENT ON INDEX audit_logs_severity_partial IS
-    'Pages of one severity, newest first, for every severity but info (the primary key serves info)';
-COMMENT ON INDEX audit_logs_above_info IS
-    'Pages of several severities (min_severity), newest first, info excepted';

@@ -17,8 +17,8 @@ const SERVED: &str = "SELECT count(*) FROM pg_inherits i \
      JOIN pg_class c ON c.oid = i.inhrelid \
      WHERE i.inhparent = 'audit_logs'::regclass AND ( \
        SELECT count(*) FROM pg_inherits ii JOIN pg_index x ON x.indexrelid = ii.inhrelid \
-       WHERE ii.inhparent IN ('audit_logs_severity_partial'::regclass, \
-                              'audit_logs_above_info'::regclass) \
+       WHERE ii.inhparent IN (to_regclass('audit_logs_severity_partial'), \
+                              to_regclass('audit_logs_above_info')) \
          AND x.indrelid = c.oid AND x.indisvalid AND pg_get_expr(x.indpred, x.indrelid) \
              = '((severity)::text <> ''info''::text)') = 2";
 
@@ -98,10 +98,11 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
         })
     };
 
-    // Applying 0011 on this table only declares the new index on the parent.
-    schema::migrate(&db.client).await.unwrap();
-    assert!(exists(&db, "audit_logs_severity_partial").await);
-    assert!(exists(&db, "audit_logs_above_info").await);
+    // Applying 0011 on this table leaves the build to complete_index_swaps.
+    let migrated = schema::migrate(&db.client).await.unwrap();
+    assert!(migrated.index_swaps_pending);
+    assert!(!exists(&db, "audit_logs_severity_partial").await);
+    assert!(!exists(&db, "audit_logs_above_info").await);
     assert!(
         exists(&db, "audit_logs_severity_idx").await,
         "kept until the new ones are built"
@@ -111,6 +112,11 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
     // A writer's transaction stays open: a concurrent build waits for it (a plain CREATE
     // INDEX would wait too, and make every writer after it wait behind its lock).
     let holder = support::connect(&db.url).await;
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     holder
         .batch_execute(
             "BEGIN; INSERT INTO audit_logs (username, event_type, message) \
@@ -118,29 +124,39 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
         )
         .await
         .unwrap();
+    // On a connection with a statement timeout far shorter than the build's wait (as a
+    // pool's are): the swap turns it off while it runs, and puts it back.
     let swapping = {
         let url = db.url.clone();
         tokio::spawn(async move {
             let client = support::connect(&url).await;
-            schema::complete_index_swaps(&client).await
+            client
+                .batch_execute("SET statement_timeout = '300ms'")
+                .await
+                .unwrap();
+            let report = schema::complete_index_swaps(&client).await;
+            let after: String = client
+                .query_one("SHOW statement_timeout", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (report, after)
         })
     };
-    // Once the build waits for the open transaction, another writer still goes through.
+    // Once the build waits for the open transaction...
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while db
-        .count(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' \
-             AND wait_event_type = 'Lock'",
-        )
-        .await
-        == 0
-    {
+    let build_waits = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+           AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND {holder_pid} = ANY(pg_blocking_pids(pid))"
+    );
+    while db.count(&build_waits).await == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the build never waited"
+            "the build never waited for the open transaction"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // ...another writer still goes through, and the layer goes on committing.
     let writer = support::connect(&db.url).await;
     writer
         .batch_execute(
@@ -150,18 +166,33 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
         )
         .await
         .expect("a write during the build is not blocked by it");
-    let committed_during_build = db
-        .count(&format!(
-            "SELECT count(*) FROM audit_logs WHERE stream_id = {stream}"
-        ))
-        .await;
+    let committed = format!("SELECT count(*) FROM audit_logs WHERE stream_id = {stream}");
+    let when_the_build_waited = db.count(&committed).await;
+    while db.count(&committed).await <= when_the_build_waited {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the layer committed nothing while the build waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        db.count(&build_waits).await > 0,
+        "the build still waits (the layer wrote during it, not after)"
+    );
+    // Longer than the connection's statement timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     holder.batch_execute("COMMIT").await.unwrap();
 
-    let report = swapping.await.unwrap().unwrap();
+    let (report, timeout_after) = swapping.await.unwrap();
+    let report = report.unwrap();
+    assert_eq!(
+        timeout_after, "300ms",
+        "the session's statement timeout is put back"
+    );
     let partitions = db.count(PARTITIONS).await;
     assert_eq!(report.built.len() as i64, 2 * partitions, "{report:?}");
     assert_eq!(report.dropped, ["audit_logs_severity_idx"]);
-    assert!(report.still_to_drop.is_empty() && !report.busy);
+    assert!(report.waiting_for_locks.is_empty() && !report.busy);
     assert_eq!(db.count(SERVED).await, partitions);
     assert!(!exists(&db, "audit_logs_severity_idx").await);
     let valid = db
@@ -172,13 +203,7 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
         .await;
     assert_eq!(valid, 2);
 
-    // The layer kept writing: through the build, then every record exactly once.
-    let after_swap = db
-        .count(&format!(
-            "SELECT count(*) FROM audit_logs WHERE stream_id = {stream}"
-        ))
-        .await;
-    assert!(after_swap > committed_during_build && committed_during_build > 0);
+    // Every record the layer wrote, through the build and after, exactly once.
     stop.store(true, Ordering::Relaxed);
     let emitted = emitter.join().unwrap();
     let stats = handle
@@ -286,4 +311,60 @@ async fn a_small_table_swaps_in_the_migration_itself() {
     schema::ensure_partitions(&db.client, 14).await.unwrap();
     assert!(db.count(PARTITIONS).await > before);
     assert_eq!(db.count(SERVED).await, db.count(PARTITIONS).await);
+}
+
+#[tokio::test]
+async fn a_month_detached_before_its_index_was_built_leaves_the_swap_complete() {
+    // Retention detaches a month; if it goes before its new index is built, the parent's
+    // index must still come out valid (PostgreSQL re-checks validity only on an attach).
+    let db = large_at_0010("index_swap_detached").await;
+    schema::migrate(&db.client).await.unwrap();
+    let oldest: String = db
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM audit_logs ORDER BY created_at LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let bounds: String = db
+        .client
+        .query_one(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1",
+            &[&oldest],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.client
+        .batch_execute(&format!("ALTER TABLE audit_logs DETACH PARTITION {oldest}"))
+        .await
+        .unwrap();
+
+    let report = schema::complete_index_swaps(&db.client).await.unwrap();
+    assert_eq!(report.dropped, ["audit_logs_severity_idx"]);
+    assert_eq!(db.count(SERVED).await, db.count(PARTITIONS).await);
+    assert!(
+        !schema::migrate(&db.client)
+            .await
+            .unwrap()
+            .index_swaps_pending
+    );
+
+    // Back again (as retention's reattach does): it gets the new indexes with it.
+    db.client
+        .batch_execute(&format!(
+            "ALTER TABLE audit_logs ATTACH PARTITION {oldest} {bounds}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(db.count(SERVED).await, db.count(PARTITIONS).await);
+    let valid = db
+        .count(
+            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN \
+             ('audit_logs_severity_partial'::regclass, 'audit_logs_above_info'::regclass)",
+        )
+        .await;
+    assert_eq!(valid, 2);
 }

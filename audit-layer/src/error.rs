@@ -40,6 +40,13 @@ pub enum Error {
     },
     /// The writer has stopped (after shutdown), so the request cannot be served.
     WriterStopped,
+    /// A schema step needs a moment's lock on `audit_logs`, and a long query or transaction
+    /// held the table through every try (writers would have queued behind the wait). The
+    /// work done so far is kept; running the step again finishes it.
+    TableBusy {
+        /// The step left to do.
+        step: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -64,6 +71,11 @@ impl fmt::Display for Error {
                 "audit writer shutdown timed out with {unwritten} record(s) not yet committed"
             ),
             Error::WriterStopped => f.write_str("the audit writer has stopped"),
+            Error::TableBusy { step } => write!(
+                f,
+                "a long query or transaction held audit_logs through every try; \
+                 {step} is left to the next run"
+            ),
         }
     }
 }

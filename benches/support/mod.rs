@@ -439,9 +439,13 @@ pub async fn build_secondary_indexes(client: &tokio_postgres::Client) {
              CREATE INDEX IF NOT EXISTS audit_logs_event_type_idx ON audit_logs (event_type, created_at DESC, id DESC); \
              CREATE INDEX IF NOT EXISTS audit_logs_severity_partial ON audit_logs (severity, created_at DESC, id DESC) WHERE severity <> 'info'; \
              CREATE INDEX IF NOT EXISTS audit_logs_above_info ON audit_logs (created_at DESC, id DESC) WHERE severity <> 'info'; \
-             CREATE INDEX IF NOT EXISTS audit_logs_resource_idx ON audit_logs (resource_type, resource_id, created_at DESC, id DESC); \
-             VACUUM ANALYZE audit_logs",
+             CREATE INDEX IF NOT EXISTS audit_logs_resource_idx ON audit_logs (resource_type, resource_id, created_at DESC, id DESC)",
         )
         .await
         .expect("the schema's indexes");
+    // (Apart: VACUUM cannot run in the transaction a multi-statement batch is.)
+    client
+        .batch_execute("VACUUM ANALYZE audit_logs")
+        .await
+        .expect("vacuum");
 }

@@ -2,18 +2,17 @@
 //!
 //! A migration runs in one transaction, and `CREATE INDEX` in a transaction holds off every
 //! writer while it reads the table. So a migration that replaces an index of a large table
-//! only declares the new one on the parent (`ON ONLY`), and [`complete_index_swaps`] builds
-//! it partition by partition, `CONCURRENTLY`, then drops the index it replaces once the new
-//! one serves every partition. `auditd migrate` runs it after the migrations, and `auditd
-//! serve`'s upkeep every `--upkeep-interval`, so a database upgraded in place finishes the
-//! swap while writes go on.
+//! leaves the work here: [`complete_index_swaps`] builds each partition's new index
+//! `CONCURRENTLY`, then in one short transaction creates the parent's (adopting them) and
+//! drops the index it replaces. Until then the old index serves the queries. `auditd
+//! migrate` runs it after the migrations, and `auditd serve`'s upkeep every
+//! `--upkeep-interval`, so a database upgraded in place finishes the swap while writes go
+//! on.
 
-use std::time::Duration;
-
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::partitioned_index::{ident, PartitionedIndex};
+use super::partitioned_index::{ident, without_statement_timeout, PartitionedIndex};
+use super::version::schema_version;
 use crate::error::Error;
 
 /// What [`complete_index_swaps`] did.
@@ -27,23 +26,26 @@ pub struct IndexSwapReport {
     pub rebuilt: Vec<String>,
     /// Replaced indexes dropped in this run.
     pub dropped: Vec<String>,
-    /// Replaced indexes not dropped yet: their lock was not granted within a few tries
-    /// (a long query or transaction holds the table). The next run tries again.
-    pub still_to_drop: Vec<String>,
+    /// Indexes whose last step (creating a new one on the parent, or dropping a replaced
+    /// one: a moment's lock on `audit_logs`) was not granted within a few tries, because a
+    /// long query or transaction held the table. What was built is kept, and the next run
+    /// takes the step.
+    pub waiting_for_locks: Vec<String>,
     /// Another process was completing the swaps; this run did nothing.
     pub busy: bool,
 }
 
-/// New indexes, declared on the parent by a migration, and the index they replace.
+/// New indexes, and the index they replace, from migration `since_version` on.
 struct Swap {
+    since_version: i32,
     indexes: &'static [PartitionedIndex],
     replaces: &'static str,
 }
 
 /// Every swap, in migration order. The definitions are the migrations' own, word for
-/// word: PostgreSQL attaches a partition's index to the parent's only when they match.
+/// word: PostgreSQL adopts a partition's index for the parent's only when they match.
 const SWAPS: &[Swap] = &[Swap {
-    // Migration 0011.
+    since_version: 11,
     indexes: &[
         PartitionedIndex {
             name: "audit_logs_severity_partial",
@@ -63,30 +65,28 @@ const SWAPS: &[Swap] = &[Swap {
 /// ("auditix" in ASCII).
 const SWAP_LOCK: i64 = 0x0061_7564_6974_6978;
 
-/// How many times, a second apart, a replaced index's drop waits up to `DROP_LOCK_TIMEOUT`
-/// for its lock before it is left to the next run.
-const DROP_ATTEMPTS: u32 = 5;
-const DROP_LOCK_TIMEOUT: &str = "2s";
-
-/// Builds what the migrations applied so far declared and did not build, partition by
-/// partition without blocking writers, then drops the indexes they replace. Idempotent,
-/// and quick when there is nothing to do.
+/// Builds what the migrations applied so far left to build, partition by partition without
+/// blocking writers, then drops the indexes it replaces. Idempotent, and quick when there
+/// is nothing to do.
 ///
 /// Needs the table owner's role. Each partition's build reads the partition (about ten
-/// seconds per three million records on a small server), and waits first for the
-/// transactions running when it starts. Dropping a replaced index takes, for a moment, a
-/// lock that writers wait for; it is asked for with a short lock timeout, so that a long
-/// query holding the table delays the drop rather than the writes. Progress is logged per
-/// partition.
+/// seconds per three million records on a small server) after waiting for the
+/// transactions running when it starts; the session's `statement_timeout` is off while it
+/// runs, and put back after. The last step takes, for a moment, locks that writers wait
+/// for: each is asked for with a 200 ms timeout, and if a long query holds the table
+/// through ten tries, the step is left to the next run ([`IndexSwapReport::waiting_for_locks`]).
+/// Progress is logged per partition.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), audit_layer::Error> {
 /// let (client, connection) =
 ///     tokio_postgres::connect("postgres://owner@localhost/app", tokio_postgres::NoTls).await?;
 /// tokio::spawn(connection);
-/// audit_layer::schema::migrate(&client).await?;
-/// let report = audit_layer::schema::complete_index_swaps(&client).await?;
-/// println!("built {} partitions' indexes", report.built.len());
+/// let migrated = audit_layer::schema::migrate(&client).await?;
+/// if migrated.index_swaps_pending {
+///     let report = audit_layer::schema::complete_index_swaps(&client).await?;
+///     println!("built {} partitions' indexes", report.built.len());
+/// }
 /// # Ok(()) }
 /// ```
 pub async fn complete_index_swaps(client: &Client) -> Result<IndexSwapReport, Error> {
@@ -103,7 +103,7 @@ pub async fn complete_index_swaps(client: &Client) -> Result<IndexSwapReport, Er
             ..IndexSwapReport::default()
         });
     }
-    let result = swap_all(client).await;
+    let result = without_statement_timeout(client, swap_all(client)).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&SWAP_LOCK])
         .await;
@@ -112,75 +112,60 @@ pub async fn complete_index_swaps(client: &Client) -> Result<IndexSwapReport, Er
     Ok(report)
 }
 
+/// Whether a migration up to `version` has left an index swap to [`complete_index_swaps`].
+pub(crate) async fn pending(client: &Client, version: i32) -> Result<bool, Error> {
+    for swap in SWAPS.iter().filter(|s| s.since_version <= version) {
+        if index_exists(client, swap.replaces).await? {
+            return Ok(true);
+        }
+        for index in swap.indexes {
+            if !index.is_complete(client).await? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 async fn swap_all(client: &Client) -> Result<IndexSwapReport, Error> {
     let mut report = IndexSwapReport::default();
-    for swap in SWAPS {
-        let mut complete = true;
+    let version = schema_version(client).await?;
+    for swap in SWAPS.iter().filter(|s| s.since_version <= version) {
+        let mut all_built = true;
         for index in swap.indexes {
-            if !index.exists(client).await? {
-                // The migration that declares it is not applied.
-                complete = false;
-                continue;
+            match index.build(client, None).await? {
+                Some(built) => {
+                    report.built.extend(built.built);
+                    report.rebuilt.extend(built.rebuilt);
+                }
+                None => {
+                    report.waiting_for_locks.push(index.name.to_owned());
+                    all_built = false;
+                }
             }
-            let built = index.build_missing(client).await?;
-            report.built.extend(built.built);
-            report.rebuilt.extend(built.rebuilt);
-            complete &= index.is_complete(client).await?;
         }
-        if complete {
-            drop_replaced(client, swap.replaces, &mut report).await?;
+        if !all_built || !index_exists(client, swap.replaces).await? {
+            continue;
+        }
+        let drop = format!("DROP INDEX IF EXISTS {}", ident(swap.replaces));
+        if swap.indexes[0].with_short_locks(client, &drop).await? {
+            tracing::info!(index = swap.replaces, "replaced index dropped");
+            report.dropped.push(swap.replaces.to_owned());
+        } else {
+            report.waiting_for_locks.push(swap.replaces.to_owned());
         }
     }
     Ok(report)
 }
 
-async fn drop_replaced(
-    client: &Client,
-    index: &str,
-    report: &mut IndexSwapReport,
-) -> Result<(), Error> {
-    let exists = client
+async fn index_exists(client: &Client, index: &str) -> Result<bool, Error> {
+    Ok(client
         .query_opt(
-            "SELECT 1 FROM pg_class WHERE relname = $1 AND relkind = 'I' \
+            "SELECT 1 FROM pg_class WHERE relname = $1 AND relkind IN ('i', 'I') \
                AND relnamespace = (SELECT relnamespace FROM pg_class \
                                    WHERE oid = 'audit_logs'::regclass)",
             &[&index],
         )
         .await?
-        .is_some();
-    if !exists {
-        return Ok(());
-    }
-    for attempt in 1..=DROP_ATTEMPTS {
-        let dropped = client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'; \
-                 DROP INDEX IF EXISTS {}; COMMIT",
-                ident(index)
-            ))
-            .await;
-        match dropped {
-            Ok(()) => {
-                tracing::info!(index, "replaced index dropped");
-                report.dropped.push(index.to_owned());
-                return Ok(());
-            }
-            Err(e) => {
-                // The failed transaction must end before this connection is used again.
-                client.batch_execute("ROLLBACK").await?;
-                if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                    return Err(e.into());
-                }
-                tracing::info!(index, attempt, "replaced index busy; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-    tracing::warn!(
-        index,
-        "replaced index not dropped: a long query or transaction holds audit_logs; \
-         the next run of the index swaps tries again"
-    );
-    report.still_to_drop.push(index.to_owned());
-    Ok(())
+        .is_some())
 }

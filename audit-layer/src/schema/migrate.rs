@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use audit_migrations::{Migration, MIGRATIONS};
 
 use super::partitions;
+use super::version::latest_version;
 use crate::error::Error;
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).
@@ -26,11 +27,11 @@ pub struct MigrationReport {
     pub version: i32,
     /// Partitions created by the upkeep that follows migrating.
     pub partitions_created: i32,
-}
-
-/// The highest migration version this binary knows.
-pub fn latest_version() -> i32 {
-    audit_migrations::latest_version()
+    /// A migration left an index to build partition by partition, without blocking
+    /// writers, on a table too large to build it in its transaction: run
+    /// [`complete_index_swaps`](super::complete_index_swaps) (as `auditd migrate` does).
+    /// Until then the index it replaces serves the queries.
+    pub index_swaps_pending: bool,
 }
 
 /// Brings the schema up to date, then makes sure partitions exist ahead of time.
@@ -57,6 +58,7 @@ pub async fn migrate_to(
                 applied,
                 version,
                 partitions_created,
+                index_swaps_pending: super::index_swap::pending(client, version).await?,
             })
         }
         Err(e) => {
@@ -122,33 +124,6 @@ async fn apply_pending(
         current = m.version;
     }
     Ok((applied, current))
-}
-
-/// The schema version recorded in the database (0 when never migrated), checked against
-/// what this binary knows. For processes that do not migrate but want to fail early.
-pub async fn schema_version(client: &Client) -> Result<i32, Error> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('audit_schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    let version: Option<i32> = client
-        .query_one("SELECT max(version) FROM audit_schema_migrations", &[])
-        .await?
-        .get(0);
-    let version = version.unwrap_or(0);
-    if version > latest_version() {
-        return Err(Error::SchemaTooNew {
-            database: version,
-            known: latest_version(),
-        });
-    }
-    Ok(version)
 }
 
 /// FNV-1a, 64 bits: enough to notice an edited migration, with no dependency.

@@ -10,12 +10,14 @@ mod migrate;
 mod partitioned_index;
 mod partitions;
 pub mod text_index;
+mod version;
 
 pub use index_swap::{complete_index_swaps, IndexSwapReport};
 
 #[doc(hidden)]
 pub use migrate::migrate_to;
-pub use migrate::{latest_version, migrate, schema_version, MigrationReport};
+pub use migrate::{migrate, MigrationReport};
 pub use partitions::{ensure_partitions, DEFAULT_MONTHS_AHEAD};
+pub use version::{latest_version, schema_version};
 
 pub use audit_migrations::{Migration, MIGRATIONS};

@@ -1,14 +1,20 @@
 //! An index on `audit_logs` built partition by partition, without blocking writers.
 //!
-//! `CREATE INDEX` on the partitioned table would hold off every write while it reads every
-//! partition. Instead: an index on the parent table alone (`ON ONLY`, invalid, and cheap),
-//! then each partition's own index `CONCURRENTLY`, attached to it as soon as it is ready.
-//! Once every partition has one, PostgreSQL marks the parent's valid, and partitions
-//! created later get theirs with them. A build cut short (a lost connection, a cancelled
-//! command) leaves an invalid index behind, which the next run drops and builds again.
-//! The trigram index (`text_index`) and the index swaps of migrations too large for a
-//! transaction (`index_swap`) are both built this way.
+//! `CREATE INDEX` on the partitioned table would hold off every write while it read every
+//! partition. Instead each partition gets its own index first, `CONCURRENTLY`, as a plain
+//! index of that table; then one short transaction creates the parent's index, which
+//! PostgreSQL builds by adopting those (nothing is read again), valid at once, and
+//! inherited by partitions created later. (Declaring the parent's index first, `ON ONLY`,
+//! and attaching each partition's as it is built, would leave it invalid for good if a
+//! partition still without one left the table meanwhile, as retention's detach does:
+//! PostgreSQL re-checks validity only when an index is attached.) A build cut short (a lost
+//! connection, a cancelled command) leaves an invalid index behind, which the next run
+//! drops and builds again. The trigram index (`text_index`) and the index swaps of
+//! migrations too large for a transaction (`index_swap`) are both built this way.
 
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::Error;
@@ -32,18 +38,10 @@ pub(crate) struct PartitionedIndex {
     pub definition: &'static str,
 }
 
-/// Partitions of `audit_logs` without an index attached to the parent index `$1`.
-const MISSING: &str = "\
-    SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-    WHERE i.inhparent = 'audit_logs'::regclass AND NOT EXISTS ( \
-        SELECT 1 FROM pg_inherits ii JOIN pg_index x ON x.indexrelid = ii.inhrelid \
-        WHERE ii.inhparent = to_regclass($1) AND x.indrelid = c.oid) \
-    ORDER BY c.relname DESC";
-
-/// Every partition of `audit_logs`.
+/// Every partition of `audit_logs`, newest first.
 const PARTITIONS: &str = "\
     SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-    WHERE i.inhparent = 'audit_logs'::regclass";
+    WHERE i.inhparent = 'audit_logs'::regclass ORDER BY c.relname DESC";
 
 /// Whether an index of this name exists next to `audit_logs`, and is valid.
 const INDEX_STATE: &str = "\
@@ -51,51 +49,67 @@ const INDEX_STATE: &str = "\
     WHERE c.relname = $1 \
       AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'audit_logs'::regclass)";
 
-impl PartitionedIndex {
-    /// Declares the index on the parent table, then builds and attaches each partition's
-    /// that is missing. Idempotent: a second run finds nothing to do.
-    pub(crate) async fn build(&self, client: &Client) -> Result<IndexBuildReport, Error> {
-        client
-            .batch_execute(&format!(
-                "CREATE INDEX IF NOT EXISTS {} ON ONLY audit_logs {}",
-                ident(self.name),
-                self.definition
-            ))
-            .await?;
-        self.build_missing(client).await
-    }
+/// How long the last step waits for each of its locks, and how often it tries, a second
+/// apart, before leaving the step to the next run: writers queue behind a lock request,
+/// so it must not wait long.
+pub(crate) const LOCK_TIMEOUT: &str = "200ms";
+pub(crate) const LOCK_ATTEMPTS: u32 = 10;
 
-    /// Builds and attaches the index of each partition that lacks one, newest first, for
-    /// a parent index that exists already.
-    pub(crate) async fn build_missing(&self, client: &Client) -> Result<IndexBuildReport, Error> {
+impl PartitionedIndex {
+    /// Builds the index: each partition's that is missing, `CONCURRENTLY`, then the parent's
+    /// (adopting them), in a short transaction that also runs `then` (more SQL to commit
+    /// with it, such as dropping the index this one replaces). Long builds must not be cut
+    /// short by the session's `statement_timeout`: run it [`without_statement_timeout`]. Idempotent: once the parent's
+    /// index exists and is valid, there is nothing to do. `Ok(None)` when the last step's
+    /// locks were not granted within its tries: the partitions' indexes are kept, and the
+    /// next run takes the step again.
+    pub(crate) async fn build(
+        &self,
+        client: &Client,
+        then: Option<&str>,
+    ) -> Result<Option<IndexBuildReport>, Error> {
         let mut report = IndexBuildReport::default();
-        // A partition created while this runs gets its index from the parent's; the loop
-        // sees it as done. One that appears without one is picked up by the next round.
-        loop {
-            let missing: Vec<String> = client
-                .query(MISSING, &[&self.name])
-                .await?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            if missing.is_empty() {
-                return Ok(report);
+        match self.state(client).await? {
+            Some(true) => return Ok(Some(report)),
+            Some(false) => {
+                // Declared on the parent alone by an earlier release (ON ONLY): start over,
+                // since it cannot be made valid if a partition without one has left.
+                self.with_short_locks(client, &format!("DROP INDEX {}", ident(self.name)))
+                    .await?;
+                report.rebuilt.push(self.name.to_owned());
             }
-            for partition in missing {
+            None => {}
+        }
+        // A partition created while this runs is picked up by the next round; one created
+        // after the last round gets its index (empty, at once) from the parent's.
+        loop {
+            let mut missing = Vec::new();
+            for partition in self.partitions(client).await? {
                 let index = self.partition_index_name(&partition);
-                if let Some(valid) = client
+                match client
                     .query_opt(INDEX_STATE, &[&index])
                     .await?
                     .map(|row| row.get::<_, bool>(0))
                 {
-                    if !valid {
-                        // Left by a build that did not finish; it would never become usable.
+                    Some(true) => {}
+                    Some(false) => {
+                        // Left by a build that did not finish; it would never be usable.
                         client
-                            .batch_execute(&format!("DROP INDEX CONCURRENTLY {}", ident(&index)))
+                            .batch_execute(&format!(
+                                "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                                ident(&index)
+                            ))
                             .await?;
                         report.rebuilt.push(index.clone());
+                        missing.push((partition, index));
                     }
+                    None => missing.push((partition, index)),
                 }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            for (partition, index) in missing {
                 client
                     .batch_execute(&format!(
                         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {}",
@@ -104,37 +118,68 @@ impl PartitionedIndex {
                         self.definition
                     ))
                     .await?;
-                client
-                    .batch_execute(&format!(
-                        "ALTER INDEX {} ATTACH PARTITION {}",
-                        ident(self.name),
-                        ident(&index)
-                    ))
-                    .await?;
                 tracing::info!(partition = %partition, index = %index, "partition's index built");
                 report.built.push(partition);
             }
         }
+        let mut parent = format!(
+            "CREATE INDEX IF NOT EXISTS {} ON audit_logs {}",
+            ident(self.name),
+            self.definition
+        );
+        if let Some(then) = then {
+            parent.push_str("; ");
+            parent.push_str(then);
+        }
+        Ok(self
+            .with_short_locks(client, &parent)
+            .await?
+            .then_some(report))
     }
 
-    /// Drops the index from the table and every partition, including indexes an
-    /// interrupted build left unattached or invalid. Returns whether there was any.
+    /// Runs `sql` in a transaction whose every lock is waited for at most
+    /// [`LOCK_TIMEOUT`], up to [`LOCK_ATTEMPTS`] times; whether it committed.
+    pub(crate) async fn with_short_locks(&self, client: &Client, sql: &str) -> Result<bool, Error> {
+        for attempt in 1..=LOCK_ATTEMPTS {
+            let done = client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; {sql}; COMMIT"
+                ))
+                .await;
+            match done {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    // The failed transaction must end before the connection is used again.
+                    client.batch_execute("ROLLBACK").await?;
+                    if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                        return Err(e.into());
+                    }
+                    tracing::info!(index = self.name, attempt, "audit_logs busy; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::warn!(
+            index = self.name,
+            "a long query or transaction holds audit_logs; the index's last step is left \
+             to the next run"
+        );
+        Ok(false)
+    }
+
+    /// Drops the index from the table and every partition, including the partitions' own
+    /// indexes an interrupted build left. Returns whether there was any.
     ///
     /// Dropping the parent's index takes a lock that makes writers wait a moment (nothing
     /// is rebuilt); the leftovers are dropped `CONCURRENTLY`.
     pub(crate) async fn remove(&self, client: &Client) -> Result<bool, Error> {
-        let existed = self.exists(client).await?;
+        let existed = self.state(client).await?.is_some();
         client
             .batch_execute(&format!("DROP INDEX IF EXISTS {}", ident(self.name)))
             .await?;
-        let leftovers: Vec<String> = client
-            .query(PARTITIONS, &[])
-            .await?
-            .iter()
-            .map(|row| self.partition_index_name(&row.get::<_, String>(0)))
-            .collect();
         let mut removed_leftover = false;
-        for index in leftovers {
+        for partition in self.partitions(client).await? {
+            let index = self.partition_index_name(&partition);
             if client.query_opt(INDEX_STATE, &[&index]).await?.is_some() {
                 client
                     .batch_execute(&format!(
@@ -148,20 +193,26 @@ impl PartitionedIndex {
         Ok(existed || removed_leftover)
     }
 
-    /// Whether the parent's index exists (valid or not yet).
-    pub(crate) async fn exists(&self, client: &Client) -> Result<bool, Error> {
+    /// Whether the parent's index exists, and if so whether it is valid.
+    async fn state(&self, client: &Client) -> Result<Option<bool>, Error> {
         Ok(client
             .query_opt(INDEX_STATE, &[&self.name])
             .await?
-            .is_some())
+            .map(|row| row.get(0)))
     }
 
     /// Whether the index exists and serves every partition.
     pub(crate) async fn is_complete(&self, client: &Client) -> Result<bool, Error> {
+        Ok(self.state(client).await? == Some(true))
+    }
+
+    async fn partitions(&self, client: &Client) -> Result<Vec<String>, Error> {
         Ok(client
-            .query_opt(INDEX_STATE, &[&self.name])
+            .query(PARTITIONS, &[])
             .await?
-            .is_some_and(|row| row.get::<_, bool>(0)))
+            .iter()
+            .map(|row| row.get(0))
+            .collect())
     }
 
     /// The name of a partition's index: the partition's name with the suffix, cut to
@@ -177,6 +228,30 @@ impl PartitionedIndex {
         }
         name
     }
+}
+
+/// Runs `work` with the session's `statement_timeout` off (a pool's connections carry one,
+/// which would cancel a partition's build), and puts the setting back afterwards, whatever
+/// `work` returned.
+pub(crate) async fn without_statement_timeout<T>(
+    client: &Client,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let previous: String = client
+        .query_one("SELECT current_setting('statement_timeout')", &[])
+        .await?
+        .get(0);
+    client.batch_execute("SET statement_timeout = 0").await?;
+    let result = work.await;
+    let restored = client
+        .execute(
+            "SELECT set_config('statement_timeout', $1, false)",
+            &[&previous],
+        )
+        .await;
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 /// PostgreSQL's identifier length limit (NAMEDATALEN - 1).

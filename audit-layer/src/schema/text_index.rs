@@ -23,7 +23,7 @@
 
 use tokio_postgres::Client;
 
-use super::partitioned_index::PartitionedIndex;
+use super::partitioned_index::{without_statement_timeout, PartitionedIndex};
 use crate::error::Error;
 
 pub use super::partitioned_index::IndexBuildReport as TextIndexReport;
@@ -46,10 +46,18 @@ const TRIGRAM: PartitionedIndex = PartitionedIndex {
 /// Progress is logged (tracing target `audit_layer::schema::partitioned_index`) as each
 /// partition is done.
 pub async fn create(client: &Client) -> Result<TextIndexReport, Error> {
-    client
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
-        .await?;
-    TRIGRAM.build(client).await
+    without_statement_timeout(client, async {
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            .await?;
+        TRIGRAM
+            .build(client, None)
+            .await?
+            .ok_or_else(|| Error::TableBusy {
+                step: "creating the trigram index on audit_logs from its partitions' own".into(),
+            })
+    })
+    .await
 }
 
 /// Drops the trigram index from the table and every partition, including indexes an

@@ -23,6 +23,12 @@ pub async fn migrate(client: &Client, timeout: Duration) -> Result<()> {
     if report.partitions_created > 0 {
         tracing::info!(created = report.partitions_created, "partitions created");
     }
+    if report.index_swaps_pending {
+        tracing::info!(
+            "building the new indexes partition by partition, without blocking writers \
+             (progress below; as long as the table's size needs)"
+        );
+    }
     // No timeout: each partition's build takes as long as its size needs, logged as it
     // goes, and never blocks writers.
     let swaps = audit_layer::schema::complete_index_swaps(client)
@@ -45,11 +51,11 @@ pub fn log_index_swaps(swaps: &audit_layer::schema::IndexSwapReport) {
             "index swaps completed"
         );
     }
-    if !swaps.still_to_drop.is_empty() {
+    if !swaps.waiting_for_locks.is_empty() {
         tracing::warn!(
-            indexes = ?swaps.still_to_drop,
-            "replaced indexes not dropped yet (a long transaction holds audit_logs); \
-             they keep costing writes until `auditd migrate` or the upkeep drops them"
+            indexes = ?swaps.waiting_for_locks,
+            "index swaps not finished: a long query or transaction held audit_logs through \
+             every try; `auditd migrate` or the upkeep finishes them"
         );
     }
 }

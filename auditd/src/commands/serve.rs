@@ -153,6 +153,7 @@ pub async fn serve_until_signal(
             write_pool.clone().unwrap_or_else(|| pool.clone()),
             args.upkeep_interval,
             audit_layer::schema::DEFAULT_MONTHS_AHEAD,
+            database_url.clone(),
         ))
     });
     let counting = (!args.counts_interval.is_zero()).then(|| {

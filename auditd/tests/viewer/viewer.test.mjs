@@ -268,7 +268,13 @@ test("the histogram shows records over time, and dragging across it sets the win
   await page.locator("#histogram rect.sev-info").first().waitFor();
   assert.equal(await page.locator("#histogram").getAttribute("aria-label"), "Records over time");
   assert.match(await page.locator("#histogram-text").textContent(), /^Records over time: \d+ from /);
-  assert.ok(await page.locator("#histogram-table tbody tr").count() > 5, "a text alternative with the counts");
+  // (Waited for: once, under CI's load, the first drawing had fewer rows; the caption
+  // says which window and total it drew, should it happen again.)
+  await waitUntil(() => document.querySelectorAll("#histogram-table tbody tr").length > 5,
+    "a text alternative with the counts").catch(async (e) => {
+    throw new Error(`${e.message}: ${await page.locator("#histogram-text").textContent()}, ` +
+      `${await page.locator("#histogram-table tbody tr").count()} rows`);
+  });
   // Every severity the demo writes is drawn, stacked.
   for (const severity of ["info", "warning", "error", "critical"]) {
     assert.ok(await page.locator(`#histogram rect.sev-${severity}`).count() > 0, severity);
