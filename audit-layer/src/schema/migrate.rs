@@ -11,7 +11,6 @@ use tokio_postgres::Client;
 use audit_migrations::{Migration, MIGRATIONS};
 
 use super::partitions;
-use super::version::latest_version;
 use crate::error::Error;
 
 /// The advisory lock key that serialises migrations ("audit" in ASCII).
