@@ -13,6 +13,7 @@ pub mod text_index;
 mod version;
 
 pub use index_swap::{complete_index_swaps, IndexSwapReport};
+pub use partitioned_index::build_indexes_for_attach;
 
 #[doc(hidden)]
 pub use migrate::migrate_to;

@@ -218,16 +218,79 @@ impl PartitionedIndex {
     /// The name of a partition's index: the partition's name with the suffix, cut to
     /// PostgreSQL's 63-byte limit as the server itself would cut it.
     fn partition_index_name(&self, partition: &str) -> String {
-        let mut name = format!("{partition}_{}", self.partition_suffix);
-        if name.len() > MAX_IDENTIFIER_BYTES {
-            let mut cut = MAX_IDENTIFIER_BYTES;
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            name.truncate(cut);
-        }
-        name
+        cut_to_identifier(format!("{partition}_{}", self.partition_suffix))
     }
+}
+
+/// `name` cut to PostgreSQL's 63-byte limit as the server itself would cut it.
+fn cut_to_identifier(mut name: String) -> String {
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        let mut cut = MAX_IDENTIFIER_BYTES;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    name
+}
+
+/// Builds, `CONCURRENTLY`, each index of `audit_logs` that `table` (a month detached from
+/// it, about to be attached again) lacks, so that the attach adopts them instead of
+/// building them while it holds the table against writers: an index created on
+/// `audit_logs` while the month was away, such as migration 0011's or the trigram index.
+/// Returns the indexes built. `table` is a name from the catalog, quoted here.
+///
+/// ```no_run
+/// # async fn run(client: &tokio_postgres::Client) -> Result<(), audit_layer::Error> {
+/// let built = audit_layer::schema::build_indexes_for_attach(client, "audit_logs_2026m01").await?;
+/// println!("built {built:?}; now ALTER TABLE audit_logs ATTACH PARTITION ...");
+/// # Ok(()) }
+/// ```
+pub async fn build_indexes_for_attach(client: &Client, table: &str) -> Result<Vec<String>, Error> {
+    // An index's definition after USING (method, columns, predicate) is the same text for
+    // the parent's and a partition's; constraints' indexes (the primary key) stay with a
+    // detached month.
+    const DEFINITIONS: &str = "\
+        SELECT c.relname::text, split_part(pg_get_indexdef(x.indexrelid), ' USING ', 2) \
+        FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
+        WHERE x.indrelid = $1::text::regclass AND x.indisvalid AND NOT x.indisunique \
+        ORDER BY 1";
+    let parent = client.query(DEFINITIONS, &[&"audit_logs"]).await?;
+    let quoted = ident(table);
+    let own: Vec<String> = client
+        .query(DEFINITIONS, &[&quoted])
+        .await?
+        .iter()
+        .map(|row| row.get(1))
+        .collect();
+    let mut built = Vec::new();
+    without_statement_timeout(client, async {
+        for row in &parent {
+            let (name, definition): (String, String) = (row.get(0), row.get(1));
+            if definition.is_empty() || own.contains(&definition) {
+                continue;
+            }
+            let index = cut_to_identifier(format!("{table}_{name}"));
+            // (Two statements apart: CONCURRENTLY refuses a multi-statement transaction.)
+            client
+                .batch_execute(&format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                    ident(&index)
+                ))
+                .await?;
+            client
+                .batch_execute(&format!(
+                    "CREATE INDEX CONCURRENTLY {} ON {quoted} USING {definition}",
+                    ident(&index)
+                ))
+                .await?;
+            tracing::info!(table, index = %index, "index built before the attach");
+            built.push(index);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(built)
 }
 
 /// Runs `work` with the session's `statement_timeout` off (a pool's connections carry one,

@@ -106,6 +106,15 @@ impl From<tokio_postgres::Error> for RetireError {
     }
 }
 
+impl From<audit_layer::Error> for RetireError {
+    fn from(e: audit_layer::Error) -> Self {
+        match e {
+            audit_layer::Error::Db(e) => RetireError::Database(e),
+            other => RetireError::Other(other.to_string()),
+        }
+    }
+}
+
 impl From<crate::seal::SealError> for RetireError {
     fn from(e: crate::seal::SealError) -> Self {
         RetireError::Other(e.to_string())
@@ -618,9 +627,9 @@ async fn tally_of(
 }
 
 /// Puts a partition detached by a run back into `audit_logs`, with any records of its
-/// month that arrived meanwhile (they went to DEFAULT). A constraint matching the bound
-/// is added first, on the detached table alone, so that the attach itself scans nothing
-/// while it holds `audit_logs` against writes.
+/// month that arrived meanwhile (they went to DEFAULT). Indexes it lacks and a constraint
+/// matching the bound are added first, on the detached table alone, so that the attach
+/// itself builds and scans nothing while it holds `audit_logs` against writes.
 pub async fn reattach(
     client: &Client,
     partition: &Partition,
@@ -637,6 +646,10 @@ pub async fn reattach(
             .end
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
+    // Indexes made on audit_logs while the month was away (a migration's, the trigram
+    // index) are built here, without blocking writers, or the attach would build them
+    // while it holds the table.
+    audit_layer::schema::build_indexes_for_attach(client, &partition.name).await?;
     client
         .batch_execute(&format!(
             "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {bound}; \
