@@ -22,6 +22,10 @@ const SERVED: &str = "SELECT count(*) FROM pg_inherits i \
          AND x.indrelid = c.oid AND x.indisvalid AND pg_get_expr(x.indpred, x.indrelid) \
              = '((severity)::text <> ''info''::text)') = 2";
 
+/// How many of 0011's two indexes on `audit_logs` are valid.
+const BOTH_VALID: &str = "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN \
+     ('audit_logs_severity_partial'::regclass, 'audit_logs_above_info'::regclass)";
+
 const PARTITIONS: &str =
     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_logs'::regclass";
 
@@ -54,6 +58,21 @@ async fn exists(db: &TestDb, index: &str) -> bool {
         .await
         .unwrap()
         .get(0)
+}
+
+/// The ids of the newest page of records of these severities, as PostgreSQL plans it.
+async fn page_of(db: &TestDb, severities: &[String]) -> Vec<i64> {
+    db.client
+        .query(
+            "SELECT id FROM audit_logs WHERE severity = ANY($1) \
+             ORDER BY created_at DESC, id DESC LIMIT 101",
+            &[&severities],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
 
 /// The plan PostgreSQL picks for a page of records matching `condition`, as text.
@@ -197,13 +216,7 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
     assert!(report.waiting_for_locks.is_empty() && !report.busy);
     assert_eq!(db.count(SERVED).await, partitions);
     assert!(!exists(&db, "audit_logs_severity_idx").await);
-    let valid = db
-        .count(
-            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN \
-             ('audit_logs_severity_partial'::regclass, 'audit_logs_above_info'::regclass)",
-        )
-        .await;
-    assert_eq!(valid, 2);
+    assert_eq!(db.count(BOTH_VALID).await, 2);
 
     // Every record the layer wrote, through the build and after, exactly once.
     stop.store(true, Ordering::Relaxed);
@@ -231,34 +244,12 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
         &["info", "critical"],
     ] {
         let severities: Vec<String> = severities.iter().map(|s| s.to_string()).collect();
-        let page: Vec<i64> = db
-            .client
-            .query(
-                "SELECT id FROM audit_logs WHERE severity = ANY($1) \
-                 ORDER BY created_at DESC, id DESC LIMIT 101",
-                &[&severities],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let page = page_of(&db, &severities).await;
         db.client
             .batch_execute("SET enable_indexscan = off; SET enable_bitmapscan = off")
             .await
             .unwrap();
-        let scanned: Vec<i64> = db
-            .client
-            .query(
-                "SELECT id FROM audit_logs WHERE severity = ANY($1) \
-                 ORDER BY created_at DESC, id DESC LIMIT 101",
-                &[&severities],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let scanned = page_of(&db, &severities).await;
         db.client
             .batch_execute("RESET enable_indexscan; RESET enable_bitmapscan")
             .await
@@ -276,25 +267,7 @@ async fn a_large_table_gets_the_partial_index_while_the_layer_writes_and_nothing
 async fn an_interrupted_build_is_dropped_and_built_again() {
     let db = large_at_0010("index_swap_interrupted").await;
     schema::migrate(&db.client).await.unwrap();
-    // What a cancelled CREATE INDEX CONCURRENTLY leaves: an invalid index under the
-    // partition index's name (this one fails on the seeded duplicate user names).
-    let month: String = db
-        .client
-        .query_one(
-            "SELECT tableoid::regclass::text FROM audit_logs ORDER BY created_at DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let leftover = format!("{month}_severity_partial");
-    let failed = db
-        .client
-        .batch_execute(&format!(
-            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
-        ))
-        .await;
-    assert!(failed.is_err());
+    let leftover = support::leave_an_invalid_index(&db, "severity_partial").await;
 
     let report = schema::complete_index_swaps(&db.client).await.unwrap();
     assert_eq!(report.rebuilt, [leftover]);
@@ -383,11 +356,5 @@ async fn a_month_detached_before_its_index_was_built_leaves_the_swap_complete() 
         "none built by the attach"
     );
     assert_eq!(db.count(SERVED).await, db.count(PARTITIONS).await);
-    let valid = db
-        .count(
-            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN \
-             ('audit_logs_severity_partial'::regclass, 'audit_logs_above_info'::regclass)",
-        )
-        .await;
-    assert_eq!(valid, 2);
+    assert_eq!(db.count(BOTH_VALID).await, 2);
 }

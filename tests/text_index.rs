@@ -45,31 +45,6 @@ async fn insert(db: &TestDb, username: &str, message: &str) {
         .unwrap();
 }
 
-/// Leaves an INVALID index under the name of a partition's trigram index, as a cancelled
-/// concurrent build does (this one fails on duplicate user names); returns its name.
-async fn leave_an_invalid_index(db: &TestDb) -> String {
-    insert(db, "same", "first").await;
-    insert(db, "same", "second").await;
-    let month = db
-        .client
-        .query_one(
-            "SELECT tableoid::regclass::text FROM audit_logs LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, String>(0);
-    let leftover = format!("{month}_message_trgm");
-    let failed = db
-        .client
-        .batch_execute(&format!(
-            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
-        ))
-        .await;
-    assert!(failed.is_err());
-    leftover
-}
-
 #[tokio::test]
 async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
     let db = TestDb::migrated("text_index_complete").await;
@@ -124,7 +99,11 @@ async fn the_index_serves_every_partition_and_a_second_run_has_nothing_to_do() {
 #[tokio::test]
 async fn an_interrupted_build_is_finished_by_the_next_run() {
     let db = TestDb::migrated("text_index_interrupted").await;
-    let leftover = leave_an_invalid_index(&db).await;
+    let leftover = {
+        insert(&db, "same", "first").await;
+        insert(&db, "same", "second").await;
+        support::leave_an_invalid_index(&db, "message_trgm").await
+    };
 
     let report = text_index::create(&db.client).await.unwrap();
     assert_eq!(report.rebuilt, vec![leftover]);
@@ -149,7 +128,11 @@ async fn partitions_created_later_get_the_index() {
 #[tokio::test]
 async fn removing_also_drops_what_an_interrupted_build_left() {
     let db = TestDb::migrated("text_index_leftover").await;
-    leave_an_invalid_index(&db).await;
+    {
+        insert(&db, "same", "first").await;
+        insert(&db, "same", "second").await;
+        support::leave_an_invalid_index(&db, "message_trgm").await
+    };
     assert!(text_index::remove(&db.client).await.unwrap());
     assert_eq!(
         db.count("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%message_trgm'")

@@ -55,6 +55,28 @@ pub async fn connect_migrated(url: &str) -> tokio_postgres::Client {
 /// Emits `per_thread` backup events from each of `threads` threads, each inside a request
 /// span (user name and IP address), as fast as they go; returns once all are emitted.
 pub fn emit_backups(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64) {
+    emit_in_requests(dispatch, threads, per_thread, |thread, seq| {
+        tracing::info!(
+            target: "audit",
+            event_type = "benchmark",
+            resource_type = "device",
+            resource_id = "dev-1",
+            thread,
+            seq,
+            "Device configuration backed up"
+        );
+    });
+}
+
+/// Calls `emit(thread, seq)` `per_thread` times on each of `threads` threads, inside a
+/// request span (user name and IP address) and `dispatch`; returns once all are done.
+fn emit_in_requests(
+    dispatch: &tracing::Dispatch,
+    threads: u64,
+    per_thread: u64,
+    emit: impl Fn(u64, u64) + Sync,
+) {
+    let emit = &emit;
     std::thread::scope(|scope| {
         for thread in 0..threads {
             let dispatch = dispatch.clone();
@@ -67,15 +89,7 @@ pub fn emit_backups(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64)
                     );
                     let _guard = span.enter();
                     for seq in 0..per_thread {
-                        tracing::info!(
-                            target: "audit",
-                            event_type = "benchmark",
-                            resource_type = "device",
-                            resource_id = "dev-1",
-                            thread,
-                            seq,
-                            "Device configuration backed up"
-                        );
+                        emit(thread, seq);
                     }
                 });
             });
@@ -144,34 +158,19 @@ pub fn varied(i: u64) -> Varied {
 /// As [`emit_backups`], with each event's user, event type, severity and device from
 /// [`varied`] (event fields win over the request span's user).
 pub fn emit_varied(dispatch: &tracing::Dispatch, threads: u64, per_thread: u64) {
-    std::thread::scope(|scope| {
-        for thread in 0..threads {
-            let dispatch = dispatch.clone();
-            scope.spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
-                    let span = tracing::info_span!(
-                        "request",
-                        username = "bench",
-                        ip_address = "192.0.2.1"
-                    );
-                    let _guard = span.enter();
-                    for seq in 0..per_thread {
-                        let v = varied(thread * per_thread + seq);
-                        tracing::info!(
-                            target: "audit",
-                            username = v.username,
-                            event_type = v.event_type,
-                            severity = v.severity,
-                            resource_type = "device",
-                            resource_id = v.resource_id,
-                            thread,
-                            seq,
-                            "Device configuration backed up"
-                        );
-                    }
-                });
-            });
-        }
+    emit_in_requests(dispatch, threads, per_thread, |thread, seq| {
+        let v = varied(thread * per_thread + seq);
+        tracing::info!(
+            target: "audit",
+            username = v.username,
+            event_type = v.event_type,
+            severity = v.severity,
+            resource_type = "device",
+            resource_id = v.resource_id,
+            thread,
+            seq,
+            "Device configuration backed up"
+        );
     });
 }
 

@@ -95,6 +95,30 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// Leaves an INVALID index named `<partition>_<suffix>` on the partition of the newest
+/// record, as a cancelled concurrent build does (this one fails on duplicate user names,
+/// which the table must hold); returns its name.
+pub async fn leave_an_invalid_index(db: &TestDb, suffix: &str) -> String {
+    let month: String = db
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM audit_logs ORDER BY created_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let leftover = format!("{month}_{suffix}");
+    let failed = db
+        .client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY {leftover} ON {month} (username)"
+        ))
+        .await;
+    assert!(failed.is_err(), "the build fails on duplicates");
+    leftover
+}
+
 /// A builder for tests: short batch window so tests do not idle.
 pub fn builder(url: &str) -> AuditLayerBuilder {
     AuditLayer::builder()
