@@ -203,3 +203,24 @@ async fn a_search_narrowed_to_its_rare_part_finds_exactly_the_rows_containing_al
     assert!(String::from_utf8_lossy(&body).contains("auditd_text_searches_narrowed_total 1\n"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_index_declared_on_the_parent_alone_by_an_older_release_is_built_again_whole() {
+    // Earlier releases declared the parent's index ON ONLY and attached each partition's;
+    // one left that way (interrupted) is dropped and built by the current way.
+    let db = TestDb::migrated("text_index_on_only").await;
+    insert(&db, "alice", "Device edge-fra1-01 onboarded").await;
+    db.client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_trgm; \
+             CREATE INDEX audit_logs_message_trgm ON ONLY audit_logs \
+                 USING gin (message gin_trgm_ops)",
+        )
+        .await
+        .unwrap();
+    assert!(!text_index::is_complete(&db.client).await.unwrap());
+    let report = text_index::create(&db.client).await.unwrap();
+    assert_eq!(report.rebuilt, ["audit_logs_message_trgm"]);
+    assert!(text_index::is_complete(&db.client).await.unwrap());
+    assert_eq!(db.count(INDEXED).await, partitions(&db).await.len() as i64);
+}

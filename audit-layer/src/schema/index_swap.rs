@@ -133,7 +133,7 @@ async fn swap_all(client: &Client) -> Result<IndexSwapReport, Error> {
     for swap in SWAPS.iter().filter(|s| s.since_version <= version) {
         let mut all_built = true;
         for index in swap.indexes {
-            match index.build(client, None).await? {
+            match index.build(client).await? {
                 Some(built) => {
                     report.built.extend(built.built);
                     report.rebuilt.extend(built.rebuilt);

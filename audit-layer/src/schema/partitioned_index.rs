@@ -49,6 +49,13 @@ const INDEX_STATE: &str = "\
     WHERE c.relname = $1 \
       AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'audit_logs'::regclass)";
 
+/// How one try of a short-locked step ended.
+enum Attempt {
+    Committed,
+    Busy,
+    PartitionWithoutIndex,
+}
+
 /// How long the last step waits for each of its locks, and how often it tries, a second
 /// apart, before leaving the step to the next run: writers queue behind a lock request,
 /// so it must not wait long.
@@ -57,31 +64,68 @@ pub(crate) const LOCK_ATTEMPTS: u32 = 10;
 
 impl PartitionedIndex {
     /// Builds the index: each partition's that is missing, `CONCURRENTLY`, then the parent's
-    /// (adopting them), in a short transaction that also runs `then` (more SQL to commit
-    /// with it, such as dropping the index this one replaces). Long builds must not be cut
-    /// short by the session's `statement_timeout`: run it [`without_statement_timeout`]. Idempotent: once the parent's
-    /// index exists and is valid, there is nothing to do. `Ok(None)` when the last step's
-    /// locks were not granted within its tries: the partitions' indexes are kept, and the
-    /// next run takes the step again.
-    pub(crate) async fn build(
-        &self,
-        client: &Client,
-        then: Option<&str>,
-    ) -> Result<Option<IndexBuildReport>, Error> {
+    /// (adopting them) in a short transaction. Long builds must not be cut short by the
+    /// session's `statement_timeout`: run it [`without_statement_timeout`]. Idempotent: once
+    /// the parent's index exists and is valid, there is nothing to do. `Ok(None)` when the
+    /// last step's locks were not granted within its tries: the partitions' indexes are
+    /// kept, and the next run takes the step again.
+    pub(crate) async fn build(&self, client: &Client) -> Result<Option<IndexBuildReport>, Error> {
         let mut report = IndexBuildReport::default();
         match self.state(client).await? {
             Some(true) => return Ok(Some(report)),
             Some(false) => {
-                // Declared on the parent alone by an earlier release (ON ONLY): start over,
-                // since it cannot be made valid if a partition without one has left.
-                self.with_short_locks(client, &format!("DROP INDEX {}", ident(self.name)))
-                    .await?;
+                // Declared on the parent alone by the trigram index's earlier releases (ON
+                // ONLY): start over, since it cannot be made valid if a partition without
+                // one has left.
+                if !self
+                    .with_short_locks(client, &format!("DROP INDEX {}", ident(self.name)))
+                    .await?
+                {
+                    return Ok(None);
+                }
                 report.rebuilt.push(self.name.to_owned());
             }
             None => {}
         }
-        // A partition created while this runs is picked up by the next round; one created
-        // after the last round gets its index (empty, at once) from the parent's.
+        // The parent's index is created with the table locked against writes and attaches
+        // (SHARE) for a moment, once every partition is seen to have its own: it then only
+        // adopts them. A partition that appeared since the last round (an attach, upkeep)
+        // would be built under that lock instead: seen, the transaction is rolled back, and
+        // the loop builds that partition's first.
+        let suffix = self.partition_suffix;
+        let parent = format!(
+            "LOCK TABLE audit_logs IN SHARE MODE; \
+             DO $$ BEGIN IF EXISTS ( \
+                 SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = 'audit_logs'::regclass AND NOT EXISTS ( \
+                     SELECT FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid \
+                     WHERE x.indrelid = c.oid AND x.indisvalid \
+                       AND ic.relname = left(c.relname || '_{suffix}', {MAX_IDENTIFIER_BYTES}))) \
+             THEN RAISE EXCEPTION 'a partition without its own index' \
+                  USING ERRCODE = 'object_not_in_prerequisite_state'; \
+             END IF; END $$; \
+             CREATE INDEX {} ON audit_logs {}",
+            ident(self.name),
+            self.definition
+        );
+        for _ in 0..LOCK_ATTEMPTS {
+            self.build_missing(client, &mut report).await?;
+            match self.try_with_short_locks(client, &parent).await? {
+                Attempt::Committed => return Ok(Some(report)),
+                Attempt::PartitionWithoutIndex => continue,
+                Attempt::Busy => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Builds, `CONCURRENTLY`, each partition's index that is missing or invalid, until a
+    /// round finds none (a partition created meanwhile is picked up by the next round).
+    async fn build_missing(
+        &self,
+        client: &Client,
+        report: &mut IndexBuildReport,
+    ) -> Result<(), Error> {
         loop {
             let mut missing = Vec::new();
             for partition in self.partitions(client).await? {
@@ -107,7 +151,7 @@ impl PartitionedIndex {
                 }
             }
             if missing.is_empty() {
-                break;
+                return Ok(());
             }
             for (partition, index) in missing {
                 client
@@ -122,40 +166,20 @@ impl PartitionedIndex {
                 report.built.push(partition);
             }
         }
-        let mut parent = format!(
-            "CREATE INDEX IF NOT EXISTS {} ON audit_logs {}",
-            ident(self.name),
-            self.definition
-        );
-        if let Some(then) = then {
-            parent.push_str("; ");
-            parent.push_str(then);
-        }
-        Ok(self
-            .with_short_locks(client, &parent)
-            .await?
-            .then_some(report))
     }
 
     /// Runs `sql` in a transaction whose every lock is waited for at most
-    /// [`LOCK_TIMEOUT`], up to [`LOCK_ATTEMPTS`] times; whether it committed.
+    /// [`LOCK_TIMEOUT`], up to [`LOCK_ATTEMPTS`] times a second apart; whether it committed.
     pub(crate) async fn with_short_locks(&self, client: &Client, sql: &str) -> Result<bool, Error> {
-        for attempt in 1..=LOCK_ATTEMPTS {
-            let done = client
-                .batch_execute(&format!(
-                    "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; {sql}; COMMIT"
-                ))
-                .await;
-            match done {
-                Ok(()) => return Ok(true),
-                Err(e) => {
-                    // The failed transaction must end before the connection is used again.
-                    client.batch_execute("ROLLBACK").await?;
-                    if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                        return Err(e.into());
-                    }
-                    tracing::info!(index = self.name, attempt, "audit_logs busy; trying again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..LOCK_ATTEMPTS {
+            match self.try_with_short_locks(client, sql).await? {
+                Attempt::Committed => return Ok(true),
+                Attempt::Busy => tokio::time::sleep(Duration::from_secs(1)).await,
+                Attempt::PartitionWithoutIndex => {
+                    return Err(Error::Config(format!(
+                        "{}: a partition without its own index",
+                        self.name
+                    )))
                 }
             }
         }
@@ -165,6 +189,28 @@ impl PartitionedIndex {
              to the next run"
         );
         Ok(false)
+    }
+
+    async fn try_with_short_locks(&self, client: &Client, sql: &str) -> Result<Attempt, Error> {
+        let done = client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; {sql}; COMMIT"
+            ))
+            .await;
+        let Err(e) = done else {
+            return Ok(Attempt::Committed);
+        };
+        // The failed transaction must end before the connection is used again (and the
+        // first error is the one that tells).
+        let _ = client.batch_execute("ROLLBACK").await;
+        match e.code() {
+            Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::info!(index = self.name, "audit_logs busy; trying again");
+                Ok(Attempt::Busy)
+            }
+            Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => Ok(Attempt::PartitionWithoutIndex),
+            _ => Err(e.into()),
+        }
     }
 
     /// Drops the index from the table and every partition, including the partitions' own
@@ -234,11 +280,12 @@ fn cut_to_identifier(mut name: String) -> String {
     name
 }
 
-/// Builds, `CONCURRENTLY`, each index of `audit_logs` that `table` (a month detached from
-/// it, about to be attached again) lacks, so that the attach adopts them instead of
-/// building them while it holds the table against writers: an index created on
-/// `audit_logs` while the month was away, such as migration 0011's or the trigram index.
-/// Returns the indexes built. `table` is a name from the catalog, quoted here.
+/// Builds on `table` (a month detached from `audit_logs`, about to be attached again) each
+/// index of `audit_logs` it lacks, so that the attach adopts them instead of building them
+/// while it holds the table against writers: an index created on `audit_logs` while the
+/// month was away, such as migration 0011's or the trigram index. Returns the names of
+/// `audit_logs`' indexes it built a copy of. `table` is a name from the catalog, quoted
+/// here.
 ///
 /// ```no_run
 /// # async fn run(client: &tokio_postgres::Client) -> Result<(), audit_layer::Error> {
@@ -270,22 +317,14 @@ pub async fn build_indexes_for_attach(client: &Client, table: &str) -> Result<Ve
             if definition.is_empty() || own.contains(&definition) {
                 continue;
             }
-            let index = cut_to_identifier(format!("{table}_{name}"));
-            // (Two statements apart: CONCURRENTLY refuses a multi-statement transaction.)
+            // Plainly, not CONCURRENTLY: nothing writes to a detached month, and a plain
+            // build neither waits for every older snapshot nor leaves an invalid index when
+            // cut short. PostgreSQL names it.
             client
-                .batch_execute(&format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                    ident(&index)
-                ))
+                .batch_execute(&format!("CREATE INDEX ON {quoted} USING {definition}"))
                 .await?;
-            client
-                .batch_execute(&format!(
-                    "CREATE INDEX CONCURRENTLY {} ON {quoted} USING {definition}",
-                    ident(&index)
-                ))
-                .await?;
-            tracing::info!(table, index = %index, "index built before the attach");
-            built.push(index);
+            tracing::info!(table, index = %name, "index built before the attach");
+            built.push(name);
         }
         Ok(())
     })

@@ -51,7 +51,7 @@ pub async fn create(client: &Client) -> Result<TextIndexReport, Error> {
             .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
             .await?;
         TRIGRAM
-            .build(client, None)
+            .build(client)
             .await?
             .ok_or_else(|| Error::TableBusy {
                 step: "creating the trigram index on audit_logs from its partitions' own".into(),
