@@ -27,6 +27,25 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// `path` requested `warmups` times untimed (to warm the cache), then `requests` times:
+/// the times, sorted.
+async fn time_path(
+    client: &mut Client,
+    path: &str,
+    warmups: usize,
+    requests: usize,
+) -> Vec<Duration> {
+    for _ in 0..warmups {
+        client.get(path).await;
+    }
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        times.push(client.get(path).await.0);
+    }
+    times.sort();
+    times
+}
+
 /// Times each overview `requests` times (after one untimed); returns each case's p50.
 async fn time_overviews(
     client: &mut Client,
@@ -155,14 +174,7 @@ async fn main() {
     ];
     println!("query: {requests} requests each, one keep-alive connection, page of 100:");
     for (name, path) in &cases {
-        for _ in 0..5 {
-            client.get(path).await; // warm the cache
-        }
-        let mut times = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            times.push(client.get(path).await.0);
-        }
-        times.sort();
+        let times = time_path(&mut client, path, 5, requests).await;
         println!(
             "query:   {name:<34} p50 {:>7.2} ms  p99 {:>7.2} ms",
             percentile(&times, 0.5),
@@ -189,11 +201,7 @@ async fn main() {
                 .to_owned();
             path = format!("{base}&cursor={cursor}");
         }
-        let mut times = Vec::new();
-        for _ in 0..requests {
-            times.push(client.get(&path).await.0);
-        }
-        times.sort();
+        let times = time_path(&mut client, &path, 0, requests).await;
         println!(
             "query:   {name:<34} p50 {:>7.2} ms  p99 {:>7.2} ms",
             percentile(&times, 0.5),
@@ -361,14 +369,7 @@ async fn time_selectivities(
             }
         }
         for (depth, path) in pages {
-            for _ in 0..3 {
-                http.get(&path).await;
-            }
-            let mut times = Vec::with_capacity(requests);
-            for _ in 0..requests {
-                times.push(http.get(&path).await.0);
-            }
-            times.sort();
+            let times = time_path(&mut http, &path, 3, requests).await;
             println!(
                 "query:   {column:<12} {selectivity:<8} {depth:<10} p50 {:>7.2} ms  p99 {:>7.2} ms",
                 percentile(&times, 0.5),
